@@ -1,0 +1,1 @@
+"""Python side of the compiled ops: fake kernels and autograd (see registration.py)."""

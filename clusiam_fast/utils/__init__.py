@@ -1,0 +1,1 @@
+"""Small helpers shared across clusiam_fast (atomic writes, optional dependencies)."""

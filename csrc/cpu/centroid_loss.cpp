@@ -1,0 +1,114 @@
+// CPU kernels of clusiam::centroid_loss and its backward: O(K D), no K x K matrix.
+//
+// With chat[k] = sums[k] / ||sums[k]|| over the n non-empty clusters and
+// C = sum of chat, the mean off-diagonal cosine is
+//   (||C||^2 - sum_k ||chat[k]||^2) / (n (n - 1))      (1.0 when n < 2).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../checks.h"
+
+namespace clusiam {
+namespace {
+
+int64_t count_active(const float* counts, int64_t K) {
+  int64_t n = 0;
+  for (int64_t k = 0; k < K; ++k) n += counts[k] > 0.f;
+  return n;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cpu(
+    const at::Tensor& sums_in, const at::Tensor& counts_in, double eps) {
+  check_sums(sums_in, counts_in);
+  const at::Tensor sums = sums_in.contiguous();
+  const at::Tensor counts = counts_in.contiguous();
+  const int64_t K = sums.size(0), D = sums.size(1);
+  const auto f32 = sums.options();
+  at::Tensor chat = at::empty({K, D}, f32);
+  at::Tensor inv_snorm = at::empty({K}, f32);
+  at::Tensor csum = at::empty({D}, f32);
+  at::Tensor sqnorm = at::empty({K}, f32);
+  const float* sp = sums.data_ptr<float>();
+  const float* cp = counts.data_ptr<float>();
+  float* hp = chat.data_ptr<float>();
+  float* ip = inv_snorm.data_ptr<float>();
+  float* qp = sqnorm.data_ptr<float>();
+  float* Cp = csum.data_ptr<float>();
+
+  at::parallel_for(0, K, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const float* s = sp + k * D;
+      double ss = 0;
+      for (int64_t d = 0; d < D; ++d) ss += double(s[d]) * s[d];
+      const float inv = cp[k] > 0.f ? 1.f / std::max(static_cast<float>(std::sqrt(ss)), float(eps)) : 0.f;
+      ip[k] = inv;
+      double hh = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        hp[k * D + d] = s[d] * inv;
+        hh += double(hp[k * D + d]) * hp[k * D + d];
+      }
+      qp[k] = static_cast<float>(hh);
+    }
+  });
+  // C[d] = sum over k of chat[k, d], in k order for every d.
+  at::parallel_for(0, D, 64, [&](int64_t d0, int64_t d1) {
+    for (int64_t d = d0; d < d1; ++d) Cp[d] = 0.f;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t d = d0; d < d1; ++d) Cp[d] += hp[k * D + d];
+  });
+
+  const int64_t n = count_active(cp, K);
+  double total = 1.0;
+  if (n >= 2) {
+    double cc = 0, diag = 0;
+    for (int64_t d = 0; d < D; ++d) cc += double(Cp[d]) * Cp[d];
+    for (int64_t k = 0; k < K; ++k) diag += qp[k];
+    total = (cc - diag) / (double(n) * double(n - 1));
+  }
+  at::Tensor loss = at::empty({}, f32);
+  loss.fill_(total);
+  return {loss, chat, inv_snorm, csum};
+}
+
+at::Tensor centroid_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& chat_in,
+                                      const at::Tensor& inv_snorm_in, const at::Tensor& csum_in,
+                                      const at::Tensor& counts_in) {
+  const at::Tensor chat = chat_in.contiguous();
+  const at::Tensor inv_snorm = inv_snorm_in.contiguous();
+  const at::Tensor csum = csum_in.contiguous();
+  const at::Tensor counts = counts_in.contiguous();
+  const int64_t K = chat.size(0), D = chat.size(1);
+  at::Tensor out = at::zeros({K, D}, chat.options());
+  const int64_t n = count_active(counts.data_ptr<float>(), K);
+  if (n < 2) return out;  // the loss is the constant 1.0
+  const float coef = 2.f * grad.item<float>() / (float(n) * float(n - 1));
+  const float* hp = chat.data_ptr<float>();
+  const float* ip = inv_snorm.data_ptr<float>();
+  const float* Cp = csum.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, K, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      if (ip[k] == 0.f) continue;  // empty cluster
+      const float* h = hp + k * D;
+      float dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += h[d] * Cp[d];
+      const float scale = coef * ip[k];
+      for (int64_t d = 0; d < D; ++d) op[k * D + d] = scale * (Cp[d] - h[d] * dot);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clusiam, CPU, m) {
+  m.impl("centroid_loss", &centroid_loss_cpu);
+  m.impl("centroid_loss_backward", &centroid_loss_backward_cpu);
+}
+
+}  // namespace clusiam
