@@ -32,22 +32,36 @@ def want_cuda():
     return have
 
 
+def pip_cuda_includes():
+    """Headers of the CUDA libraries that torch's wheels install (nvidia/cu*/include),
+    for toolkits that ship without them (cuBLAS, cuSPARSE...)."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    roots = [p for base in nvidia.__path__ for p in glob.glob(os.path.join(base, "cu*", "include"))]
+    return sorted(roots)
+
+
 def extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-fvisibility=hidden"]
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp", "-Wno-psabi"]  # OpenMP: at::parallel_for runs serially without it
+    link = ["-fopenmp"]
     if want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         nvcc = ["-O3", "-lineinfo", "--threads", "2"]
         return CUDAExtension(
             "clusiam_fast._C",
             sources + rel("csrc/cuda/*.cu"),
+            include_dirs=pip_cuda_includes(),
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
             py_limited_api=False,
         )
-    return CppExtension("clusiam_fast._C", sources, extra_compile_args={"cxx": cxx})
+    return CppExtension("clusiam_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
 
 def build_ext_class():

@@ -12,11 +12,14 @@ except ImportError as error:  # built without the extension, or a broken build
     LOAD_ERROR = str(error)
 
 
+def _has_kernel(dispatch_key: str) -> bool:
+    return LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("clusiam::assign_pool", dispatch_key)
+
+
+# Device types with compiled kernels, fixed at import (plain data: torch.compile reads it freely).
+FUSED_DEVICE_TYPES = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel(key))
+
+
 def fused_available(device: str | torch.device = "cpu") -> bool:
     """True when the fused cluster-loss kernels are compiled for ``device``'s type."""
-    if LOAD_ERROR is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    if key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("clusiam::assign_pool", key)
+    return torch.device(device).type in FUSED_DEVICE_TYPES

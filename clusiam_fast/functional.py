@@ -8,7 +8,7 @@ import torch
 
 from . import reference
 from ._checks import check_cluster_loss_args
-from ._extension import LOAD_ERROR, fused_available
+from ._extension import FUSED_DEVICE_TYPES, LOAD_ERROR
 from .distributed import resolve_group
 from .ops import fused
 
@@ -21,7 +21,7 @@ def _choose_impl(impl: str, device: torch.device) -> str:
         raise ValueError(f"cluster_loss: `impl` must be one of {IMPLS}, got {impl!r}")
     if impl == "reference":
         return impl
-    if fused_available(device):
+    if device.type in FUSED_DEVICE_TYPES:
         return "fused"
     why = (
         f"the clusiam_fast._C extension did not load ({LOAD_ERROR})"

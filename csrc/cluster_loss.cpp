@@ -5,14 +5,7 @@
 // on several processes), `centroid_loss` turns sums into the loss. Each has a
 // backward op; the autograd formulas and fake kernels live in
 // clusiam_fast/ops/registration.py. Kernels: cpu/*.cpp and cuda/*.cu.
-#include <Python.h>
 #include <torch/library.h>
-
-// `import clusiam_fast._C` loads this library, which registers the ops.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
 
 TORCH_LIBRARY(clusiam, m) {
   // z (M, D), logits (M, K), gumbel (M, K) or None (sampled from torch's

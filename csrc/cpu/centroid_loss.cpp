@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "../checks.h"
+#include "vec_ops.h"
 
 namespace clusiam {
 namespace {
@@ -22,16 +23,16 @@ int64_t count_active(const float* counts, int64_t K) {
   return n;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cpu(
-    const at::Tensor& sums_in, const at::Tensor& counts_in, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cpu(const at::Tensor& sums_in,
+                                                                             const at::Tensor& counts_in, double eps) {
   check_sums(sums_in, counts_in);
   const at::Tensor sums = sums_in.contiguous();
   const at::Tensor counts = counts_in.contiguous();
   const int64_t K = sums.size(0), D = sums.size(1);
   const auto f32 = sums.options();
-  at::Tensor chat = at::empty({K, D}, f32);
+  at::Tensor chat = at::zeros({K, D}, f32);
   at::Tensor inv_snorm = at::empty({K}, f32);
-  at::Tensor csum = at::empty({D}, f32);
+  at::Tensor csum = at::zeros({D}, f32);
   at::Tensor sqnorm = at::empty({K}, f32);
   const float* sp = sums.data_ptr<float>();
   const float* cp = counts.data_ptr<float>();
@@ -39,36 +40,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cpu(
   float* ip = inv_snorm.data_ptr<float>();
   float* qp = sqnorm.data_ptr<float>();
   float* Cp = csum.data_ptr<float>();
+  const VecOps& ops = vec_ops();
 
-  at::parallel_for(0, K, 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, K, 4, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      const float* s = sp + k * D;
-      double ss = 0;
-      for (int64_t d = 0; d < D; ++d) ss += double(s[d]) * s[d];
-      const float inv = cp[k] > 0.f ? 1.f / std::max(static_cast<float>(std::sqrt(ss)), float(eps)) : 0.f;
-      ip[k] = inv;
-      double hh = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        hp[k * D + d] = s[d] * inv;
-        hh += double(hp[k * D + d]) * hp[k * D + d];
-      }
-      qp[k] = static_cast<float>(hh);
+      const float norm = std::sqrt(ops.sum_squares(sp + k * D, D));
+      ip[k] = cp[k] > 0.f ? 1.f / std::max(norm, static_cast<float>(eps)) : 0.f;
+      ops.add_scaled(hp + k * D, sp + k * D, ip[k], D);
+      qp[k] = ops.sum_squares(hp + k * D, D);
     }
   });
-  // C[d] = sum over k of chat[k, d], in k order for every d.
-  at::parallel_for(0, D, 64, [&](int64_t d0, int64_t d1) {
-    for (int64_t d = d0; d < d1; ++d) Cp[d] = 0.f;
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t d = d0; d < d1; ++d) Cp[d] += hp[k * D + d];
+  // C = sum of the chat rows, in k order for every column.
+  at::parallel_for(0, D, 256, [&](int64_t d0, int64_t d1) {
+    for (int64_t k = 0; k < K; ++k) ops.add_scaled(Cp + d0, hp + k * D + d0, 1.f, d1 - d0);
   });
 
   const int64_t n = count_active(cp, K);
   double total = 1.0;
   if (n >= 2) {
-    double cc = 0, diag = 0;
-    for (int64_t d = 0; d < D; ++d) cc += double(Cp[d]) * Cp[d];
+    double diag = 0;
     for (int64_t k = 0; k < K; ++k) diag += qp[k];
-    total = (cc - diag) / (double(n) * double(n - 1));
+    total = (static_cast<double>(ops.sum_squares(Cp, D)) - diag) / (double(n) * double(n - 1));
   }
   at::Tensor loss = at::empty({}, f32);
   loss.fill_(total);
@@ -91,14 +83,12 @@ at::Tensor centroid_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   const float* ip = inv_snorm.data_ptr<float>();
   const float* Cp = csum.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, K, 8, [&](int64_t begin, int64_t end) {
+  const VecOps& ops = vec_ops();
+  at::parallel_for(0, K, 4, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      if (ip[k] == 0.f) continue;  // empty cluster
+      if (ip[k] == 0.f) continue;  // empty cluster: no gradient
       const float* h = hp + k * D;
-      float dot = 0;
-      for (int64_t d = 0; d < D; ++d) dot += h[d] * Cp[d];
-      const float scale = coef * ip[k];
-      for (int64_t d = 0; d < D; ++d) op[k * D + d] = scale * (Cp[d] - h[d] * dot);
+      ops.project_out(op + k * D, Cp, h, ops.dot(h, Cp, D), coef * ip[k], D);
     }
   });
   return out;

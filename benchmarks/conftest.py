@@ -1,0 +1,18 @@
+"""Benchmarks: pytest benchmarks/ --benchmark-only. Ratio tables are printed at the end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_utils  # noqa: E402
+
+
+def pytest_terminal_summary(terminalreporter):
+    for summary in bench_utils.SUMMARIES:
+        text = summary()
+        if text:
+            terminalreporter.write_sep("=", "ratios measured in this run")
+            terminalreporter.write_line(text)
