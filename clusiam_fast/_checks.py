@@ -48,5 +48,5 @@ def check_cluster_loss_args(z: torch.Tensor, logits: torch.Tensor, gumbel, tau: 
         )
     if not (isinstance(tau, (int, float)) and tau > 0):
         raise ValueError(f"cluster_loss: `tau` must be a number > 0, got {tau!r}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"cluster_loss: `eps` must be a number > 0, got {eps!r}")
+    if not (isinstance(eps, (int, float)) and eps >= torch.finfo(torch.float32).tiny):
+        raise ValueError(f"cluster_loss: `eps` must be a float32-representable number > 0 (>= 1.2e-38), got {eps!r}")

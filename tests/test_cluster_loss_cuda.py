@@ -49,8 +49,8 @@ def test_cuda_dtypes_tau_upstream(dtype, tau, upstream):
 def test_cuda_matches_cpu_kernels_on_non_contiguous_inputs():
     z, logits, gumbel = make_inputs(300, 30, 70, seed=3)
     cpu = loss_and_grad("fused", z, logits, gumbel)
-    zc = z.cuda().t().contiguous().t()
-    gpu = loss_and_grad("fused", zc, logits.cuda(), gumbel.cuda().t().contiguous().t())
+    transposed = lambda t: t.cuda().t().contiguous().t()  # column-major copies
+    gpu = loss_and_grad("fused", transposed(z), transposed(logits.detach()), transposed(gumbel))
     assert torch.equal(cpu[2], gpu[2].cpu())
     torch.testing.assert_close(cpu[0], gpu[0].cpu(), atol=1e-6, rtol=1e-5)
     assert_close_grad(gpu[1].cpu(), cpu[1], 1e-5)

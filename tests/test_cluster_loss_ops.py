@@ -136,3 +136,27 @@ def test_reference_alone_works_and_matches_published_semantics():
     expected = (gram.sum() - gram.diagonal().sum()) / (n * (n - 1))
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-5)
     assert grad.abs().max() > 0
+
+
+@fused_cpu
+def test_near_ties_and_nan_rows_follow_the_reference():
+    """The argmax is taken over y like the published code: logits that differ by less than
+    float32 can show after the softmax tie, and the first index wins."""
+    z = torch.randn(3, 4)
+    logits = torch.tensor([[1e-9, 2e-9, -5.0], [0.0, 3.0, 3.0], [float("nan")] * 3])
+    zeros = torch.zeros(3, 3)
+    _, fused = cf.cluster_loss(z, logits, gumbel=zeros, impl="fused", return_assignments=True)
+    _, ref = cf.cluster_loss(z, logits, gumbel=zeros, impl="reference", return_assignments=True)
+    assert fused.tolist() == ref.tolist() == [0, 1, 0]
+
+
+@fused_cpu
+def test_internal_outputs_carry_no_gradient_and_backward_ops_check_shapes():
+    z, logits, gumbel = make_inputs(20, 4, 6, seed=1)
+    y, idx, inv_norm, sums, counts = torch.ops.clusiam.assign_pool(z, logits, gumbel, 1.0, 1e-8)
+    assert sums.requires_grad and not (y.requires_grad or inv_norm.requires_grad or counts.requires_grad)
+    with pytest.raises(RuntimeError, match=r"grad_sums must be \(K, D\) = \(4, 6\)"):
+        torch.ops.clusiam.assign_pool_backward(torch.zeros(5, 6), z, y.detach(), inv_norm, 1.0, torch.float32)
+    loss, chat, inv_snorm, csum = torch.ops.clusiam.centroid_loss(sums.detach(), counts, 1e-8)
+    with pytest.raises(RuntimeError, match="csum"):
+        torch.ops.clusiam.centroid_loss_backward(torch.tensor(1.0), chat, inv_snorm, csum[:-1], counts)

@@ -41,7 +41,8 @@ def _centroid_loss_backward_fake(grad, chat, inv_snorm, csum, counts):
 # assign_pool: the sums carry the straight-through gradient back to the logits.
 def _assign_pool_setup(ctx, inputs, output):
     z, logits, _gumbel, tau, _eps = inputs
-    y, _idx, inv_norm, _sums, _counts = output
+    y, _idx, inv_norm, _sums, counts = output
+    ctx.mark_non_differentiable(y, inv_norm, counts)  # only the sums carry a gradient
     ctx.save_for_backward(z, y, inv_norm)
     ctx.tau = tau
     ctx.logits_dtype = logits.dtype
@@ -62,6 +63,7 @@ torch.library.register_autograd("clusiam::assign_pool", _assign_pool_backward, s
 def _centroid_loss_setup(ctx, inputs, output):
     _sums, counts, _eps = inputs
     _loss, chat, inv_snorm, csum = output
+    ctx.mark_non_differentiable(chat, inv_snorm, csum)  # only the loss carries a gradient
     ctx.save_for_backward(chat, inv_snorm, csum, counts)
 
 

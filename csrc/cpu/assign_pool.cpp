@@ -91,6 +91,7 @@ at::Tensor cluster_products(const at::Tensor& z, const at::Tensor& grad_sums) {
 
 at::Tensor assign_pool_backward_cpu(const at::Tensor& grad_sums_in, const at::Tensor& z_in, const at::Tensor& y_in,
                                     const at::Tensor& inv_norm_in, double tau, at::ScalarType dtype) {
+  check_assign_backward(grad_sums_in, z_in, y_in, inv_norm_in);
   const at::Tensor z = z_in.to(at::kFloat).contiguous();
   const at::Tensor grad_sums = grad_sums_in.to(at::kFloat).contiguous();
   const at::Tensor y = y_in.contiguous();

@@ -70,6 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cpu(con
 at::Tensor centroid_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& chat_in,
                                       const at::Tensor& inv_snorm_in, const at::Tensor& csum_in,
                                       const at::Tensor& counts_in) {
+  check_centroid_backward(grad, chat_in, inv_snorm_in, csum_in, counts_in);
   const at::Tensor chat = chat_in.contiguous();
   const at::Tensor inv_snorm = inv_snorm_in.contiguous();
   const at::Tensor csum = csum_in.contiguous();

@@ -47,8 +47,9 @@ __global__ void assign_rows_kernel(const logit_t* __restrict__ logits, const flo
     float g;
     if (gumbel != nullptr) {
       g = gumbel[m * K + k];
-    } else {  // E ~ Exp(1) = -log(U), g = -log(E); E floored so g stays finite
-      g = -logf(fmaxf(-logf(curand_uniform(&state)), FLT_MIN));
+    } else {  // E ~ Exp(1) = -log(U), g = -log(E); U in (0, 1], U near 1 as torch's exponential_
+      const float u = curand_uniform(&state);
+      g = -logf(u >= 1.f - FLT_EPSILON / 2 ? FLT_EPSILON / 2 : -logf(u));
     }
     const float x = (static_cast<float>(lrow[k]) + g) / tau;
     yrow[k] = x;
@@ -100,8 +101,8 @@ __global__ void pool_chunks_kernel(const z_t* __restrict__ z, const float* __res
                                    const int64_t* __restrict__ keys, const int64_t* __restrict__ perm,
                                    const int64_t* __restrict__ start, int64_t M, int64_t D,
                                    float* __restrict__ sums, float* __restrict__ head, float* __restrict__ tail) {
-  const int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t j = blockIdx.y, lo = j * kChunk, hi = min(lo + kChunk, M);
+  const int64_t d = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t j = blockIdx.x, lo = j * kChunk, hi = min(lo + kChunk, M);
   if (d >= D) return;
   const int64_t first = keys[lo];
   auto flush = [&](int64_t k, float acc) {
@@ -128,8 +129,8 @@ __global__ void pool_chunks_kernel(const z_t* __restrict__ z, const float* __res
 __global__ void pool_spans_kernel(const int64_t* __restrict__ keys, const int64_t* __restrict__ start,
                                   const float* __restrict__ head, const float* __restrict__ tail, int64_t D,
                                   float* __restrict__ sums, float* __restrict__ counts) {
-  const int64_t k = blockIdx.y;
-  const int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t k = blockIdx.x;
+  const int64_t d = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t s = start[k], e = start[k + 1];
   if (d == 0) counts[k] = static_cast<float>(e - s);
   if (d >= D) return;
@@ -152,7 +153,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_po
   const at::Tensor z = z_in.contiguous();
   const at::Tensor logits = logits_in.contiguous();
   const int64_t M = z.size(0), D = z.size(1), K = logits.size(1);
-  TORCH_CHECK(K <= 65535, "clusiam::assign_pool: at most 65535 clusters on CUDA, got ", K);
+  TORCH_CHECK(M <= INT32_MAX && K <= INT32_MAX && D <= 65535LL * kColumns,
+              "clusiam::assign_pool: shape too large for the CUDA kernels: M=", M, " K=", K, " D=", D);
   const auto f32 = z.options().dtype(at::kFloat);
   auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -196,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_po
   at::Tensor counts = at::empty({K}, f32);
   at::Tensor head = at::empty({chunks, D}, f32);
   at::Tensor tail = at::empty({chunks, D}, f32);
-  const dim3 grid_chunks((D + kColumns - 1) / kColumns, chunks);
+  const dim3 grid_chunks(chunks, (D + kColumns - 1) / kColumns);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "pool_chunks", [&] {
     pool_chunks_kernel<scalar_t><<<grid_chunks, kColumns, 0, stream>>>(
         z.data_ptr<scalar_t>(), inv_norm.data_ptr<float>(), keys.data_ptr<int64_t>(),
@@ -204,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_po
         head.data_ptr<float>(), tail.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const dim3 grid_spans((D + kColumns - 1) / kColumns, K);
+  const dim3 grid_spans(K, (D + kColumns - 1) / kColumns);
   pool_spans_kernel<<<grid_spans, kColumns, 0, stream>>>(keys.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
                                                         head.data_ptr<float>(), tail.data_ptr<float>(), D,
                                                         sums.data_ptr<float>(), counts.data_ptr<float>());

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../checks.h"
 #include "common.cuh"
 
 namespace clusiam {
@@ -32,8 +33,10 @@ __global__ void softmax_backward_kernel(const float* __restrict__ a, const float
 
 at::Tensor assign_pool_backward_cuda(const at::Tensor& grad_sums, const at::Tensor& z, const at::Tensor& y_in,
                                      const at::Tensor& inv_norm_in, double tau, at::ScalarType dtype) {
+  check_assign_backward(grad_sums, z, y_in, inv_norm_in);
   const c10::cuda::CUDAGuard guard(z.device());
   const int64_t M = y_in.size(0), K = y_in.size(1);
+  TORCH_CHECK(M <= INT32_MAX, "clusiam::assign_pool_backward: too many rows for the CUDA kernel");
   const at::Tensor a = at::mm(z.to(at::kFloat), grad_sums.to(at::kFloat).t()).contiguous();
   const at::Tensor y = y_in.contiguous();
   const at::Tensor inv_norm = inv_norm_in.contiguous();

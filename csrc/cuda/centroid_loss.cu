@@ -72,12 +72,16 @@ __global__ void loss_kernel(const float* __restrict__ csum, const float* __restr
   if (threadIdx.x == 0) loss[0] = n >= 2.0 ? static_cast<float>((cc - diag) / (n * (n - 1.0))) : 1.f;
 }
 
+__global__ void active_count_kernel(const float* __restrict__ counts, int64_t K, float* __restrict__ n) {
+  const float total = active_clusters(counts, K);
+  if (threadIdx.x == 0) n[0] = total;
+}
+
 __global__ void centroid_backward_kernel(const float* __restrict__ grad, const float* __restrict__ chat,
                                          const float* __restrict__ inv_snorm, const float* __restrict__ csum,
-                                         const float* __restrict__ counts, int64_t K, int64_t D,
-                                         float* __restrict__ out) {
+                                         const float* __restrict__ active, int64_t D, float* __restrict__ out) {
   const int64_t k = blockIdx.x;
-  const float n = active_clusters(counts, K);
+  const float n = active[0];
   const float* h = chat + k * D;
   float* o = out + k * D;
   if (n < 2.f || inv_snorm[k] == 0.f) {  // constant loss, or an empty cluster
@@ -95,6 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cuda(co
                                                                               const at::Tensor& counts_in,
                                                                               double eps) {
   check_sums(sums_in, counts_in);
+  TORCH_CHECK(sums_in.size(0) <= INT32_MAX, "clusiam::centroid_loss: too many clusters for the CUDA kernels");
   const c10::cuda::CUDAGuard guard(sums_in.device());
   const at::Tensor sums = sums_in.contiguous();
   const at::Tensor counts = counts_in.contiguous();
@@ -119,15 +124,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cuda(co
 at::Tensor centroid_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& chat_in,
                                        const at::Tensor& inv_snorm_in, const at::Tensor& csum_in,
                                        const at::Tensor& counts_in) {
+  check_centroid_backward(grad, chat_in, inv_snorm_in, csum_in, counts_in);
   const c10::cuda::CUDAGuard guard(chat_in.device());
   const at::Tensor chat = chat_in.contiguous(), inv_snorm = inv_snorm_in.contiguous();
   const at::Tensor csum = csum_in.contiguous(), counts = counts_in.contiguous();
   const at::Tensor g = grad.to(at::kFloat).contiguous();
   const int64_t K = chat.size(0), D = chat.size(1);
   at::Tensor out = at::empty({K, D}, chat.options());
-  centroid_backward_kernel<<<K, threads_for(D), 0, c10::cuda::getCurrentCUDAStream()>>>(
-      g.data_ptr<float>(), chat.data_ptr<float>(), inv_snorm.data_ptr<float>(), csum.data_ptr<float>(),
-      counts.data_ptr<float>(), K, D, out.data_ptr<float>());
+  at::Tensor active = at::empty({1}, chat.options());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  active_count_kernel<<<1, 256, 0, stream>>>(counts.data_ptr<float>(), K, active.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  centroid_backward_kernel<<<K, threads_for(D), 0, stream>>>(g.data_ptr<float>(), chat.data_ptr<float>(),
+                                                             inv_snorm.data_ptr<float>(), csum.data_ptr<float>(),
+                                                             active.data_ptr<float>(), D, out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
