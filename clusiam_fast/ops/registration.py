@@ -43,6 +43,7 @@ def _assign_pool_setup(ctx, inputs, output):
     z, logits, _gumbel, tau, _eps = inputs
     y, _idx, inv_norm, _sums, counts = output
     ctx.mark_non_differentiable(y, inv_norm, counts)  # only the sums carry a gradient
+    ctx.set_materialize_grads(False)  # no zero tensors for the outputs without one
     ctx.save_for_backward(z, y, inv_norm)
     ctx.tau = tau
     ctx.logits_dtype = logits.dtype
@@ -64,6 +65,7 @@ def _centroid_loss_setup(ctx, inputs, output):
     _sums, counts, _eps = inputs
     _loss, chat, inv_snorm, csum = output
     ctx.mark_non_differentiable(chat, inv_snorm, csum)  # only the loss carries a gradient
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(chat, inv_snorm, csum, counts)
 
 

@@ -1,10 +1,9 @@
 // CPU kernels of clusiam::assign_pool and its backward.
 //
 // Forward: one parallel pass over the rows of logits (Gumbel softmax, first
-// argmax) and of z (1/||z||), then one pass over z adding each normalised row
-// into its cluster's sum, parallel over columns so that every sum is
-// accumulated in row order whatever the thread count (deterministic).
-// O(M K + M D); no one-hot matrix. Half inputs are upcast to float32 first.
+// argmax), then one over z (norms and cluster sums, see norm_and_pool).
+// O(M K + M D); no one-hot matrix; deterministic whatever the thread count.
+// Half inputs are upcast to float32 first.
 //
 // Backward: one BLAS product restricted to the non-empty clusters (the other
 // rows of grad_sums are zero), then the softmax backward row by row.
@@ -16,6 +15,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -31,6 +31,61 @@ at::Tensor sample_gumbel(int64_t M, int64_t K, const at::TensorOptions& options)
   return at::empty({M, K}, options).exponential_().clamp_min_(std::numeric_limits<float>::min()).log_().neg_();
 }
 
+// One pass over z: inv_norm[m] = 1 / max(||z[m]||, eps), sums[k] = sum of
+// z[m] * inv_norm[m] over the rows of cluster k, counts[k] = their number.
+// Rows are ordered by cluster (stable counting sort) and cut into pieces of at
+// most kPiece rows; each piece is summed in row order into its cluster's row
+// of sums (or a partial row when the cluster has several pieces, added up in
+// piece order afterwards). Each row of z is read once (its second use, the
+// scaled add, hits L1). The order of every sum is fixed: deterministic.
+void norm_and_pool(const float* zp, const int64_t* ip, float eps, int64_t M, int64_t D, int64_t K, float* np,
+                   float* sp, float* cp) {
+  constexpr int64_t kPiece = 64;
+  std::vector<int64_t> start(K + 1, 0), rows(M), piece_start(K + 1, 0);
+  for (int64_t m = 0; m < M; ++m) ++start[ip[m] + 1];
+  for (int64_t k = 0; k < K; ++k) {
+    start[k + 1] += start[k];
+    const int64_t n = start[k + 1] - start[k];
+    cp[k] = static_cast<float>(n);
+    piece_start[k + 1] = piece_start[k] + (n + kPiece - 1) / kPiece;
+  }
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  for (int64_t m = 0; m < M; ++m) rows[next[ip[m]]++] = m;  // stable: row order within a cluster
+  std::vector<int64_t> piece_cluster(piece_start[K]);
+  for (int64_t k = 0; k < K; ++k)
+    std::fill(piece_cluster.begin() + piece_start[k], piece_cluster.begin() + piece_start[k + 1], k);
+  const bool split = piece_start[K] > 0 && piece_start[K] > K - std::count(cp, cp + K, 0.f);
+  std::vector<float> partial(split ? piece_start[K] * D : 0);
+  const VecOps& ops = vec_ops();
+
+  at::parallel_for(0, piece_start[K], 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t k = piece_cluster[p], j = p - piece_start[k];
+      const bool alone = piece_start[k + 1] - piece_start[k] == 1;
+      float* out = alone ? sp + k * D : partial.data() + p * D;
+      const int64_t lo = start[k] + j * kPiece, hi = std::min(lo + kPiece, start[k + 1]);
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t m = rows[r];
+        const float* zr = zp + m * D;
+        np[m] = 1.f / std::max(std::sqrt(ops.sum_squares(zr, D)), eps);
+        (r == lo ? ops.scale_into : ops.add_scaled)(out, zr, np[m], D);
+      }
+    }
+  });
+  at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      float* out = sp + k * D;
+      const int64_t p0 = piece_start[k], p1 = piece_start[k + 1];
+      if (p1 == p0) {
+        std::fill(out, out + D, 0.f);  // empty cluster
+      } else if (p1 - p0 > 1) {
+        ops.scale_into(out, partial.data() + p0 * D, 1.f, D);
+        for (int64_t p = p0 + 1; p < p1; ++p) ops.add_scaled(out, partial.data() + p * D, 1.f, D);
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_pool_cpu(
     const at::Tensor& z_in, const at::Tensor& logits_in, const std::optional<at::Tensor>& gumbel, double tau,
     double eps) {
@@ -44,8 +99,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_po
   at::Tensor y = at::empty({M, K}, f32);
   at::Tensor idx = at::empty({M}, f32.dtype(at::kLong));
   at::Tensor inv_norm = at::empty({M}, f32);
-  at::Tensor sums = at::zeros({K, D}, f32);
-  at::Tensor counts = at::zeros({K}, f32);
+  at::Tensor sums = at::empty({K, D}, f32);
+  at::Tensor counts = at::empty({K}, f32);
   const float* zp = z.data_ptr<float>();
   const float* lp = logits.data_ptr<float>();
   const float* gp = noise.data_ptr<float>();
@@ -58,15 +113,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> assign_po
   const float tau_f = static_cast<float>(tau), eps_f = static_cast<float>(eps);
 
   at::parallel_for(0, M, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      ip[m] = ops.softmax_argmax(lp + m * K, gp + m * K, tau_f, K, yp + m * K);
-      np[m] = 1.f / std::max(std::sqrt(ops.sum_squares(zp + m * D, D)), eps_f);
-    }
+    for (int64_t m = begin; m < end; ++m) ip[m] = ops.softmax_argmax(lp + m * K, gp + m * K, tau_f, K, yp + m * K);
   });
-  for (int64_t m = 0; m < M; ++m) cp[ip[m]] += 1.f;
-  at::parallel_for(0, D, 256, [&](int64_t d0, int64_t d1) {
-    for (int64_t m = 0; m < M; ++m) ops.add_scaled(sp + ip[m] * D + d0, zp + m * D + d0, np[m], d1 - d0);
-  });
+  norm_and_pool(zp, ip, eps_f, M, D, K, np, sp, cp);
   return {y, idx, inv_norm, sums, counts};
 }
 
@@ -97,18 +146,17 @@ at::Tensor assign_pool_backward_cpu(const at::Tensor& grad_sums_in, const at::Te
   const at::Tensor y = y_in.contiguous();
   const at::Tensor inv_norm = inv_norm_in.contiguous();
   const int64_t M = y.size(0), K = y.size(1);
-  const at::Tensor a = cluster_products(z, grad_sums);
-  at::Tensor out = at::empty({M, K}, y.options());
+  at::Tensor a = cluster_products(z, grad_sums);  // a fresh (M, K) buffer: the result is written in place
   const float* ap = a.data_ptr<float>();
   const float* yp = y.data_ptr<float>();
   const float* np = inv_norm.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  float* op = a.data_ptr<float>();
   const float inv_tau = 1.f / static_cast<float>(tau);
   const VecOps& ops = vec_ops();
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) ops.softmax_backward(ap + m * K, yp + m * K, np[m] * inv_tau, K, op + m * K);
   });
-  return dtype == at::kFloat ? out : out.to(dtype);
+  return dtype == at::kFloat ? a : a.to(dtype);
 }
 
 }  // namespace

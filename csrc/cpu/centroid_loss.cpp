@@ -9,6 +9,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "../checks.h"
@@ -30,9 +31,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cpu(con
   const at::Tensor counts = counts_in.contiguous();
   const int64_t K = sums.size(0), D = sums.size(1);
   const auto f32 = sums.options();
-  at::Tensor chat = at::zeros({K, D}, f32);
+  at::Tensor chat = at::empty({K, D}, f32);
   at::Tensor inv_snorm = at::empty({K}, f32);
-  at::Tensor csum = at::zeros({D}, f32);
+  at::Tensor csum = at::empty({D}, f32);
   at::Tensor sqnorm = at::empty({K}, f32);
   const float* sp = sums.data_ptr<float>();
   const float* cp = counts.data_ptr<float>();
@@ -46,13 +47,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cpu(con
     for (int64_t k = begin; k < end; ++k) {
       const float norm = std::sqrt(ops.sum_squares(sp + k * D, D));
       ip[k] = cp[k] > 0.f ? 1.f / std::max(norm, static_cast<float>(eps)) : 0.f;
-      ops.add_scaled(hp + k * D, sp + k * D, ip[k], D);
+      ops.scale_into(hp + k * D, sp + k * D, ip[k], D);
       qp[k] = ops.sum_squares(hp + k * D, D);
     }
   });
   // C = sum of the chat rows, in k order for every column.
   at::parallel_for(0, D, 256, [&](int64_t d0, int64_t d1) {
-    for (int64_t k = 0; k < K; ++k) ops.add_scaled(Cp + d0, hp + k * D + d0, 1.f, d1 - d0);
+    ops.scale_into(Cp + d0, hp + d0, 1.f, d1 - d0);
+    for (int64_t k = 1; k < K; ++k) ops.add_scaled(Cp + d0, hp + k * D + d0, 1.f, d1 - d0);
   });
 
   const int64_t n = count_active(cp, K);
@@ -76,9 +78,9 @@ at::Tensor centroid_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   const at::Tensor csum = csum_in.contiguous();
   const at::Tensor counts = counts_in.contiguous();
   const int64_t K = chat.size(0), D = chat.size(1);
-  at::Tensor out = at::zeros({K, D}, chat.options());
   const int64_t n = count_active(counts.data_ptr<float>(), K);
-  if (n < 2) return out;  // the loss is the constant 1.0
+  if (n < 2) return at::zeros({K, D}, chat.options());  // the loss is the constant 1.0
+  at::Tensor out = at::empty({K, D}, chat.options());
   const float coef = 2.f * grad.item<float>() / (float(n) * float(n - 1));
   const float* hp = chat.data_ptr<float>();
   const float* ip = inv_snorm.data_ptr<float>();
@@ -87,7 +89,10 @@ at::Tensor centroid_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   const VecOps& ops = vec_ops();
   at::parallel_for(0, K, 4, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      if (ip[k] == 0.f) continue;  // empty cluster: no gradient
+      if (ip[k] == 0.f) {  // empty cluster: no gradient
+        std::fill(op + k * D, op + (k + 1) * D, 0.f);
+        continue;
+      }
       const float* h = hp + k * D;
       ops.project_out(op + k * D, Cp, h, ops.dot(h, Cp, D), coef * ip[k], D);
     }

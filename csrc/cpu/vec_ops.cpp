@@ -11,7 +11,7 @@ namespace clusiam {
 
 #define CLUSIAM_OPS_TABLE                                                                 \
   VecOps {                                                                                \
-    &sum_squares, &dot, &add_scaled, &project_out, &softmax_argmax, &softmax_backward \
+    &sum_squares, &dot, &add_scaled, &scale_into, &project_out, &softmax_argmax, &softmax_backward \
   }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
