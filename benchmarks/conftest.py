@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+
+import pytest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -16,3 +18,14 @@ def pytest_terminal_summary(terminalreporter):
         if text:
             terminalreporter.write_sep("=", "ratios measured in this run")
             terminalreporter.write_line(text)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the duration of a benchmark."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,6 +25,13 @@ $PY -m pytest benchmarks/bench_cluster_loss.py --benchmark-only -q -k cuda -p no
   --benchmark-columns=median,iqr,rounds --benchmark-json "$RESULTS/bench_cluster_loss_gpu.json" \
   2>&1 | tee "$RESULTS/bench_cluster_loss_gpu.txt" | grep -A40 "ratios measured"
 
+echo "== training step on the GPU (SimSiam vs CluSiam, fused vs reference)"
+$PY -m pytest benchmarks/bench_train_step.py --benchmark-only -q -k cuda -p no:cacheprovider \
+  --benchmark-columns=median,rounds 2>&1 | tee "$RESULTS/bench_train_step_gpu.txt" | tail -15
+
+echo "== demo training run on the GPU (--amp)"
+$PY -m clusiam_fast.train --demo --out "$RESULTS/demo_gpu" --amp 2>&1 | tail -8
+
 if [ -f benchmarks/gpu_loader_check.py ]; then
   echo "== DALI GPU pipeline (two-view 224 px images/s)"
   $PY benchmarks/gpu_loader_check.py 2>&1 | tee "$RESULTS/dali_gpu.txt" | tail -5

@@ -39,3 +39,14 @@ def wsi_dir() -> Path:
 def crc_dir() -> Path:
     """Kather colorectal tiles with labels in the file names."""
     return _data("crc-mini")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny models on a shared 2-core machine are faster so."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

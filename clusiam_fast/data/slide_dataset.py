@@ -1,0 +1,267 @@
+"""Train straight from slides: patches read on the fly at tiler (or CLAM) coordinates.
+
+``SlidePatchDataset(source, transform=None, return_coords=False)`` where ``source`` is
+
+- a tiler ``manifest.csv`` (or the folder holding it): slide paths, levels, read and
+  output sizes and the backend all come from the manifest;
+- CLAM coordinate files made elsewhere: one ``.h5`` path, a list of them, or a folder of
+  them (e.g. CLAM's ``RESULTS/patches``). Each file's ``coords`` attributes give the
+  level (``patch_level``) and the size read there (``patch_size``); patches are resized
+  to ``output_size`` (ours) or left at ``patch_size`` (CLAM's). Its slide is, in order:
+  ``slide_paths[slide_id]`` (a dict keyed by slide id = h5 file stem, or a list parallel
+  to the h5 files); the ``slide_path`` attribute our tiler stores; a file named
+  ``<slide_id>.<slide extension>`` in ``slide_dir``, the h5 file's folder or its parent.
+  A slide that cannot be found is an error naming the h5 file and the places searched.
+
+Items are ``transform(PIL RGB image output_size x output_size)`` (the PIL image itself
+when ``transform`` is None), or ``(item, (slide_index, x, y))`` with ``return_coords``
+(``x, y`` level-0, ``slide_index`` into ``dataset.slides``).
+
+Coordinates are loaded once at construction (no per-item HDF5 access). Slide readers are
+opened lazily in the process that reads (DataLoader workers each open their own; at most
+``max_open_slides`` stay open per process) and are never pickled. With a DataLoader, a
+batch is fetched through ``__getitems__``: patches of the same slide are read together
+by the backend's batched multi-threaded reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch.utils.data
+
+from clusiam_fast.data.slides import SLIDE_EXTENSIONS, SlideReader, available_backends, open_slide, patch_image
+
+
+@dataclass
+class SlideInfo:
+    """One slide of a :class:`SlidePatchDataset` (attributes, or ``info["slide_id"]``)."""
+
+    slide_id: str
+    path: Path
+    coords: np.ndarray  # (N, 2) int64 level-0 x, y
+    read_level: int
+    read_size: int
+    output_size: int
+    backend: str = "auto"
+    h5_path: Path | None = None
+    mpp: float | None = None
+    target_mpp: float | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    @property
+    def num_patches(self) -> int:
+        return len(self.coords)
+
+
+def _h5_files(source: Any) -> list[Path] | None:
+    """The h5 files ``source`` names, or None when it is a manifest."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            if (path / "manifest.csv").is_file():
+                return None
+            files = sorted(path.glob("*.h5"))
+            if not files:
+                raise FileNotFoundError(f"{path}: neither a manifest.csv nor any .h5 coordinate file in this folder")
+            return files
+        if path.suffix.lower() in (".h5", ".hdf5"):
+            return [path]
+        return None
+    return [Path(p) for p in source]
+
+
+def _find_slide(slide_id: str, h5_path: Path, slide_dir: str | Path | None) -> Path:
+    places = [Path(slide_dir)] if slide_dir else []
+    places += [h5_path.parent, h5_path.parent.parent]
+    for place in places:
+        if not place.is_dir():
+            continue
+        for candidate in sorted(place.iterdir()):
+            name = candidate.name
+            if name.lower().endswith(SLIDE_EXTENSIONS) and name[: -len(name.split(".")[-1]) - 1] in (
+                slide_id, slide_id + ".ome",
+            ):
+                return candidate
+    raise FileNotFoundError(
+        f"{h5_path}: no slide found for it (looked for {slide_id}.<{'|'.join(e[1:] for e in SLIDE_EXTENSIONS)}> in "
+        f"{', '.join(str(p) for p in places)}); pass slide_paths={{'{slide_id}': PATH}} or slide_dir=FOLDER"
+    )
+
+
+class SlidePatchDataset(torch.utils.data.Dataset):
+    """Patches of many slides, read on the fly (see the module docstring)."""
+
+    def __init__(
+        self,
+        manifest_or_h5_list: str | os.PathLike | Sequence[str | os.PathLike],
+        transform: Callable | None = None,
+        return_coords: bool = False,
+        *,
+        slide_paths: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike] | None = None,
+        slide_dir: str | os.PathLike | None = None,
+        backend: str | None = None,
+        output_size: int | None = None,
+        read_threads: int = 2,
+        max_open_slides: int = 16,
+    ) -> None:
+        self.transform = transform
+        self.return_coords = return_coords
+        self.read_threads = read_threads
+        self.max_open_slides = max(1, max_open_slides)
+        h5_files = _h5_files(manifest_or_h5_list)
+        if h5_files is None:
+            self.slides = self._from_manifest(Path(manifest_or_h5_list), slide_dir)
+        else:
+            self.slides = self._from_h5(h5_files, slide_paths, slide_dir)
+        installed = set(available_backends())
+        for info in self.slides:
+            if backend is not None:
+                info.backend = backend
+            elif info.backend not in installed:
+                info.backend = "auto"
+            if output_size is not None:
+                info.output_size = int(output_size)
+        counts = np.array([info.num_patches for info in self.slides], np.int64)
+        self._ends = np.cumsum(counts)
+        if not len(self.slides) or self._ends[-1] == 0:
+            raise ValueError(f"{manifest_or_h5_list}: no patches to read (no slides, or no coordinates in them)")
+        self._readers: OrderedDict[int, SlideReader] = OrderedDict()
+        self._pid = os.getpid()
+
+    # -- construction ----------------------------------------------------------------------
+    @staticmethod
+    def _from_manifest(path: Path, slide_dir: str | os.PathLike | None) -> list[SlideInfo]:
+        from clusiam_fast.tiling.h5 import read_coords_h5
+        from clusiam_fast.tiling.manifest import read_manifest
+
+        if path.is_dir():
+            path = path / "manifest.csv"
+        slides = []
+        for row in read_manifest(path):
+            slide = Path(row["slide_path"])
+            if not slide.exists() and slide_dir is not None and (Path(slide_dir) / slide.name).exists():
+                slide = Path(slide_dir) / slide.name
+            if not slide.exists():
+                raise FileNotFoundError(f"{path}: slide {row['slide_path']} of {row['slide_id']} does not exist; "
+                                        "pass slide_dir=FOLDER if the slides moved")
+            coords, attrs = read_coords_h5(row["h5_path"])
+            slides.append(SlideInfo(
+                slide_id=row["slide_id"], path=slide, coords=coords,
+                read_level=int(row.get("read_level", attrs["patch_level"])),
+                read_size=int(row.get("read_size", attrs["patch_size"])),
+                output_size=int(row.get("patch_size", attrs["output_size"])),
+                backend=row.get("backend") or "auto", h5_path=Path(row["h5_path"]),
+                mpp=row.get("mpp"), target_mpp=row.get("target_mpp"),
+            ))
+        return slides
+
+    @staticmethod
+    def _from_h5(files: list[Path], slide_paths: Any, slide_dir: Any) -> list[SlideInfo]:
+        from clusiam_fast.tiling.h5 import read_coords_h5
+
+        if slide_paths is not None and not isinstance(slide_paths, Mapping):
+            slide_paths = list(slide_paths)
+            if len(slide_paths) != len(files):
+                raise ValueError(f"slide_paths has {len(slide_paths)} entries for {len(files)} h5 files")
+        slides = []
+        for i, h5_path in enumerate(files):
+            coords, attrs = read_coords_h5(h5_path)
+            slide_id = h5_path.stem
+            if isinstance(slide_paths, list):
+                slide = Path(slide_paths[i])
+            elif isinstance(slide_paths, Mapping) and (slide_id in slide_paths or str(h5_path) in slide_paths):
+                slide = Path(slide_paths.get(slide_id) or slide_paths[str(h5_path)])
+            elif attrs.get("slide_path") and Path(attrs["slide_path"]).exists():
+                slide = Path(attrs["slide_path"])
+            else:
+                slide = _find_slide(slide_id, h5_path, slide_dir)
+            if not slide.exists():
+                raise FileNotFoundError(f"{h5_path}: its slide {slide} does not exist")
+            slides.append(SlideInfo(
+                slide_id=slide_id, path=slide, coords=coords, read_level=int(attrs["patch_level"]),
+                read_size=int(attrs["patch_size"]), output_size=int(attrs["output_size"]),
+                backend=str(attrs.get("backend", "auto")), h5_path=h5_path,
+                mpp=attrs.get("mpp"), target_mpp=attrs.get("target_mpp"),
+            ))
+        return slides
+
+    # -- reading ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def locate(self, index: int) -> tuple[int, int, int]:
+        """``(slide_index, x, y)`` of item ``index``."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} patches")
+        slide = int(np.searchsorted(self._ends, index, side="right"))
+        start = int(self._ends[slide - 1]) if slide else 0
+        x, y = self.slides[slide].coords[index - start]
+        return slide, int(x), int(y)
+
+    def reader(self, slide_index: int) -> SlideReader:
+        """The open reader of a slide in this process (opened on first use)."""
+        if self._pid != os.getpid():  # forked worker: never share the parent's file handles
+            self._readers = OrderedDict()
+            self._pid = os.getpid()
+        reader = self._readers.get(slide_index)
+        if reader is None:
+            info = self.slides[slide_index]
+            reader = open_slide(info.path, info.backend)
+            self._readers[slide_index] = reader
+            while len(self._readers) > self.max_open_slides:
+                self._readers.popitem(last=False)[1].close()
+        else:
+            self._readers.move_to_end(slide_index)
+        return reader
+
+    def _item(self, region: np.ndarray, where: tuple[int, int, int]) -> Any:
+        image = patch_image(region, self.slides[where[0]].output_size)
+        item = self.transform(image) if self.transform is not None else image
+        return (item, where) if self.return_coords else item
+
+    def __getitem__(self, index: int) -> Any:
+        where = self.locate(index)
+        info = self.slides[where[0]]
+        region = self.reader(where[0]).read_region(where[1:], info.read_level, info.read_size)
+        return self._item(region, where)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """A batch: each slide's patches read together (batched, multi-threaded)."""
+        places = [self.locate(int(i)) for i in indices]
+        regions: list[np.ndarray | None] = [None] * len(places)
+        by_slide: dict[int, list[int]] = {}
+        for k, (slide, _, _) in enumerate(places):
+            by_slide.setdefault(slide, []).append(k)
+        for slide, ks in by_slide.items():
+            info = self.slides[slide]
+            locations = [places[k][1:] for k in ks]
+            batches = self.reader(slide).read_regions(
+                locations, info.read_level, info.read_size, num_workers=self.read_threads, batch_size=len(ks)
+            )
+            for k, region in zip(ks, (r for batch in batches for r in batch)):
+                regions[k] = region
+        return [self._item(region, where) for region, where in zip(regions, places)]
+
+    def close(self) -> None:
+        """Close the readers this process opened."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_readers"] = OrderedDict()  # readers never travel; each process opens its own
+        return state
+
+    def __repr__(self) -> str:
+        return f"SlidePatchDataset({len(self.slides)} slides, {len(self)} patches)"

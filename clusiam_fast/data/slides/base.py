@@ -1,0 +1,212 @@
+"""The small interface every slide backend implements, plus what they share.
+
+A reader gives the pyramid geometry (``level_dimensions`` as (width, height),
+``level_downsamples``), the level-0 pixel size (``mpp``, from metadata, never guessed) and
+RGB uint8 regions. Region locations are always level-0 (x, y), as in OpenSlide and CLAM;
+sizes are in pixels of the level read. Pixels outside the image come back white
+(background), whatever the backend.
+
+Readers hold open file handles and native objects (cuCIM's do not pickle): open one per
+process, lazily, where it is used (see ``SlidePatchDataset``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .mpp import MppInfo
+
+
+class SlideError(RuntimeError):
+    """A slide cannot be opened or read; the message names the file."""
+
+
+class MissingMppError(SlideError):
+    """The slide's metadata has no pixel size and none was given."""
+
+
+def as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``224`` or ``(w, h)`` -> ``(w, h)``."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    w, h = size
+    return int(w), int(h)
+
+
+class SlideReader(ABC):
+    """Base class of the cuCIM, OpenSlide and tifffile readers."""
+
+    backend: str = ""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.level_dimensions: tuple[tuple[int, int], ...] = ()
+        self.level_downsamples: tuple[float, ...] = ()
+        self.mpp_info: MppInfo | None = None
+
+    # -- geometry and metadata -------------------------------------------------------------
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height)."""
+        return self.level_dimensions[0]
+
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 microns per pixel, or None when the metadata has none."""
+        return self.mpp_info.mpp if self.mpp_info else None
+
+    def require_mpp(self) -> float:
+        """``mpp`` or a :class:`MissingMppError` naming the file and the fix."""
+        if self.mpp is None:
+            raise MissingMppError(
+                f"{self.path.name}: no microns-per-pixel in the slide metadata (looked at OpenSlide "
+                "properties, the Aperio description, OME PhysicalSize and TIFF resolution tags); "
+                "give it with --slide-mpp X (or open_slide(..., slide_mpp=X))"
+            )
+        return self.mpp
+
+    def best_level_for_downsample(self, downsample: float, tolerance: float = 0.01) -> int:
+        """The coarsest level whose downsample is at most ``downsample * (1 + tolerance)``."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1.0 + tolerance) and ds >= self.level_downsamples[best]:
+                best = level
+        return best
+
+    def __repr__(self) -> str:
+        mpp = f"{self.mpp:.4g}" if self.mpp else "unknown"
+        return f"{type(self).__name__}({str(self.path)!r}, levels={self.level_dimensions}, mpp={mpp})"
+
+    # -- pixels ----------------------------------------------------------------------------
+    @abstractmethod
+    def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 of a region lying inside the level (level-0 x, y)."""
+
+    def read_region(self, location: Sequence[int], level: int, size: int | Sequence[int]) -> np.ndarray:
+        """RGB uint8 (h, w, 3) at level-0 ``location`` (x, y), ``size`` px of ``level``."""
+        x, y = int(location[0]), int(location[1])
+        w, h = as_size(size)
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"{self.path.name}: level {level} does not exist (levels 0..{self.level_count - 1})")
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        # the region on the level's pixel grid (floor, like cuCIM and CLAM readers)
+        lx, ly = math.floor(x / ds), math.floor(y / ds)
+        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if x0 == lx and y0 == ly and x1 == lx + w and y1 == ly + h:
+            return self._read(x, y, level, w, h)
+        out = np.full((h, w, 3), 255, np.uint8)
+        if x1 > x0 and y1 > y0:
+            inside = self._read(math.ceil(x0 * ds), math.ceil(y0 * ds), level, x1 - x0, y1 - y0)
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = inside
+        return out
+
+    def inside(self, location: Sequence[int], level: int, size: int | Sequence[int]) -> bool:
+        """True when the region lies entirely inside ``level``."""
+        w, h = as_size(size)
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
+        return lx >= 0 and ly >= 0 and lx + w <= lw and ly + h <= lh
+
+    def read_regions(
+        self,
+        locations: Sequence[Sequence[int]] | np.ndarray,
+        level: int,
+        size: int | Sequence[int],
+        *,
+        num_workers: int = 2,
+        batch_size: int = 64,
+    ) -> Iterator[np.ndarray]:
+        """Batches (B, h, w, 3) of the regions at ``locations``, in order, read by threads.
+
+        Backends override this with a faster native path where they have one.
+        """
+        locs = [(int(x), int(y)) for x, y in np.asarray(locations, dtype=np.int64).reshape(-1, 2)]
+        if num_workers <= 1:
+            for start in range(0, len(locs), batch_size):
+                yield np.stack([self.read_region(xy, level, size) for xy in locs[start : start + batch_size]])
+            return
+        with ThreadPoolExecutor(num_workers) as pool:
+            for start in range(0, len(locs), batch_size):
+                chunk = locs[start : start + batch_size]
+                yield np.stack(list(pool.map(lambda xy: self.read_region(xy, level, size), chunk)))
+
+    def read_patches(
+        self,
+        locations: Sequence[Sequence[int]] | np.ndarray,
+        level: int,
+        size: int | Sequence[int],
+        *,
+        num_workers: int = 2,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """All regions at once: (N, h, w, 3) uint8."""
+        w, h = as_size(size)
+        batches = list(self.read_regions(locations, level, (w, h), num_workers=num_workers, batch_size=batch_size))
+        return np.concatenate(batches) if batches else np.zeros((0, h, w, 3), np.uint8)
+
+    def thumbnail(self, downsample: float, chunk: int = 4096) -> tuple[np.ndarray, tuple[float, float]]:
+        """The whole slide at about ``downsample`` x level 0, read from the best level in chunks.
+
+        Returns the RGB image and its exact (x, y) downsample relative to level 0.
+        """
+        from PIL import Image
+
+        downsample = max(float(downsample), 1.0)
+        w0, h0 = self.dimensions
+        out_w, out_h = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
+        level = self.best_level_for_downsample(downsample)
+        lw, lh = self.level_dimensions[level]
+        fx, fy = out_w / lw, out_h / lh
+        out = np.full((out_h, out_w, 3), 255, np.uint8)
+        ds = self.level_downsamples[level]
+        for ly in range(0, lh, chunk):
+            for lx in range(0, lw, chunk):
+                cw, ch = min(chunk, lw - lx), min(chunk, lh - ly)
+                ox0, oy0 = round(lx * fx), round(ly * fy)
+                ox1, oy1 = round((lx + cw) * fx), round((ly + ch) * fy)
+                if ox1 <= ox0 or oy1 <= oy0:
+                    continue
+                region = self.read_region((math.ceil(lx * ds), math.ceil(ly * ds)), level, (cw, ch))
+                if (ox1 - ox0, oy1 - oy0) != (cw, ch):
+                    region = np.asarray(Image.fromarray(region).resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR))
+                out[oy0:oy1, ox0:ox1] = region
+        return out, (w0 / out_w, h0 / out_h)
+
+    # -- lifetime --------------------------------------------------------------------------
+    def close(self) -> None:  # noqa: B027 - optional for backends
+        """Release the file; the reader cannot be used afterwards."""
+
+    def __enter__(self) -> "SlideReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        raise TypeError(
+            f"{type(self).__name__} for {self.path.name} cannot be pickled: open a reader in each process "
+            "(e.g. lazily in a Dataset's __getitem__)"
+        )
+
+
+def patch_image(region: np.ndarray, output_size: int | Sequence[int]):
+    """RGB uint8 array -> PIL image of ``output_size``, resized with antialiased bilinear."""
+    from PIL import Image
+
+    image = Image.fromarray(region)
+    size = as_size(output_size)
+    if image.size != size:
+        image = image.resize(size, Image.BILINEAR)
+    return image

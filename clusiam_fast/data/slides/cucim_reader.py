@@ -1,0 +1,170 @@
+"""cuCIM backend: Aperio SVS, Philips TIFF and generic tiled TIFF, the fastest reader here.
+
+Batches use cuCIM's multi-location ``read_region`` (its own worker threads decode in
+parallel), on the distinct TIFF tiles when neighbouring patches share them. The pixel size comes from the file's metadata (see ``mpp.py``), never from
+``CuImage.spacing()``, which reports 1.0 for SVS. ``CuImage`` objects do not pickle: open
+a reader per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from clusiam_fast.utils.deps import require
+
+from .base import SlideError, SlideReader, as_size
+from .mpp import aperio_mpp, tiff_mpp
+
+
+_QUIET_OPENS = 1  # CuImage constructions still to run silenced (see _cucim)
+
+
+@contextlib.contextmanager
+def _native_output_silenced():
+    """Send what native code prints to fd 1 and 2 to /dev/null for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
+
+
+def _open_cuimage(path: Path):
+    """``cucim.CuImage(path)``, keeping cuFile's start-up noise out of the output.
+
+    On machines without a GPU driver, cuCIM's GPUDirect-Storage layer (libcufile, loaded
+    by torch) prints "dlopen error libcuda.so.1 ... cuFile initialization failed" on import
+    and on the first open, and writes ./cufile.log. Both are harmless: silenced here, and
+    the log goes to /dev/null unless CUFILE_LOGFILE_PATH says otherwise. Errors still
+    arrive as exceptions.
+    """
+    global _QUIET_OPENS
+    if "cucim" not in sys.modules:
+        os.environ.setdefault("CUFILE_LOGFILE_PATH", os.devnull)
+        with _native_output_silenced():
+            require("cucim", "cucim-cu13", "reading slides with cuCIM")
+    import cucim
+
+    if _QUIET_OPENS > 0:
+        _QUIET_OPENS -= 1
+        with _native_output_silenced():
+            return cucim.CuImage(str(path))
+    return cucim.CuImage(str(path))
+
+
+class CuCIMReader(SlideReader):
+    """Reads through ``cucim.CuImage`` (on the CPU here; cuCIM can decode on a GPU too)."""
+
+    backend = "cucim"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        try:
+            self._image = _open_cuimage(self.path)
+        except ImportError:
+            raise
+        except Exception as error:
+            raise SlideError(f"{self.path.name}: cuCIM cannot open it ({type(error).__name__}: {error})") from error
+        resolutions = self._image.resolutions
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in resolutions["level_dimensions"])
+        self.level_downsamples = tuple(float(d) for d in resolutions["level_downsamples"])
+        self.level_tile_sizes = tuple((int(w), int(h)) for w, h in resolutions.get("level_tile_sizes", ()))
+        if len(self.level_tile_sizes) != len(self.level_dimensions):
+            self.level_tile_sizes = ((0, 0),) * len(self.level_dimensions)
+        self.mpp_info = tiff_mpp(self.path) or aperio_mpp(self._image.raw_metadata)
+
+    def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        try:
+            region = np.asarray(self._image.read_region((x, y), (width, height), level))
+        except Exception as error:
+            raise SlideError(
+                f"{self.path.name}: cuCIM read failed at ({x}, {y}) level {level} ({type(error).__name__}: {error})"
+            ) from error
+        return np.ascontiguousarray(region[..., :3])
+
+    def read_regions(
+        self,
+        locations: Sequence[Sequence[int]] | np.ndarray,
+        level: int,
+        size: int | Sequence[int],
+        *,
+        num_workers: int = 2,
+        batch_size: int = 64,
+    ) -> Iterator[np.ndarray]:
+        """cuCIM's batched multi-location read, ``num_workers`` decoding threads.
+
+        Neighbouring patches share TIFF tiles (a 224-px grid over 240-px tiles touches ~4
+        tiles per patch, but each tile belongs to ~1 patch): when a batch's patches share
+        tiles, the batch reads the distinct tile-aligned regions once, in one multi-location
+        call, and cuts the patches from them; otherwise it reads the patches directly.
+        Regions that cross the image border are read one by one (white padding).
+        """
+        w, h = as_size(size)
+        locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        if not len(locs):
+            return
+        if not all(self.inside(xy, level, (w, h)) for xy in locs):
+            yield from super().read_regions(locs, level, (w, h), num_workers=num_workers, batch_size=batch_size)
+            return
+        for start in range(0, len(locs), batch_size):
+            chunk = locs[start : start + batch_size]
+            try:
+                yield self._read_batch(chunk, level, w, h, max(1, num_workers))
+            except SlideError:
+                raise
+            except Exception as error:
+                raise SlideError(
+                    f"{self.path.name}: cuCIM batched read failed ({type(error).__name__}: {error})"
+                ) from error
+
+    def _read_batch(self, locs: np.ndarray, level: int, w: int, h: int, workers: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        tw, th = self.level_tile_sizes[level]
+        level_xy = np.floor(locs / ds).astype(np.int64)
+        if tw > 0 and th > 0 and tw * th <= (1 << 20):
+            first = level_xy // (tw, th)
+            last = (level_xy + (w - 1, h - 1)) // (tw, th)
+            touches = int(np.prod(last - first + 1, axis=1).sum())
+            tiles = sorted({(tx, ty) for (fx, fy), (lx, ly) in zip(first, last)
+                            for ty in range(fy, ly + 1) for tx in range(fx, lx + 1)})
+            if len(tiles) * 4 <= touches * 3:  # sharing saves at least a quarter of the decoding
+                return self._cut_from_tiles(level_xy, tiles, level, w, h, tw, th, workers)
+        batches = self._image.read_region(
+            [(int(x), int(y)) for x, y in locs], (w, h), level, num_workers=workers, batch_size=len(locs)
+        )
+        return np.concatenate([np.asarray(b)[..., :3] for b in batches])
+
+    def _cut_from_tiles(self, level_xy, tiles, level, w, h, tw, th, workers) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        origins = [(math.ceil(tx * tw * ds - 1e-6), math.ceil(ty * th * ds - 1e-6)) for tx, ty in tiles]
+        batches = self._image.read_region(origins, (tw, th), level, num_workers=workers, batch_size=len(origins))
+        decoded = np.concatenate([np.asarray(b) for b in batches])
+        index = {tile: i for i, tile in enumerate(tiles)}
+        out = np.empty((len(level_xy), h, w, 3), np.uint8)
+        for k, (lx, ly) in enumerate(level_xy):
+            for ty in range(ly // th, (ly + h - 1) // th + 1):
+                for tx in range(lx // tw, (lx + w - 1) // tw + 1):
+                    x0, x1 = max(lx, tx * tw), min(lx + w, tx * tw + tw)
+                    y0, y1 = max(ly, ty * th), min(ly + h, ty * th + th)
+                    out[k, y0 - ly : y1 - ly, x0 - lx : x1 - lx] = decoded[
+                        index[(tx, ty)], y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw, :3
+                    ]
+        return out
+
+    def close(self) -> None:
+        self._image.close()

@@ -1,0 +1,111 @@
+"""Load what extraction runs: a trainer checkpoint or an exported torchvision ResNet.
+
+:func:`load_encoder` returns an :class:`Encoder` whose forward gives
+``(features (N, F), assigner probabilities (N, K) or None)``.
+
+- trainer checkpoint (a dict with ``model`` and ``config``): loaded with
+  ``clusiam_fast.models.load_checkpoint``; features are ``model.features(x)``
+  (the backbone output) and, for the cluster methods, probabilities are
+  ``softmax(cluster logits)``, computed from the same backbone pass
+  (``model.assign(model.projector(features))`` = ``model.cluster_logits(x)``).
+  The checkpoint's ``norm_stats`` go into ``encoder.config["norm_stats"]``.
+- exported backbone (``--export-backbone``, a plain torchvision ResNet state_dict
+  without ``fc``): the architecture (resnet18/34/50/101/152) is read off the keys.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+CLUSTER_METHODS = ("clusiam", "clubyol")
+_RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+            ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+
+
+class Encoder(nn.Module):
+    """Backbone features and (when the model has a cluster assigner) its probabilities."""
+
+    def __init__(self, model: nn.Module, *, kind: str, config: dict[str, Any], has_assigner: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = kind
+        self.config = config
+        self.has_assigner = has_assigner
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.kind == "backbone":
+            return self.model(x), None
+        features = self.model.features(x)
+        if not self.has_assigner:
+            return features, None
+        if hasattr(self.model, "assign") and hasattr(self.model, "projector"):
+            logits = self.model.assign(self.model.projector(features))  # one backbone pass
+        else:
+            logits = self.model.cluster_logits(x)
+        return features, torch.softmax(logits.float(), dim=1)
+
+
+def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    for prefix in ("module.", "backbone.", "encoder."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def resnet_from_state_dict(state: dict[str, Tensor], source: str = "state_dict") -> tuple[nn.Module, str]:
+    """Build the torchvision ResNet matching ``state`` (fc = Identity) and load it strictly."""
+    import torchvision
+
+    state = _strip_prefix(state)
+    blocks = tuple(len({int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}) for i in range(1, 5))
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)
+    arch = _RESNETS.get((blocks, bottleneck))
+    if arch is None or "conv1.weight" not in state:
+        raise ValueError(f"{source} is not a torchvision ResNet state_dict (layer blocks {blocks}, bottleneck {bottleneck}); "
+                         "pass a trainer checkpoint or a file written by `clusiam_fast.train --export-backbone`")
+    model = getattr(torchvision.models, arch)(weights=None)
+    model.fc = nn.Identity()
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: {arch} weights do not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model, arch
+
+
+def _load_any(path: Path) -> Any:
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # Trainer checkpoints also hold RNG states (numpy arrays): a full load, as
+            # clusiam_fast.models.read_checkpoint does for the user's own files.
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated file, not a torch file
+        raise ValueError(f"cannot read checkpoint {path} ({type(error).__name__}: {error})") from error
+
+
+def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:
+    """Load a trainer checkpoint or an exported ResNet backbone as an eval-mode :class:`Encoder`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    obj = _load_any(path)
+    if isinstance(obj, dict) and "model" in obj and "config" in obj:
+        from ..models import load_checkpoint
+
+        model, config = load_checkpoint(path, map_location=map_location)
+        config = dict(config)
+        if isinstance(obj.get("norm_stats"), dict):
+            config.setdefault("norm_stats", obj["norm_stats"])
+        has_assigner = bool(getattr(model, "has_clusters", config.get("method") in CLUSTER_METHODS))
+        return Encoder(model, kind="checkpoint", config=config, has_assigner=has_assigner).eval()
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        model, arch = resnet_from_state_dict(obj, str(path))
+        return Encoder(model, kind="backbone", config={"method": "backbone", "arch": arch}, has_assigner=False).eval()
+    raise ValueError(f"{path} is neither a clusiam_fast trainer checkpoint (dict with 'model' and 'config') nor a ResNet state_dict")

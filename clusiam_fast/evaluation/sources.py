@@ -1,0 +1,179 @@
+"""Patch sources for extraction: a tiler manifest (patches read from slides) or an image folder.
+
+Each source is a dataset over all patches plus the list of its "slides" (bags), each a
+contiguous index range. What a bag is:
+
+- tiler manifest: one bag per slide (row of ``manifest.csv``), with level-0 coordinates.
+- image folder: one bag per folder that directly holds images, named by its path
+  relative to DATA (``DATA/slide_a/*.png`` -> bag ``slide_a``; PCam's
+  ``pcam/train/0/*.jpg`` -> bags ``train/0``, ...); images directly inside DATA form a
+  bag named after DATA itself. Each bag keeps its image paths, relative to DATA.
+
+Items are ``(tensor | None, index, error | None)``: an unreadable patch is reported by
+name and dropped from its bag instead of stopping the run (see :func:`collate_patches`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.patch_folder import find_images, load_rgb
+
+
+
+@dataclass
+class SlideEntry:
+    """One bag: the index range [start, stop) of its patches in the source's dataset."""
+
+    slide_id: str
+    start: int
+    stop: int
+    coords: np.ndarray | None = None
+    paths: list[str] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PatchSource:
+    kind: str
+    dataset: torch.utils.data.Dataset
+    slides: list[SlideEntry]
+    root: Path
+
+    def item_name(self, index: int) -> str:
+        """A human-readable name of patch ``index`` (file path or slide@x,y)."""
+        for s in self.slides:
+            if s.start <= index < s.stop:
+                if s.paths is not None:
+                    return s.paths[index - s.start]
+                if s.coords is not None:
+                    x, y = s.coords[index - s.start]
+                    return f"{s.slide_id}@{int(x)},{int(y)}"
+                return f"{s.slide_id}#{index - s.start}"
+        return f"#{index}"
+
+
+def _item(ds: Any, i: int) -> Tensor:
+    return ds[i]
+
+
+def _image_of(ds: Any, i: int) -> Tensor:
+    """The image of item ``i`` (items may be ``(image, coords)``)."""
+    item = ds[i]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+class _Safe(torch.utils.data.Dataset):
+    """Wraps a dataset so a failing item returns its error instead of raising."""
+
+    def __init__(self, inner: Any, load: Callable[[Any, int], Tensor]) -> None:
+        self.inner, self.load = inner, load
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str | None]:
+        try:
+            return self.load(self.inner, index), index, None
+        except Exception as error:  # one bad patch must not stop the run
+            return None, index, f"{type(error).__name__}: {error}"
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor | None, int, str | None]]:
+        """A batch through the inner dataset's batched reader when it has one, else item by item."""
+        batched = getattr(self.inner, "__getitems__", None)
+        if batched is not None:
+            try:
+                items = batched(list(indices))
+                return [(self.load(items, k), i, None) for k, i in enumerate(indices)]
+            except Exception:  # find the bad patch(es) one by one
+                pass
+        return [self[i] for i in indices]
+
+
+def collate_patches(items: list[tuple[Tensor | None, int, str | None]]) -> tuple[Tensor | None, Tensor, list[tuple[int, str]]]:
+    """Stack the good patches; return (images or None, their indices, [(index, error)] of failures)."""
+    good = [(x, i) for x, i, err in items if err is None]
+    failed = [(i, err) for _, i, err in items if err is not None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, torch.tensor([i for _, i in good], dtype=torch.long), failed
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path], transform: Callable) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.transform(load_rgb(self.paths[index]))
+
+
+def folder_source(root: str | Path, transform: Callable) -> PatchSource:
+    """Images under ``root``, one bag per folder that holds them (see module docstring)."""
+    root = Path(root)
+    images = find_images(root)
+    rel = [p.relative_to(root) for p in images]
+    order = sorted(range(len(images)), key=lambda i: (rel[i].parent.as_posix(), rel[i].as_posix()))
+    images, rel = [images[i] for i in order], [rel[i] for i in order]
+    slides: list[SlideEntry] = []
+    for i, r in enumerate(rel):
+        bag = r.parent.as_posix() if r.parent != Path(".") else root.name
+        if not slides or slides[-1].slide_id != bag:
+            slides.append(SlideEntry(bag, i, i, paths=[], attrs={"source": "folder", "data_root": str(root.resolve())}))
+        slides[-1].stop = i + 1
+        slides[-1].paths.append(r.as_posix())
+    dataset = _Safe(_ImageFiles(images, transform), _item)
+    return PatchSource("folder", dataset, slides, root)
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+
+
+def _manifest_attrs(row: dict[str, Any], manifest: Path) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"source": "manifest", "manifest": str(manifest.resolve())}
+    for key in ("slide_path", "mpp", "target_mpp", "patch_size", "read_level", "read_size", "backend", "thumbnail", "h5_path"):
+        if row.get(key) not in ("", None):
+            attrs[key] = row[key]
+    return attrs
+
+
+def manifest_source(manifest: str | Path, transform: Callable) -> PatchSource:
+    """Patches read on the fly from the slides of a tiler ``manifest.csv``."""
+    manifest = Path(manifest)
+    from ..data.slide_dataset import SlidePatchDataset
+    from ..tiling.manifest import read_manifest
+
+    rows = {row["slide_id"]: row for row in read_manifest(manifest)}
+    inner = SlidePatchDataset(str(manifest), transform=transform, return_coords=False)
+    slides: list[SlideEntry] = []
+    start = 0
+    for info in inner.slides:
+        slide_id = str(_get(info, "slide_id"))
+        coords = np.asarray(_get(info, "coords"), dtype=np.int64).reshape(-1, 2)
+        attrs = _manifest_attrs(rows.get(slide_id, {}), manifest)
+        slides.append(SlideEntry(slide_id, start, start + len(coords), coords=coords, attrs=attrs))
+        start += len(coords)
+    if start != len(inner):
+        raise RuntimeError(f"{manifest}: the slide dataset has {len(inner)} patches but its slides list {start} coordinates")
+
+    return PatchSource("manifest", _Safe(inner, _image_of), slides, manifest.parent)
+
+
+def open_source(data: str | Path, transform: Callable) -> PatchSource:
+    """A tiler manifest (a .csv file, or a folder holding manifest.csv) or an image folder."""
+    data = Path(data)
+    if data.is_file() and data.suffix.lower() == ".csv":
+        return manifest_source(data, transform)
+    if data.is_dir() and (data / "manifest.csv").is_file():
+        return manifest_source(data / "manifest.csv", transform)
+    if data.is_dir():
+        return folder_source(data, transform)
+    raise FileNotFoundError(f"DATA {data} is neither a tiler manifest.csv nor a folder of images")

@@ -1,0 +1,19 @@
+"""Name -> MIL head factory."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .dsmil import DSMIL
+from .maxpool import MaxPoolMIL
+
+MIL_MODELS = {"maxpool": MaxPoolMIL, "dsmil": DSMIL}
+
+
+def build_mil(name: str, in_dim: int, num_classes: int, **options) -> nn.Module:
+    """Build ``maxpool`` (Max-pooling MIL) or ``dsmil`` (DSMIL) for F = ``in_dim`` features."""
+    try:
+        cls = MIL_MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown MIL model {name!r}; choose from {sorted(MIL_MODELS)}") from None
+    return cls(in_dim, num_classes, **options)

@@ -1,0 +1,271 @@
+"""Tile slides: tissue mask -> patch grid -> CLAM h5 + QA thumbnail (+ tiles) -> manifest.
+
+:func:`tile_slide` does one slide and raises on any problem; :func:`tile_slides` runs many
+(in parallel processes), turns each slide's error into a reported failure, and writes the
+manifest of the slides that succeeded. Every output file is written under a temporary name
+and renamed when complete; a slide's h5 file is written last, so a slide with an h5 file
+has all its outputs.
+
+Output folder::
+
+    OUT/manifest.csv                 one row per tiled slide (tiling/manifest.py)
+    OUT/patches/<slide_id>.h5        CLAM coordinates (tiling/h5.py)
+    OUT/thumbnails/<slide_id>.png    QA picture (tiling/thumbnail.py)
+    OUT/tiles/<slide_id>/*.jpg|png   only with save_tiles (tiling/export.py)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from clusiam_fast.data.slides import SLIDE_EXTENSIONS, SlideError, open_slide, slide_id_from_path
+
+from .export import FORMATS, export_tiles
+from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
+from .h5 import write_coords_h5
+from .manifest import write_manifest
+from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
+from .tissue import TissueParams, detect_tissue, tissue_fractions
+
+
+class NoTissueError(SlideError):
+    """No grid patch has enough tissue."""
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Everything that decides how slides are cut (the CLI flags)."""
+
+    target_mpp: float = 0.5
+    patch_size: int = 224
+    stride: int | None = None  # None: = patch_size (no overlap)
+    min_tissue: float = 0.5
+    slide_mpp: float | None = None  # used for slides whose metadata has no mpp
+    backend: str = "auto"
+    save_tiles: str = "none"  # none | jpg | png
+    read_threads: int = 2
+    tissue: TissueParams = field(default_factory=TissueParams)
+    qa_max_side: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ValueError(f"--min-tissue must be within [0, 1], got {self.min_tissue}")
+        if self.save_tiles != "none" and self.save_tiles not in FORMATS:
+            raise ValueError(f"--save-tiles must be none, jpg or png, got {self.save_tiles!r}")
+        if self.target_mpp <= 0 or (self.slide_mpp is not None and self.slide_mpp <= 0):
+            raise ValueError("--mpp and --slide-mpp must be positive microns per pixel")
+        if self.patch_size < 1 or (self.stride is not None and self.stride < 1):
+            raise ValueError("--patch-size and --stride must be positive")
+
+
+@dataclass
+class SlideFailure:
+    """A slide that could not be tiled, and why."""
+
+    path: Path
+    error: str
+
+
+@dataclass
+class TilingReport:
+    """What :func:`tile_slides` did."""
+
+    rows: list[dict[str, Any]]
+    failures: list[SlideFailure]
+    manifest: Path
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        total = len(self.rows) + len(self.failures)
+        patches = sum(int(r["num_patches"]) for r in self.rows)
+        lines = [f"tiled {len(self.rows)} of {total} slides ({patches} patches) -> {self.manifest}"]
+        if self.failures:
+            lines.append(f"{len(self.failures)} slide(s) failed:")
+            lines += [f"  {f.path.name}: {f.error}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideFailure]]:
+    """Slide files named or found in folders (not their subfolders), and inputs that do not exist.
+
+    A named file is always tried whatever its extension; in a folder only files with a
+    slide extension (``SLIDE_EXTENSIONS``) are taken. A folder with no slide is an error.
+    """
+    slides: list[Path] = []
+    missing: list[SlideFailure] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir() and path.suffix.lower() != ".mrxs":
+            found = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(SLIDE_EXTENSIONS)
+            )
+            if not found:
+                raise FileNotFoundError(f"no slide files ({', '.join(SLIDE_EXTENSIONS)}) in folder {path}")
+            slides += found
+        elif path.exists():
+            slides.append(path)
+        else:
+            missing.append(SlideFailure(path, "no such file or folder"))
+    return [p.resolve() for p in slides], missing
+
+
+def tile_slide(path: str | Path, out_dir: str | Path, config: TileConfig = TileConfig(), slide_id: str | None = None) -> dict[str, Any]:
+    """Tile one slide into ``out_dir``; returns its manifest row. Raises on any problem."""
+    path = Path(path).resolve()
+    out_dir = Path(out_dir)
+    slide_id = slide_id or slide_id_from_path(path)
+    with open_slide(path, config.backend, slide_mpp=config.slide_mpp) as reader:
+        mpp = reader.require_mpp()
+        plan = plan_read(reader.level_downsamples, mpp, config.target_mpp, config.patch_size, config.stride)
+        grid = grid_coords(plan, reader.level_dimensions)
+        if len(grid) == 0:
+            raise SlideError(f"{path.name}: smaller than one patch ({plan.read_size} px at level {plan.level})")
+
+        # one low-resolution read serves both the tissue mask and the QA picture
+        mask_ds = mask_downsample(reader.dimensions, plan.footprint)
+        read_ds = max(1.0, min(mask_ds, max(reader.dimensions) / config.qa_max_side))
+        rgb, rgb_ds = reader.thumbnail(read_ds)
+        mask_rgb, ds = rgb, rgb_ds
+        if mask_ds > read_ds * 1.05:
+            from PIL import Image
+
+            w0, h0 = reader.dimensions
+            size = (max(1, round(w0 / mask_ds)), max(1, round(h0 / mask_ds)))
+            mask_rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+            ds = (w0 / size[0], h0 / size[1])
+        mask = detect_tissue(mask_rgb, mpp * (ds[0] + ds[1]) / 2, config.tissue)
+
+        fractions = tissue_fractions(mask, patch_boxes(grid, plan.footprint, ds))
+        coords = grid[fractions >= config.min_tissue] if config.min_tissue > 0 else grid
+        if len(coords) == 0:
+            raise NoTissueError(
+                f"{path.name}: no tissue found (none of {len(grid)} grid patches has >= {config.min_tissue:.0%} "
+                f"tissue; tissue covers {mask.mean():.1%} of the slide); lower --min-tissue if this is wrong"
+            )
+
+        if config.save_tiles != "none":
+            export_tiles(reader, coords, plan, out_dir / "tiles" / slide_id, slide_id, config.save_tiles, config.read_threads)
+
+        thumbnail = Path("thumbnails") / f"{slide_id}.png"
+        title = (
+            f"{slide_id}: {len(coords)} patches {plan.patch_size}px @ {plan.target_mpp:g} um/px "
+            f"(slide {mpp:.3f} um/px, level {plan.level}, read {plan.read_size}px, {reader.backend})"
+        )
+        picture = draw_qa_thumbnail(rgb, rgb_ds, mask, coords, plan.footprint, title, config.qa_max_side)
+        save_qa_thumbnail(out_dir / thumbnail, picture)
+
+        lw, lh = reader.level_dimensions[plan.level]
+        w0, h0 = reader.dimensions
+        h5_path = Path("patches") / f"{slide_id}.h5"
+        write_coords_h5(
+            out_dir / h5_path,
+            coords,
+            {
+                "patch_size": plan.read_size,
+                "patch_level": plan.level,
+                "downsample": (w0 / lw, h0 / lh),
+                "level_dim": (lw, lh),
+                "downsampled_level_dim": (lw, lh),
+                "name": slide_id,
+                "mpp": mpp,
+                "target_mpp": plan.target_mpp,
+                "output_size": plan.patch_size,
+                "mpp_source": reader.mpp_info.source if reader.mpp_info else "",
+                "slide_path": str(path),
+                "backend": reader.backend,
+            },
+        )
+    return {
+        "slide_id": slide_id,
+        "slide_path": str(path),
+        "h5_path": h5_path.as_posix(),
+        "num_patches": len(coords),
+        "mpp": round(mpp, 6),
+        "target_mpp": plan.target_mpp,
+        "patch_size": plan.patch_size,
+        "read_level": plan.level,
+        "read_size": plan.read_size,
+        "backend": reader.backend,
+        "thumbnail": thumbnail.as_posix(),
+    }
+
+
+def _run_one(path: Path, slide_id: str, out_dir: Path, config: TileConfig) -> tuple[bool, Any]:
+    """``tile_slide`` with its error turned into a message naming the file (runs in workers)."""
+    try:
+        return True, tile_slide(path, out_dir, config, slide_id)
+    except Exception as error:  # one bad slide never stops the run
+        message = str(error) if isinstance(error, (SlideError, OSError)) else f"{type(error).__name__}: {error}"
+        return False, message.removeprefix(f"{path.name}: ")
+
+
+def tile_slides(
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    config: TileConfig = TileConfig(),
+    workers: int = 1,
+    progress: bool = True,
+) -> TilingReport:
+    """Tile every slide of ``inputs`` (files or folders) into ``out_dir``, ``workers`` at a time.
+
+    Failures are collected (never raised); the manifest lists the slides that succeeded.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, failures = find_slides(inputs)
+    jobs: list[tuple[Path, str]] = []
+    owner: dict[str, Path] = {}
+    for path in paths:
+        slide_id = slide_id_from_path(path)
+        if slide_id in owner:
+            failures.append(SlideFailure(path, f"slide id {slide_id!r} is already used by {owner[slide_id]}; rename one"))
+            continue
+        owner[slide_id] = path
+        jobs.append((path, slide_id))
+
+    results: dict[Path, dict[str, Any]] = {}
+    bar = tqdm(total=len(jobs), unit="slide", desc="tiling", disable=not progress, file=sys.stderr)
+
+    def record(path: Path, ok: bool, value: Any) -> None:
+        if ok:
+            results[path] = value
+        else:
+            failures.append(SlideFailure(path, value))
+            bar.write(f"FAILED {path.name}: {value}", file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(failed=len(failures))
+
+    if workers <= 1 or len(jobs) <= 1:
+        for path, slide_id in jobs:
+            record(path, *_run_one(path, slide_id, out_dir, config))
+    else:
+        # not fork: cuCIM/OpenSlide threads and handles must not be copied into children. A fork
+        # server that has imported this module once starts each worker without re-importing.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            futures = {pool.submit(_run_one, path, sid, out_dir, config): path for path, sid in jobs}
+            for future in as_completed(futures):
+                try:
+                    ok, value = future.result()
+                except BrokenProcessPool:
+                    ok, value = False, "the worker process died while tiling it (crash in a native library?)"
+                record(futures[future], ok, value)
+    bar.close()
+    rows = [results[path] for path, _ in jobs if path in results]
+    manifest = write_manifest(out_dir / "manifest.csv", rows)
+    return TilingReport(rows, failures, manifest)

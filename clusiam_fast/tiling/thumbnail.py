@@ -1,0 +1,60 @@
+"""Quality-control picture of one tiled slide: thumbnail, tissue mask and patch grid.
+
+Tissue is tinted green with its outline drawn; each kept patch is a blue square; a title
+bar gives the slide id, the patch count and the resolution. Drawn with Pillow (exact pixel
+sizes, no matplotlib start-up cost in every worker process).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from clusiam_fast.utils.atomic import atomic_path
+
+from .grid import patch_boxes
+
+
+def draw_qa_thumbnail(
+    rgb: np.ndarray,
+    rgb_downsample: tuple[float, float],
+    mask: np.ndarray,
+    coords: np.ndarray,
+    footprint: float,
+    title: str,
+    max_side: int = 1024,
+):
+    """A PIL image of ``rgb`` (the slide at ``rgb_downsample``) with the mask and patches drawn."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    image = Image.fromarray(rgb)
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+    size = image.size
+    downsample = (rgb_downsample[0] * rgb.shape[1] / size[0], rgb_downsample[1] * rgb.shape[0] / size[1])
+
+    tissue = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)
+    green = Image.new("RGB", size, (0, 200, 0))
+    image = Image.composite(Image.blend(image, green, 0.2), image, tissue)
+    outline = tissue.filter(ImageFilter.FIND_EDGES)
+    image.paste((0, 140, 0), mask=outline)
+
+    draw = ImageDraw.Draw(image)
+    for x0, y0, x1, y1 in patch_boxes(coords, footprint, downsample):
+        draw.rectangle((int(x0), int(y0), int(x1) - 1, int(y1) - 1), outline=(30, 60, 230))
+
+    bar = 16
+    canvas = Image.new("RGB", (size[0], size[1] + bar), (255, 255, 255))
+    canvas.paste(image, (0, bar))
+    ImageDraw.Draw(canvas).text((3, 2), title, fill=(0, 0, 0))
+    return canvas
+
+
+def save_qa_thumbnail(path: str | Path, image) -> Path:
+    """Write the PIL ``image`` as PNG, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path

@@ -1,0 +1,137 @@
+"""Training configuration: one dataclass, method defaults filled in by :meth:`TrainConfig.resolved`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..models import ARCHS, CLUSTER_METHODS, METHOD_DEFAULTS, METHODS, MOMENTUM_METHODS
+
+# Loss weight alpha per method: the paper's CluSiam 0.5, the published CluBYOL script 0.9.
+DEFAULT_ALPHA = {"clusiam": 0.5, "clubyol": 0.9, "simsiam": 0.0, "byol": 0.0}
+# --fix-pred-lr per method: on in the published CluSiam script (as in SimSiam), off in its CluBYOL script.
+DEFAULT_FIX_PRED_LR = {"clusiam": True, "simsiam": True, "clubyol": False, "byol": False}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in every checkpoint as ``config``.
+
+    ``None`` means "the method's default" until :meth:`resolved` fills it in. The
+    field names match the CLI flags (``--num-clusters`` -> ``num_clusters``).
+    """
+
+    data: Optional[str] = None
+    out: str = "runs/train"
+    # model
+    method: str = "clusiam"
+    arch: str = "resnet18"
+    num_clusters: int = 100
+    projector_end: str = "bn"
+    out_dim: Optional[int] = None
+    proj_hidden: Optional[int] = None
+    pred_hidden: Optional[int] = None
+    pred_first_bias: Optional[bool] = None
+    cluster_hidden: Optional[int] = None
+    ema_momentum: Optional[float] = None
+    zero_init_residual: bool = True
+    # loss
+    alpha: Optional[float] = None
+    tau: float = 1.0
+    gumbel: bool = True
+    inv_reduction: str = "sum"
+    cluster_loss_impl: str = "auto"
+    # optimisation
+    epochs: int = 50
+    max_steps: Optional[int] = None
+    batch_size: int = 512
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    fix_pred_lr: Optional[bool] = None
+    # data
+    crop_size: int = 224
+    workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    loader: str = "torch"
+    max_stat_images: int = 2000
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    amp_dtype: str = "auto"
+    sync_bn: bool = False
+    channels_last: bool = True
+    # outputs
+    resume: bool = False
+    overwrite: bool = False
+    save_every: int = 1
+    keep_every: int = 0
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+    export_backbone: Optional[str] = None
+    collapse_warn: float = 0.3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, ignoring keys this version does not know (old checkpoints)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the method's defaults filled in and every value checked."""
+        cfg = dataclasses.replace(self)
+        cfg._check_choices()
+        for key, value in METHOD_DEFAULTS[cfg.method].items():
+            if getattr(cfg, key, None) is None:
+                setattr(cfg, key, value)
+        if cfg.method not in MOMENTUM_METHODS:
+            cfg.ema_momentum = None
+        if cfg.alpha is None:
+            cfg.alpha = DEFAULT_ALPHA[cfg.method]
+        if cfg.fix_pred_lr is None:
+            cfg.fix_pred_lr = DEFAULT_FIX_PRED_LR[cfg.method]
+        cfg._check_values()
+        return cfg
+
+    @property
+    def has_clusters(self) -> bool:
+        return self.method in CLUSTER_METHODS
+
+    def _check_choices(self) -> None:
+        choices = {
+            "method": METHODS, "arch": ARCHS, "projector_end": ("bn", "linear"), "inv_reduction": ("sum", "mean"),
+            "cluster_loss_impl": ("auto", "fused", "reference"), "loader": ("torch", "dali"),
+            "device": ("auto", "cpu", "cuda"), "amp_dtype": ("auto", "bf16", "fp16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+
+    def _check_values(self) -> None:
+        def need(ok: bool, flag: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"--{flag} {what}, got {getattr(self, flag.replace('-', '_'))!r}")
+
+        need(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        if not self.has_clusters and self.alpha != 0.0:
+            raise ValueError(f"--alpha weighs the cluster loss of clusiam / clubyol; {self.method} has none (got {self.alpha})")
+        need(self.num_clusters >= 1, "num-clusters", "must be >= 1")
+        need(self.tau > 0, "tau", "must be > 0")
+        need(self.epochs >= 0, "epochs", "must be >= 0")
+        need(self.max_steps is None or self.max_steps >= 0, "max-steps", "must be >= 0")
+        need(self.batch_size >= 2, "batch-size", "must be >= 2 (BatchNorm needs two samples)")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(self.crop_size >= 16, "crop-size", "must be >= 16")
+        need(self.workers >= 0, "workers", "must be >= 0")
+        need(self.save_every >= 1, "save-every", "must be >= 1")
+        need(self.keep_every >= 0, "keep-every", "must be >= 0")
+        need(self.log_every >= 1, "log-every", "must be >= 1")
+        need(self.max_stat_images >= 1, "max-stat-images", "must be >= 1")
+        if self.ema_momentum is not None:
+            need(0.0 <= self.ema_momentum <= 1.0, "ema-momentum", "must be in [0, 1]")

@@ -1,0 +1,83 @@
+"""The training objective: (1 - alpha) * L_inv + alpha * L_cluster.
+
+L_inv is the symmetric invariance loss between predictions and the other view's
+target; L_cluster is :func:`clusiam_fast.cluster_loss` on both views'
+projections (concatenated, detached) and cluster logits.
+
+Scale of L_inv (``reduction``): the published CluSiam / CluBYOL code *sums* the two
+symmetric terms (SimSiam form ``-(cos(p1, t2) + cos(p2, t1))``, in [-2, 2]; BYOL
+form ``(1 - cos(p1, t2)) + (1 - cos(p2, t1))``, in [0, 4]); the paper's alpha
+values were tuned with that scale, so "sum" is the default. "mean" halves it, as
+in the SimSiam paper's ``0.5 * (D(p1, z2) + D(p2, z1))``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..functional import cluster_loss
+from ..models.outputs import PairOutput
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class LossTerms(NamedTuple):
+    """Loss of one step. ``invariance`` and ``cluster`` are unweighted; ``total`` is what is minimised."""
+
+    total: torch.Tensor
+    invariance: torch.Tensor
+    cluster: torch.Tensor
+    assign: Optional[torch.Tensor] = None  # (2N,) argmax of the logits
+    assign_noisy: Optional[torch.Tensor] = None  # (2N,) argmax of logits + Gumbel noise (what the loss used)
+
+
+def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Float32 Gumbel(0, 1) noise of ``like``'s shape from ``generator`` (-log E, E ~ Exp(1))."""
+    exp = torch.empty(like.shape, dtype=torch.float32, device=like.device).exponential_(generator=generator)
+    return exp.clamp_(min=_TINY).log_().neg_()
+
+
+def invariance_loss(out: PairOutput, form: str = "simsiam", reduction: str = "sum") -> torch.Tensor:
+    """Symmetric loss between predictions and targets, in float32.
+
+    form "simsiam": -(cos(p1, t2) + cos(p2, t1)); form "byol": (1 - cos(p1, t2)) + (1 - cos(p2, t1))
+    (each cosine averaged over the batch). ``reduction="mean"`` multiplies by 0.5.
+    """
+    c12 = F.cosine_similarity(out.p1.float(), out.t2.detach().float(), dim=-1).mean()
+    c21 = F.cosine_similarity(out.p2.float(), out.t1.detach().float(), dim=-1).mean()
+    loss = -(c12 + c21) if form == "simsiam" else (1 - c12) + (1 - c21)
+    return loss * 0.5 if reduction == "mean" else loss
+
+
+def training_loss(
+    out: PairOutput,
+    *,
+    form: str,
+    alpha: float,
+    reduction: str = "sum",
+    tau: float = 1.0,
+    gumbel: bool = True,
+    generator: torch.Generator | None = None,
+    impl: str = "auto",
+    process_group=None,
+) -> LossTerms:
+    """(1 - alpha) * invariance + alpha * cluster loss for one batch of two views.
+
+    ``gumbel=False`` passes zero noise (the paper's "Joint" ablation, a plain argmax).
+    ``process_group="default"`` computes the centroids over the global batch under DDP.
+    """
+    inv = invariance_loss(out, form, reduction)
+    if out.a1 is None:
+        zero = inv.new_zeros(())
+        return LossTerms(inv, inv, zero)
+    z = torch.cat([out.z1, out.z2]).detach().float()
+    logits = torch.cat([out.a1, out.a2]).float()
+    noise = gumbel_noise(logits, generator) if gumbel else torch.zeros_like(logits)
+    clu, assign_noisy = cluster_loss(
+        z, logits, tau=tau, gumbel=noise, impl=impl, process_group=process_group, return_assignments=True
+    )
+    total = (1.0 - alpha) * inv + alpha * clu
+    return LossTerms(total, inv, clu, logits.detach().argmax(dim=1), assign_noisy)

@@ -1,0 +1,75 @@
+"""One optimisation step: forward both views (autocast), loss in float32, backward, SGD, EMA.
+
+Shared by the training loop and ``benchmarks/bench_train_step.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..models import MOMENTUM_METHODS, unwrap
+from .config import TrainConfig
+from .losses import LossTerms, training_loss
+from .metrics import collapse_std
+
+
+def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None without --amp. CPU: bfloat16. CUDA: bf16 where supported ("auto"), else fp16."""
+    if not cfg.amp:
+        return None
+    if device.type == "cpu":
+        if cfg.amp_dtype == "fp16":
+            raise ValueError("--amp-dtype fp16 is not supported on the CPU; use bf16 (the default there)")
+        return torch.bfloat16
+    if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class TrainStep:
+    """Callable ``(view1, view2) -> (LossTerms, collapse_std)`` that also updates the model.
+
+    ``model`` may be wrapped in DistributedDataParallel; the loss then computes the
+    cluster centroids over the global batch (``process_group="default"``).
+    """
+
+    def __init__(self, model, optimizer, scaler, cfg: TrainConfig, device: torch.device,
+                 generator: torch.Generator | None, distributed: bool = False) -> None:
+        self.model, self.optimizer, self.scaler, self.cfg, self.device = model, optimizer, scaler, cfg, device
+        self.generator = generator
+        self.amp_dtype = resolve_amp_dtype(cfg, device)
+        self.form = "byol" if cfg.method in MOMENTUM_METHODS else "simsiam"
+        self.ema = cfg.method in MOMENTUM_METHODS
+        self.group = "default" if distributed else None
+        self.memory_format = (
+            torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format
+        )
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        x1, x2 = self._to_device(view1), self._to_device(view2)
+        with autocast_context(self.device, self.amp_dtype):
+            out = self.model(x1, x2)
+        # Outside autocast: the invariance and cluster losses run in float32.
+        terms = training_loss(
+            out, form=self.form, alpha=self.cfg.alpha, reduction=self.cfg.inv_reduction, tau=self.cfg.tau,
+            gumbel=self.cfg.gumbel, generator=self.generator, impl=self.cfg.cluster_loss_impl, process_group=self.group,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema:
+            unwrap(self.model).update_target()
+        return terms, collapse_std(out.z1)
