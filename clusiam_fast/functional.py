@@ -76,6 +76,9 @@ def cluster_loss(
     Returns:
         The 0-dim float32 loss, and the assignments when asked for.
 
+    Precision: everything is computed in float32; on CUDA the backward's one matrix
+    product follows ``torch.backends.cuda.matmul.allow_tf32`` (off by default).
+
     Example::
 
         z, p, logits = ..., ..., ...                # SimSiam outputs plus an assigner head
