@@ -24,6 +24,7 @@ import torch
 
 from bench_utils import SUMMARIES, ratio, record, write_summary
 from gpu_loader_check import make_patches
+from clusiam_fast.utils.threads import torch_threads
 
 N_IMAGES, CROP, MEAN, STD = 384, 224, (0.60, 0.55, 0.60), (0.20, 0.20, 0.20)
 CPU_MS: dict[str, float] = {}
@@ -59,18 +60,14 @@ def test_torchvision_cpu(benchmark, patches):
 
     benchmark.group = "two-view loading"
     transform = paper_augmentation(CROP, MEAN, STD)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
 
     def epoch():
         for path in patches:
             img = load_rgb(path)
             transform(img), transform(img)
 
-    try:
+    with torch_threads(1):
         _measure(benchmark, "torchvision/cpu1", epoch)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -87,36 +87,31 @@ def _openslide_rate(locations) -> float:
     return len(locations) / best
 
 
-def test_openslide_per_region(benchmark, locations):
-    _need("openslide")
-    _run(benchmark, "openslide", locations, _per_region)
+# How each case reads: one region at a time, or read_regions (cuCIM: its native batched
+# read) on one thread or THREADS threads. cuCIM on THREADS threads is the ratio test below.
+WORK = {
+    "per-region": (_per_region, None),
+    "batched-one-thread": (lambda r, l: _batched(r, l, 1), 1),
+    "threads": (lambda r, l: _batched(r, l, THREADS), THREADS),
+}
+CASES = [("openslide", "per-region"), ("openslide", "threads"), ("tifffile", "per-region"), ("tifffile", "threads"),
+         ("cucim", "per-region"), ("cucim", "batched-one-thread")]
 
 
-def test_openslide_threads(benchmark, locations):
-    _need("openslide")
-    _run(benchmark, "openslide", locations, lambda r, l: _batched(r, l, THREADS))
-    benchmark.extra_info["threads"] = THREADS
+@pytest.mark.parametrize("backend,mode", CASES, ids=[f"{b}-{m}" for b, m in CASES])
+def test_read(benchmark, locations, backend, mode):
+    _need(backend)
+    work, threads = WORK[mode]
+    _run(benchmark, backend, locations, work)
+    if threads is not None:
+        benchmark.extra_info["threads"] = threads
 
 
-def test_tifffile_per_region(benchmark, locations):
-    _need("tifffile")
-    _run(benchmark, "tifffile", locations, _per_region)
-
-
-def test_tifffile_threads(benchmark, locations):
-    _need("tifffile")
-    _run(benchmark, "tifffile", locations, lambda r, l: _batched(r, l, THREADS))
-    benchmark.extra_info["threads"] = THREADS
-
-
-def test_cucim_per_region(benchmark, locations):
-    _need("cucim")
-    _run(benchmark, "cucim", locations, _per_region)
-
-
-def test_cucim_batched_one_thread(benchmark, locations):
-    _need("cucim")
-    _run(benchmark, "cucim", locations, lambda r, l: _batched(r, l, 1))
+def _ratio_info(benchmark, rate: float, baseline: float) -> None:
+    benchmark.extra_info.update(
+        threads=THREADS, openslide_per_region_patches_per_s=round(baseline, 1),
+        cucim_over_openslide=round(rate / baseline, 2),
+    )
 
 
 def test_cucim_batched_threads(benchmark, locations):
@@ -127,10 +122,7 @@ def test_cucim_batched_threads(benchmark, locations):
     # same pixels, or the comparison means nothing
     with open_slide(SLIDE, "cucim") as a, open_slide(SLIDE, "openslide") as b:
         np.testing.assert_array_equal(a.read_patches(locations[:8], 0, SIZE), b.read_patches(locations[:8], 0, SIZE))
-    benchmark.extra_info.update(
-        threads=THREADS, openslide_per_region_patches_per_s=round(baseline, 1),
-        cucim_over_openslide=round(rate / baseline, 2),
-    )
+    _ratio_info(benchmark, rate, baseline)
 
 
 def test_cucim_batched_threads_random_locations(benchmark, random_locations):
@@ -138,7 +130,4 @@ def test_cucim_batched_threads_random_locations(benchmark, random_locations):
     _need("openslide")
     baseline = _openslide_rate(random_locations)
     rate = _run(benchmark, "cucim", random_locations, lambda r, l: _batched(r, l, THREADS))
-    benchmark.extra_info.update(
-        threads=THREADS, openslide_per_region_patches_per_s=round(baseline, 1),
-        cucim_over_openslide=round(rate / baseline, 2),
-    )
+    _ratio_info(benchmark, rate, baseline)

@@ -29,6 +29,7 @@ from clusiam_fast.training import TrainConfig, TrainStep
 from clusiam_fast.training.losses import gumbel_noise
 from clusiam_fast.functional import cluster_loss
 from clusiam_fast.training.schedule import build_optimizer
+from clusiam_fast.utils.threads import torch_threads
 
 BATCH, CROP, K = 32, 64, 100
 ROUNDS = 7
@@ -66,13 +67,11 @@ CASES = [("simsiam", "auto"), ("clusiam", "fused"), ("clusiam", "reference")]
 @pytest.fixture(scope="module")
 def steps():
     """All three CPU steps built and warmed up front, so no case pays the process's first-use costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    built, (v1, v2) = {case: _step(*case) for case in CASES}, _views()
-    for _ in range(2):
-        for step in built.values():
-            step(v1, v2)
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        built, (v1, v2) = {case: _step(*case) for case in CASES}, _views()
+        for _ in range(2):
+            for step in built.values():
+                step(v1, v2)
     return built
 
 

@@ -23,9 +23,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture
 def one_thread():
     """One torch thread for the duration of a benchmark."""
-    import torch
+    from clusiam_fast.utils.threads import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

@@ -44,9 +44,26 @@ def crc_dir() -> Path:
 @pytest.fixture
 def one_thread():
     """Run a test on one torch thread: tiny models on a shared 2-core machine are faster so."""
-    import torch
+    from clusiam_fast.utils.threads import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def crc_random_bags(crc_dir, tmp_path_factory) -> list:
+    """crc-mini tiles embedded by a seeded random ResNet-18 (32 px), as feature bags (one per folder)."""
+    import torch
+    import torchvision
+
+    from clusiam_fast.evaluation.feature_bags import load_bags
+    from clusiam_fast.extract import extract
+
+    root = tmp_path_factory.mktemp("crc_bags")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18()
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, root / "backbone.pt")
+    extract(root / "backbone.pt", crc_dir, root / "bags", resize=32, batch_size=64, workers=0,
+            mean=(0.7, 0.55, 0.7), std=(0.15, 0.2, 0.15), progress=False)
+    return load_bags(root / "bags")

@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from clusiam_fast.evaluation.clustering import evaluate_clustering, kmeans
 from clusiam_fast.evaluation.knn import knn_evaluate, knn_top1
@@ -25,19 +24,8 @@ def crc_label(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def crc_features(crc_dir, tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
-    import torchvision
-
-    from clusiam_fast.evaluation.feature_bags import load_bags
-    from clusiam_fast.extract import extract
-
-    root = tmp_path_factory.mktemp("crc_metrics")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = torchvision.models.resnet18()
-    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, root / "backbone.pt")
-    extract(root / "backbone.pt", crc_dir, root / "bags", resize=32, batch_size=64, workers=0, mean=(0.7, 0.55, 0.7), std=(0.15, 0.2, 0.15), progress=False)
-    bags = load_bags(root / "bags")
+def crc_features(crc_random_bags) -> tuple[np.ndarray, np.ndarray]:
+    bags = crc_random_bags
     feats = np.concatenate([b.features for b in bags])
     labels = np.array([crc_label(p.rsplit("/", 1)[-1]) for b in bags for p in b.paths])
     return feats, labels

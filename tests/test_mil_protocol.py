@@ -23,21 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 
 
 @pytest.fixture(scope="module")
-def crc_bags(crc_dir, tmp_path_factory) -> tuple[BagDataset, BagDataset]:
+def crc_bags(crc_random_bags) -> tuple[BagDataset, BagDataset]:
     """Real crc-mini tiles embedded by a seeded random ResNet-18; bags positive when they hold a tumour tile."""
-    import torchvision
-
-    from clusiam_fast.evaluation.feature_bags import load_bags
-    from clusiam_fast.extract import extract
-
-    root = tmp_path_factory.mktemp("crc")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = torchvision.models.resnet18()
-    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, root / "backbone.pt")
-    extract(root / "backbone.pt", crc_dir, root / "bags", resize=32, batch_size=64, workers=0, mean=(0.7, 0.55, 0.7), std=(0.15, 0.2, 0.15), progress=False)
     feats, tumour = [], []
-    for bag in load_bags(root / "bags"):
+    for bag in crc_random_bags:
         for f, p in zip(bag.features, bag.paths):
             feats.append(f)
             tumour.append("_label_0" in p or Path(p).name.startswith("TUM"))

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..evaluation.metrics import classification_metrics, mean_std
+from ..utils.threads import torch_threads
 from .data import BagDataset, stratified_split
 from .models import build_mil
 
@@ -123,15 +124,8 @@ def _cpu_threads(cfg: MILConfig, bags: BagDataset):
     if threads is None and len(bags):
         typical = float(np.median([b.shape[0] for b in bags.features])) * bags.feature_dim
         threads = 1 if typical < 2**20 else None
-    if not str(cfg.device).startswith("cpu") or threads is None:
+    with torch_threads(threads if str(cfg.device).startswith("cpu") else None):
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _optimizer(name: str, params, lr: float, wd: float) -> torch.optim.Optimizer:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..models import build_model, export_backbone, model_config, read_checkpoint
 from ..models.factory import MODEL_KEYS
 from ..utils.atomic import atomic_write_json
+from ..utils.threads import torch_threads
 from .checkpoint import CHECKPOINT, restore_rank_state, save_checkpoint
 from .config import TrainConfig
 from .dist import DistContext, cleanup_distributed, setup_distributed
@@ -66,12 +67,11 @@ def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) 
     """
     cfg = config.resolved()
     ctx = setup_distributed(cfg.device)
-    threads = torch.get_num_threads()
     try:
-        _share_cpu_with_workers(cfg, ctx)
-        return _Trainer(cfg, ctx, on_step).run()
+        with torch_threads(None):  # _share_cpu_with_workers may lower it for the run
+            _share_cpu_with_workers(cfg, ctx)
+            return _Trainer(cfg, ctx, on_step).run()
     finally:
-        torch.set_num_threads(threads)
         cleanup_distributed(ctx)
 
 
