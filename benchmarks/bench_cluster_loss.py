@@ -14,7 +14,7 @@ import torch
 
 import clusiam_fast as cf
 from bench_utils import SUMMARIES, peak_memory_bytes, ratio, record, synced, write_summary
-from clusiam_fast.noise import sample_gumbel
+from clusiam_fast.ops.cluster_loss_reference import sample_gumbel
 
 SHAPES = [(1024, 100, 2048), (1024, 10, 2048), (4096, 1000, 2048)]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cf.fused_available("cuda") else [])

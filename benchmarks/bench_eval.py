@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clusiam_fast.evaluation.knn import knn_top1
-from clusiam_fast.mil import BagDataset, build_mil
+from clusiam_fast.evaluation.mil import BagDataset, build_mil
 
 TRAIN, TEST, DIM = 20_000, 1_000, 512
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clusiam_fast.data.slides import open_slide
+from clusiam_fast.slides import open_slide
 
 REPO = Path(__file__).resolve().parents[1]
 SLIDE = Path(os.environ.get("CLUSIAM_SHARED_DATA", REPO.parent / "shared" / "data")) / "wsi" / "CMU-1-Small-Region.svs"

@@ -26,8 +26,8 @@ import clusiam_fast
 from bench_utils import RESULTS, SUMMARIES, ratio, record, synced, write_summary
 from clusiam_fast.models import build_model
 from clusiam_fast.training import TrainConfig, TrainStep
-from clusiam_fast.training.losses import gumbel_noise
-from clusiam_fast.functional import cluster_loss
+from clusiam_fast.ops import sample_gumbel as gumbel_noise
+from clusiam_fast.ops.cluster_loss import cluster_loss
 from clusiam_fast.training.schedule import build_optimizer
 from clusiam_fast.utils.threads import torch_threads
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .evaluation.pipeline import EvalConfig, run_evaluation
-from .mil.trainer import MILConfig
+from .evaluation.mil.protocol import MILConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

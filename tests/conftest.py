@@ -56,8 +56,8 @@ def crc_random_bags(crc_dir, tmp_path_factory) -> list:
     import torch
     import torchvision
 
-    from clusiam_fast.evaluation.feature_bags import load_bags
-    from clusiam_fast.extract import extract
+    from clusiam_fast.formats.feature_bags import load_bags
+    from clusiam_fast.evaluation.extraction import extract
 
     root = tmp_path_factory.mktemp("crc_bags")
     with torch.random.fork_rng(devices=[]):

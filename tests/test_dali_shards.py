@@ -15,7 +15,7 @@ pytest.importorskip("nvidia.dali")
 
 from clusiam_fast.data.augment import Recipe  # noqa: E402
 from clusiam_fast.data.dali import build_dali_loader  # noqa: E402
-from clusiam_fast.data.shards import main as shards_main  # noqa: E402
+from clusiam_fast.shards import main as shards_main  # noqa: E402
 from clusiam_fast.data.shards import pack_images  # noqa: E402
 
 COLOUR_KEPT = Recipe(p_jitter=0.0, p_gray=0.0)

@@ -148,7 +148,7 @@ def test_cluster_map_of_the_cmu_slide_from_tiler_output(checkpoint, wsi_dir, tmp
     assert tile_main([str(slide), "--out", str(tmp_path / "tiles")]) == 0
     feats = tmp_path / "feats"
     assert extract_main([str(checkpoint), str(tmp_path / "tiles" / "manifest.csv"), "--out", str(feats), "--resize", "32", "--workers", "0", "--quiet"]) == 0
-    (bag,) = __import__("clusiam_fast.evaluation.feature_bags", fromlist=["load_bags"]).load_bags(feats)
+    (bag,) = __import__("clusiam_fast.formats.feature_bags", fromlist=["load_bags"]).load_bags(feats)
     assert bag.coords is not None and len(bag.coords) == len(bag.features) > 10
     assert bag.attrs["slide_path"] == str(slide) and bag.attrs["mpp"] == pytest.approx(0.499, abs=1e-3)
     masks = tmp_path / "masks"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from clusiam_fast.evaluation.feature_bags import load_bags, read_bag
-from clusiam_fast.extract import build_transform, extract, main
+from clusiam_fast.formats.feature_bags import load_bags, read_bag
+from clusiam_fast.evaluation.extraction import build_transform, extract
+from clusiam_fast.extract import main
 
 
 @pytest.fixture(scope="module")

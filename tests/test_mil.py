@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clusiam_fast.mil import DSMIL, BagDataset, MILConfig, build_mil, key_instance_bags, pad_bags, predict, select_model
+from clusiam_fast.evaluation.mil import DSMIL, BagDataset, MILConfig, build_mil, key_instance_bags, pad_bags, predict, select_model
 
 HEADS = ["maxpool", "dsmil"]
 
@@ -34,8 +34,8 @@ def pcam_features(pcam_dir, tmp_path_factory) -> dict[str, np.ndarray]:
     """Features of disjoint PCam pools: a_* (to train on) and b_* (to test on)."""
     import torchvision
 
-    from clusiam_fast.extract import extract
-    from clusiam_fast.evaluation.feature_bags import load_bags
+    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.formats.feature_bags import load_bags
 
     root = tmp_path_factory.mktemp("pcam_pools")
     normal = sorted(p.name for p in (pcam_dir / "train" / "0").glob("*.jpg"))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from clusiam_fast.mil import BagDataset, HeldOutTestSet, MILConfig, key_instance_bags, run_protocol, select_model, stratified_split, warmup_cosine
+from clusiam_fast.evaluation.mil import BagDataset, HeldOutTestSet, MILConfig, key_instance_bags, run_protocol, select_model, stratified_split, warmup_cosine
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on 2 shared cores

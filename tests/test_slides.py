@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from clusiam_fast.data.slides import MissingMppError, SlideError, open_slide, slide_id_from_path
-from clusiam_fast.data.slides.mpp import aperio_mpp, ome_mpp, resolution_tag_mpp
+from clusiam_fast.slides import MissingMppError, SlideError, open_slide, slide_id_from_path
+from clusiam_fast.slides.mpp import aperio_mpp, ome_mpp, resolution_tag_mpp
 
 CMU = "CMU-1-Small-Region.svs"
 TCGA = "tcga-cr-7395-01a-01-ts1.svs"

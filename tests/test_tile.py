@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clusiam_fast.data.slides import open_slide
+from clusiam_fast.slides import open_slide
 from clusiam_fast.tile import main
 from clusiam_fast.tiling import (
     CLAM_ATTRS,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clusiam_fast.data.slide_dataset import SlidePatchDataset
-from clusiam_fast.data.slides import open_slide
+from clusiam_fast.slides import open_slide
 from clusiam_fast.tiling import TileConfig, read_coords_h5, tile_slides, write_coords_h5
 
 CMU = "CMU-1-Small-Region.svs"

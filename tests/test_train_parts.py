@@ -14,10 +14,10 @@ from clusiam_fast.data import PAPER_RECIPE, TwoViews, dataset_mean_std, find_ima
 from clusiam_fast.models import PairOutput, build_model
 from clusiam_fast.train import build_parser, config_from_args
 from clusiam_fast.training import TrainConfig, invariance_loss, training_loss
-from clusiam_fast.training.dist import DistContext
+from clusiam_fast.training.ddp import DistContext
 from clusiam_fast.training.loader import ResumableSampler, TwoViewDataset, resolve_source
-from clusiam_fast.training.losses import gumbel_noise
-from clusiam_fast.training.metrics import EpochMeter, collapse_std
+from clusiam_fast.ops import sample_gumbel as gumbel_noise
+from clusiam_fast.training.monitors import EpochMeter, collapse_std
 from clusiam_fast.training.norm_stats import load_or_compute_stats
 from clusiam_fast.training.schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
 

@@ -52,6 +52,7 @@ from .augment import PAPER_RECIPE, Recipe
 from .dali_augment import augment_view, check_options
 from .dali_checks import check_headers, find_undecodable, probe_decode
 from .dali_sources import FileSource, ShardSource, SlideSource, epoch_plan
+from .resolve import resolve_data
 
 log = logging.getLogger("clusiam_fast.data.dali")
 
@@ -217,35 +218,15 @@ class DaliTwoViewLoader:
 
 
 def _resolve_source(source, *, workers: int):
-    """Pick the source type from what ``source`` is (see :func:`build_dali_loader`)."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"DALI source {path} does not exist")
-        suffix = path.suffix.lower()
-        if suffix == ".csv":
-            return SlideSource(path, workers=workers)
-        if suffix == ".h5":
-            return SlideSource([path], workers=workers)
-        if suffix == ".tar":
-            return ShardSource([path])
-        if path.is_dir():
-            tars = sorted(p for p in path.glob("*.tar") if not p.name.startswith("."))
-            if tars:
-                return ShardSource(tars)
-            from .patch_folder import find_images
-
-            return FileSource(find_images(path))
-        raise ValueError(f"DALI source {path}: expected a folder, a manifest.csv, .h5 or .tar file")
-    items = [os.fspath(p) for p in source]
-    if not items:
-        raise ValueError("build_dali_loader: the source list is empty")
-    suffixes = {Path(p).suffix.lower() for p in items}
-    if suffixes == {".tar"}:
-        return ShardSource(items)
-    if suffixes == {".h5"}:
-        return SlideSource(items, workers=workers)
-    return FileSource(items)
+    """The DALI source for DATA (see :mod:`clusiam_fast.data.resolve`)."""
+    arg = resolve_data(source, what="DALI source")
+    if arg.kind == "shards":
+        return ShardSource(list(arg.files))
+    if arg.kind == "manifest":
+        return SlideSource(arg.path, workers=workers)
+    if arg.kind == "coords":
+        return SlideSource(list(arg.files), workers=workers)
+    return FileSource(list(arg.files))
 
 
 def build_dali_loader(source, *, batch_size: int, crop_size: int, mean: Sequence[float],

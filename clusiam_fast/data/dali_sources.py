@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .tolerant import first_readable
+
 log = logging.getLogger("clusiam_fast.data.dali")
 
 SHARD_IMAGE_EXTS = "jpg;jpeg;png;tif;tiff"
@@ -126,7 +128,7 @@ class ShardSource:
         if missing:
             raise FileNotFoundError(
                 f"webdataset index {missing[0]} is missing ({len(missing)} in all); write shards with "
-                "`python -m clusiam_fast.data.shards`, which writes the .idx files"
+                "`python -m clusiam_fast.shards`, which writes the .idx files"
             )
         self.count = sum(_index_count(i) for i in self.indexes)
         if self.count == 0:
@@ -192,15 +194,16 @@ class _SlideBatches:
             return [self._one(first + j) for j in range(self.batch_size)]
 
     def _one(self, pos: int):
-        n = len(self.order)
-        for attempt in range(16):
-            index = int(self.order[(pos + attempt) % n])
-            try:
-                return _as_patch(self.dataset[index])
-            except Exception as error:
-                log.warning("skipping unreadable slide patch %s: %s: %s",
-                            describe_patch(self.dataset, index), type(error).__name__, error)
-        raise RuntimeError(f"16 consecutive slide patches failed to read, last {describe_patch(self.dataset, index)}")
+        def read(k: int):
+            return _as_patch(self.dataset[int(self.order[k])])
+
+        def describe(k: int) -> str:
+            return describe_patch(self.dataset, int(self.order[k]))
+
+        patch, skipped = first_readable(read, pos % len(self.order), len(self.order), describe)
+        for item in skipped:
+            log.warning("skipping unreadable slide patch %s", item)
+        return patch
 
 
 def _as_patch(item) -> np.ndarray:

@@ -17,15 +17,11 @@ its shuffle buffer see a random order. Image files are decoded once by DALI's CP
 while packing; undecodable ones are reported by name, counted and left out, so shards
 hold only images that decode. Each file is written under a temporary name and renamed when complete.
 
-CLI::
-
-    python -m clusiam_fast.data.shards SRC --out DIR [--shard-size 10000] [--seed 0]
-        [--format jpg|png] [--quality 95] [--workers N]
+CLI: ``python -m clusiam_fast.shards`` (:mod:`clusiam_fast.shards`).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -38,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from .tolerant import TolerantDataset
 
 log = logging.getLogger("clusiam_fast.data.shards")
 
@@ -162,23 +159,6 @@ class _EncodePatch:
         return buf.getvalue()
 
 
-class _Safe:
-    """Dataset wrapper returning (index, bytes) or (index, error text) so one bad read never stops packing."""
-
-    def __init__(self, dataset, order: np.ndarray) -> None:
-        self.dataset, self.order = dataset, order
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, i: int):
-        index = int(self.order[i])
-        try:
-            return index, self.dataset[index]
-        except Exception as error:
-            return index, f"{type(error).__name__}: {error}"
-
-
 def _first(batch):
     return batch[0]
 
@@ -195,16 +175,16 @@ def pack_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, sh
         raise ValueError(f"fmt must be 'jpg' or 'png', got {fmt!r}")
     dataset = SlidePatchDataset(manifest, transform=_EncodePatch(fmt, quality), return_coords=True)
     order = np.random.default_rng(seed).permutation(len(dataset))
-    loader = torch.utils.data.DataLoader(_Safe(dataset, order), batch_size=1, num_workers=workers,
+    loader = torch.utils.data.DataLoader(TolerantDataset(dataset, indices=order), batch_size=1, num_workers=workers,
                                          collate_fn=_first)
     skipped: list[tuple[str, str]] = []
 
     def samples() -> Iterator[tuple[str, bytes, dict]]:
-        for index, item in loader:
-            if isinstance(item, str):
+        for item, index, error in loader:
+            if error is not None:
                 where = describe_patch(dataset, index)
-                log.warning("skipping unreadable patch %s: %s", where, item)
-                skipped.append((str(where), item))
+                log.warning("skipping unreadable patch %s: %s", where, error)
+                skipped.append((str(where), error))
                 continue
             data, (slide_index, x, y) = item
             yield fmt, data, {"slide_id": dataset.slides[slide_index].slide_id, "x": int(x), "y": int(y)}
@@ -223,36 +203,3 @@ def _summary(out_dir, shards: list[Path], packed: int, skipped: list[tuple[str, 
     if skipped:
         log.warning("packed %d samples; %d left out (listed in shards.json)", packed, len(skipped))
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.data.shards",
-        description="Pack a folder of image patches or a tiler manifest.csv into webdataset tar shards "
-                    "(with DALI index files) for build_dali_loader.")
-    parser.add_argument("source", help="folder of images (searched recursively) or a tiler manifest.csv")
-    parser.add_argument("--out", required=True, help="output folder for shard-*.tar, shard-*.idx, shards.json")
-    parser.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample shuffle before packing")
-    parser.add_argument("--format", choices=("jpg", "png"), default="jpg",
-                        help="encoding of patches read from slides (files are copied as they are)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality for patches read from slides")
-    parser.add_argument("--workers", type=int, default=4, help="threads / processes reading the inputs")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    source = Path(args.source)
-    if source.suffix.lower() == ".csv":
-        summary = pack_manifest(source, args.out, shard_size=args.shard_size, seed=args.seed,
-                                fmt=args.format, quality=args.quality, workers=args.workers)
-    else:
-        from .patch_folder import find_images
-
-        summary = pack_images(find_images(source), args.out, shard_size=args.shard_size, seed=args.seed,
-                              workers=args.workers)
-    print(f"wrote {summary['num_shards']} shard(s) with {summary['num_samples']} samples to {args.out}"
-          + (f"; {len(summary['skipped'])} left out (see shards.json)" if summary["skipped"] else ""))
-    return 1 if summary["num_samples"] == 0 else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -35,7 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch.utils.data
 
-from clusiam_fast.data.slides import SLIDE_EXTENSIONS, SlideReader, available_backends, open_slide, patch_image
+from .resolve import resolve_data
+from ..slides import SLIDE_EXTENSIONS, SlideReader, available_backends, open_slide, patch_image
 
 
 @dataclass
@@ -63,19 +64,8 @@ class SlideInfo:
 
 def _h5_files(source: Any) -> list[Path] | None:
     """The h5 files ``source`` names, or None when it is a manifest."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            if (path / "manifest.csv").is_file():
-                return None
-            files = sorted(path.glob("*.h5"))
-            if not files:
-                raise FileNotFoundError(f"{path}: neither a manifest.csv nor any .h5 coordinate file in this folder")
-            return files
-        if path.suffix.lower() in (".h5", ".hdf5"):
-            return [path]
-        return None
-    return [Path(p) for p in source]
+    arg = resolve_data(source, accept=("manifest", "coords"), what="slide patches")
+    return None if arg.kind == "manifest" else list(arg.files)
 
 
 def _find_slide(slide_id: str, h5_path: Path, slide_dir: str | Path | None) -> Path:
@@ -118,7 +108,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         self.max_open_slides = max(1, max_open_slides)
         h5_files = _h5_files(manifest_or_h5_list)
         if h5_files is None:
-            self.slides = self._from_manifest(Path(manifest_or_h5_list), slide_dir)
+            self.slides = self._from_manifest(resolve_data(manifest_or_h5_list).path, slide_dir)
         else:
             self.slides = self._from_h5(h5_files, slide_paths, slide_dir)
         installed = set(available_backends())
@@ -139,8 +129,8 @@ class SlidePatchDataset(torch.utils.data.Dataset):
     # -- construction ----------------------------------------------------------------------
     @staticmethod
     def _from_manifest(path: Path, slide_dir: str | os.PathLike | None) -> list[SlideInfo]:
-        from clusiam_fast.tiling.h5 import read_coords_h5
-        from clusiam_fast.tiling.manifest import read_manifest
+        from ..formats.coords_h5 import read_coords_h5
+        from ..formats.manifest import read_manifest
 
         if path.is_dir():
             path = path / "manifest.csv"
@@ -165,7 +155,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _from_h5(files: list[Path], slide_paths: Any, slide_dir: Any) -> list[SlideInfo]:
-        from clusiam_fast.tiling.h5 import read_coords_h5
+        from ..formats.coords_h5 import read_coords_h5
 
         if slide_paths is not None and not isinstance(slide_paths, Mapping):
             slide_paths = list(slide_paths)

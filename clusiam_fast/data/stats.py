@@ -10,33 +10,22 @@ import torch
 from tqdm.auto import tqdm
 
 from .patch_folder import load_rgb
+from .tolerant import TolerantDataset
 
 
 def _identity(item):
     return item
 
 
-class _Sums(torch.utils.data.Dataset):
-    """Item i -> (sum, sum of squares, pixel count) per channel of image i, or the error text."""
-
-    def __init__(self, images, indices: list[int]) -> None:
-        self.images, self.indices = images, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        index = self.indices[i]
-        try:
-            item = self.images[index]
-            img = load_rgb(item) if isinstance(item, (str, os.PathLike)) else item
-            if isinstance(img, torch.Tensor):  # (3, H, W) in [0, 1]
-                arr = img.double().permute(1, 2, 0).reshape(-1, 3).numpy()
-            else:
-                arr = np.asarray(img.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
-            return arr.sum(0), (arr * arr).sum(0), arr.shape[0]
-        except Exception as error:  # one bad image must not stop the statistics
-            return f"{type(error).__name__}: {error}"
+def _channel_sums(images, index: int):
+    """(sum, sum of squares, pixel count) per channel of image ``index``."""
+    item = images[index]
+    img = load_rgb(item) if isinstance(item, (str, os.PathLike)) else item
+    if isinstance(img, torch.Tensor):  # (3, H, W) in [0, 1]
+        arr = img.double().permute(1, 2, 0).reshape(-1, 3).numpy()
+    else:
+        arr = np.asarray(img.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+    return arr.sum(0), (arr * arr).sum(0), arr.shape[0]
 
 
 def dataset_mean_std(
@@ -61,12 +50,12 @@ def dataset_mean_std(
     g = torch.Generator().manual_seed(seed)
     indices = torch.randperm(n, generator=g)[: min(n, max_images)].tolist()
     loader = torch.utils.data.DataLoader(
-        _Sums(images, indices), batch_size=None, num_workers=num_workers, collate_fn=_identity
+        TolerantDataset(images, _channel_sums, indices), batch_size=None, num_workers=num_workers, collate_fn=_identity
     )
     total, total_sq, count, failures = np.zeros(3), np.zeros(3), 0, []
-    for index, item in zip(indices, tqdm(loader, desc="normalisation stats", disable=not progress, leave=False)):
-        if isinstance(item, str):
-            failures.append(item)
+    for item, _index, error in tqdm(loader, desc="normalisation stats", disable=not progress, leave=False):
+        if error is not None:
+            failures.append(error)
             continue
         s, sq, c = item
         total += s

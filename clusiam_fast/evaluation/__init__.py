@@ -1,6 +1,5 @@
 """Evaluation of learned representations, as in the CluSiam paper.
 
-- :mod:`.feature_bags`: per-slide HDF5 feature bags (written by ``clusiam_fast.extract``).
 - :mod:`.encoder`, :mod:`.sources`: what extraction runs on (checkpoint / backbone; manifest / folder).
 - :mod:`.metrics`: scikit-learn metrics (accuracy, one-vs-rest AUC, Rand index, ARI, F1).
 - :mod:`.clustering`: assigner argmax vs K-means with the same K.

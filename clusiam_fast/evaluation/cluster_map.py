@@ -1,6 +1,6 @@
 """Cluster maps: each patch's cluster painted over the slide thumbnail, with a legend.
 
-Thumbnails come from the slide file (``clusiam_fast.data.slides`` readers: the
+Thumbnails come from the slide file (``clusiam_fast.slides`` readers: the
 manifest's backend, else any that opens it), else from the tiler's QA thumbnail, else a
 white canvas. Patches
 are painted as rectangles of the coordinate grid's step (the tiler's stride at level 0;
@@ -29,7 +29,7 @@ class Thumbnail:
 
 
 def _reader_thumbnail(path: str, backend: str, max_size: int) -> Thumbnail:
-    from ..data.slides import open_slide
+    from ..slides import open_slide
 
     with open_slide(path, backend) as slide:
         w0, h0 = slide.dimensions

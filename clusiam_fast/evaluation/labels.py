@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .feature_bags import FeatureBag
+from ..formats.feature_bags import FeatureBag
 
 TRAIN_SPLITS = {"train", "training", "val", "valid", "validation"}
 TEST_SPLITS = {"test", "testing"}

@@ -5,7 +5,7 @@
 - with patch labels: assigner clusters vs K-means (RI, ARI, NMI, clusters used) and,
   when the patches have a train/test split, top-1 cosine KNN macro F1.
 - with slide labels: Max-pooling MIL and DSMIL under the protocol of
-  :mod:`clusiam_fast.mil.trainer` (the test slides sealed in a ``HeldOutTestSet``).
+  :mod:`clusiam_fast.evaluation.mil.protocol` (the test slides sealed in a ``HeldOutTestSet``).
 
 Writes ``OUT/report.md``, ``OUT/report.json`` (every number) and PNG figures.
 """
@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..mil.data import BagDataset, stratified_split
-from ..mil.trainer import HeldOutTestSet, MILConfig, run_protocol
+from .mil.data import BagDataset, stratified_split
+from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from .clustering import evaluate_clustering, kmeans
 from .cluster_map import save_cluster_map
-from .feature_bags import FeatureBag, load_bags, safe_name
+from ..formats.feature_bags import FeatureBag, load_bags, safe_name
 from .knn import knn_evaluate
 from .labels import join_patch_labels, read_slide_labels
 from .plots import plot_cluster_sizes, plot_roc

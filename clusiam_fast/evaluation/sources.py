@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from ..data.patch_folder import find_images, load_rgb
-
+from ..data.resolve import resolve_data
+from ..formats.manifest import read_manifest
+from ..data.tolerant import TolerantDataset
 
 
 @dataclass
@@ -59,41 +61,10 @@ class PatchSource:
         return f"#{index}"
 
 
-def _item(ds: Any, i: int) -> Tensor:
-    return ds[i]
-
-
 def _image_of(ds: Any, i: int) -> Tensor:
     """The image of item ``i`` (items may be ``(image, coords)``)."""
     item = ds[i]
     return item[0] if isinstance(item, (tuple, list)) else item
-
-
-class _Safe(torch.utils.data.Dataset):
-    """Wraps a dataset so a failing item returns its error instead of raising."""
-
-    def __init__(self, inner: Any, load: Callable[[Any, int], Tensor]) -> None:
-        self.inner, self.load = inner, load
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, index: int) -> tuple[Tensor | None, int, str | None]:
-        try:
-            return self.load(self.inner, index), index, None
-        except Exception as error:  # one bad patch must not stop the run
-            return None, index, f"{type(error).__name__}: {error}"
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor | None, int, str | None]]:
-        """A batch through the inner dataset's batched reader when it has one, else item by item."""
-        batched = getattr(self.inner, "__getitems__", None)
-        if batched is not None:
-            try:
-                items = batched(list(indices))
-                return [(self.load(items, k), i, None) for k, i in enumerate(indices)]
-            except Exception:  # find the bad patch(es) one by one
-                pass
-        return [self[i] for i in indices]
 
 
 def collate_patches(items: list[tuple[Tensor | None, int, str | None]]) -> tuple[Tensor | None, Tensor, list[tuple[int, str]]]:
@@ -129,7 +100,7 @@ def folder_source(root: str | Path, transform: Callable) -> PatchSource:
             slides.append(SlideEntry(bag, i, i, paths=[], attrs={"source": "folder", "data_root": str(root.resolve())}))
         slides[-1].stop = i + 1
         slides[-1].paths.append(r.as_posix())
-    dataset = _Safe(_ImageFiles(images, transform), _item)
+    dataset = TolerantDataset(_ImageFiles(images, transform))
     return PatchSource("folder", dataset, slides, root)
 
 
@@ -149,7 +120,6 @@ def manifest_source(manifest: str | Path, transform: Callable) -> PatchSource:
     """Patches read on the fly from the slides of a tiler ``manifest.csv``."""
     manifest = Path(manifest)
     from ..data.slide_dataset import SlidePatchDataset
-    from ..tiling.manifest import read_manifest
 
     rows = {row["slide_id"]: row for row in read_manifest(manifest)}
     inner = SlidePatchDataset(str(manifest), transform=transform, return_coords=False)
@@ -164,16 +134,12 @@ def manifest_source(manifest: str | Path, transform: Callable) -> PatchSource:
     if start != len(inner):
         raise RuntimeError(f"{manifest}: the slide dataset has {len(inner)} patches but its slides list {start} coordinates")
 
-    return PatchSource("manifest", _Safe(inner, _image_of), slides, manifest.parent)
+    return PatchSource("manifest", TolerantDataset(inner, _image_of), slides, manifest.parent)
 
 
 def open_source(data: str | Path, transform: Callable) -> PatchSource:
     """A tiler manifest (a .csv file, or a folder holding manifest.csv) or an image folder."""
-    data = Path(data)
-    if data.is_file() and data.suffix.lower() == ".csv":
-        return manifest_source(data, transform)
-    if data.is_dir() and (data / "manifest.csv").is_file():
-        return manifest_source(data / "manifest.csv", transform)
-    if data.is_dir():
-        return folder_source(data, transform)
-    raise FileNotFoundError(f"DATA {data} is neither a tiler manifest.csv nor a folder of images")
+    arg = resolve_data(data, accept=("folder", "manifest"))
+    if arg.kind == "manifest":
+        return manifest_source(arg.path, transform)
+    return folder_source(arg.path, transform)

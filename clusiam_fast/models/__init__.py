@@ -1,4 +1,8 @@
-"""Models: SimSiam, CluSiam, BYOL and CluBYOL over torchvision ResNet backbones.
+"""Models: SimSiam, CluSiam, BYOL and CluBYOL over torchvision ResNet backbones, one file per method.
+
+Each method file (``simsiam.py``, ``clusiam.py``, ``byol.py``, ``clubyol.py``) holds the model class and
+its ``METHOD`` :class:`MethodSpec` (head sizes, alpha, fix_pred_lr, loss form, EMA); ``method_spec(name)``
+looks one up.
 
 ``build_model(method, arch, num_clusters, **options)`` builds one; every model has
 ``model.backbone`` (a torchvision ResNet with ``fc = nn.Identity()``),
@@ -8,16 +12,22 @@ trained model; ``export_backbone`` writes a plain torchvision state_dict.
 """
 
 from .backbone import ARCHS, build_backbone
-from .base import SelfSupervisedModel
+from .base import MethodSpec, SelfSupervisedModel
 from .byol import BYOL
-from .checkpoint import backbone_state_dict, export_backbone, load_checkpoint, read_checkpoint
-from .factory import CLUSTER_METHODS, METHOD_DEFAULTS, METHODS, MOMENTUM_METHODS, build_model, model_config, unwrap
+from .clubyol import CluBYOL
+from .clusiam import CluSiam
+from .weights import backbone_state_dict, export_backbone, load_checkpoint, read_checkpoint
+from .factory import (
+    CLUSTER_METHODS, METHOD_DEFAULTS, METHOD_SPECS, METHODS, MOMENTUM_METHODS, build_model, method_spec, model_config,
+    unwrap,
+)
 from .heads import Block, mlp
 from .outputs import PairOutput
-from .siamese import SimSiam
+from .simsiam import SimSiam
 
 __all__ = [
-    "ARCHS", "BYOL", "Block", "CLUSTER_METHODS", "METHODS", "METHOD_DEFAULTS", "MOMENTUM_METHODS",
-    "PairOutput", "SelfSupervisedModel", "SimSiam", "backbone_state_dict", "build_backbone",
-    "build_model", "export_backbone", "load_checkpoint", "mlp", "model_config", "read_checkpoint", "unwrap",
+    "ARCHS", "BYOL", "Block", "CLUSTER_METHODS", "CluBYOL", "CluSiam", "METHODS", "METHOD_DEFAULTS", "METHOD_SPECS",
+    "MOMENTUM_METHODS", "MethodSpec", "PairOutput", "SelfSupervisedModel", "SimSiam", "backbone_state_dict",
+    "build_backbone", "build_model", "export_backbone", "load_checkpoint", "method_spec", "mlp", "model_config",
+    "read_checkpoint", "unwrap",
 ]

@@ -1,6 +1,13 @@
-"""What every model shares: a backbone, a projector, a predictor and an optional cluster head."""
+"""What every model shares: a backbone, a projector, a predictor and an optional cluster head.
+
+Also :class:`MethodSpec`, the per-method defaults each method file declares next to its model class.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
@@ -80,3 +87,48 @@ class SelfSupervisedModel(nn.Module):
         if self.cluster_assigner is not None:
             groups["cluster"] = [*self.cluster_projector.parameters(), *self.cluster_assigner.parameters()]
         return {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method's model class and defaults; each method file defines one as ``METHOD``.
+
+    Fields:
+        name: the ``--method`` name, equal to ``model.method``.
+        model: the :class:`SelfSupervisedModel` subclass :func:`~clusiam_fast.models.build_model` builds.
+        heads: default head sizes (out_dim, proj_hidden, pred_hidden, pred_first_bias, cluster_hidden);
+            proj_hidden None = the backbone's feature size.
+        alpha: default weight of the cluster loss in ``(1 - alpha) * L_inv + alpha * L_cluster``.
+        fix_pred_lr: default of --fix-pred-lr (the predictor keeps the base lr, no cosine decay).
+        loss_form: the invariance loss, "simsiam" (negative cosine) or "byol" (1 - cosine).
+        clusters: whether the model has the cluster head (and takes ``num_clusters``).
+        ema_momentum: the target encoder's EMA momentum, or None without a momentum target.
+    """
+
+    name: str
+    model: type[SelfSupervisedModel]
+    heads: Mapping[str, Any]
+    alpha: float
+    fix_pred_lr: bool
+    loss_form: Literal["simsiam", "byol"]
+    clusters: bool
+    ema_momentum: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", MappingProxyType(dict(self.heads)))
+        if self.model.method != self.name:
+            raise ValueError(f"MethodSpec {self.name!r}: {self.model.__name__}.method is {self.model.method!r}")
+        if self.loss_form not in ("simsiam", "byol"):
+            raise ValueError(f"MethodSpec {self.name!r}: loss_form must be 'simsiam' or 'byol', got {self.loss_form!r}")
+        if not (0.0 <= self.alpha <= 1.0) or (not self.clusters and self.alpha != 0.0):
+            raise ValueError(f"MethodSpec {self.name!r}: alpha {self.alpha} must be in [0, 1] and 0 without clusters")
+
+    @property
+    def uses_ema(self) -> bool:
+        """Whether the model has a momentum target to update after each optimiser step."""
+        return self.ema_momentum is not None
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The model options :func:`~clusiam_fast.models.build_model` fills in (heads, plus ema_momentum)."""
+        return {**self.heads, **({"ema_momentum": self.ema_momentum} if self.uses_ema else {})}

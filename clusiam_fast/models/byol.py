@@ -1,7 +1,7 @@
-"""BYOL and CluBYOL: an online encoder regressing onto a momentum (EMA) target encoder.
+"""BYOL: an online encoder regressing onto a momentum (EMA) target encoder.
 
-Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020; the CluBYOL variant of
-Wu et al. (ICCV 2023) adds the cluster head on the online projections.
+Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020. CluBYOL (:mod:`.clubyol`)
+adds a cluster head on the online projections.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import copy
 
 import torch
 
-from .base import SelfSupervisedModel
+from .base import MethodSpec, SelfSupervisedModel
 from .outputs import PairOutput
 
 
 class BYOL(SelfSupervisedModel):
     """BYOL with a target encoder (backbone + projector) updated by EMA after each step.
 
-    The target runs in training mode (BatchNorm on batch statistics) without
-    gradient. Call :meth:`update_target` after ``optimizer.step()``.
+    With ``num_clusters`` set it also carries CluBYOL's cluster head. The target runs in
+    training mode (BatchNorm on batch statistics) without gradient. Call :meth:`update_target` after ``optimizer.step()``.
     """
 
     method = "byol"
@@ -51,3 +51,23 @@ class BYOL(SelfSupervisedModel):
             t1 = self.target_projector(self.target_backbone(x1))
             t2 = self.target_projector(self.target_backbone(x2))
         return PairOutput(z1, z2, p1, p2, t1, t2, self.assign(z1), self.assign(z2))
+
+
+METHOD = MethodSpec(
+    name="byol",
+    model=BYOL,
+    heads=dict(out_dim=256, proj_hidden=None, pred_hidden=4096, pred_first_bias=True, cluster_hidden=256),
+    alpha=0.0,
+    fix_pred_lr=False,
+    loss_form="byol",
+    clusters=False,
+    ema_momentum=0.99,
+)
+"""BYOL with the heads and training of the published Cluster_BYOL code, without the cluster head.
+
+Heads: ``Cluster_BYOL(out_dim=256, hidden_dim=4096)``: 256-d projections, a 4096-d predictor with
+first bias (``nn.Linear(out_dim, hidden_dim)``); cluster_hidden is unused. Target: ``self.momentum = 0.99``,
+``param_k.data * self.momentum + param_q.data * (1. - self.momentum)`` after each step. Loss: the BYOL form,
+``1 - cos(p1, t2.detach()).mean() + 1 - cos(p2, t1.detach()).mean()``. fix_pred_lr off
+(``optim_params = model.parameters()`` in ``main_clubyol.py``).
+"""

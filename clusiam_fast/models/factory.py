@@ -1,4 +1,4 @@
-"""``build_model`` and the per-method defaults of the paper and its published code."""
+"""``build_model`` and the method registry, built from the ``METHOD`` spec of each method file."""
 
 from __future__ import annotations
 
@@ -6,28 +6,28 @@ from typing import Any
 
 from torch import nn
 
-from .base import SelfSupervisedModel
-from .byol import BYOL
-from .siamese import SimSiam
+from . import byol, clubyol, clusiam, simsiam
+from .base import MethodSpec, SelfSupervisedModel
 
-# Head sizes per method. clusiam/simsiam: the published Cluster_SimSiam (2048-d
-# projections, 512-d bottleneck predictor without first bias, 512-d cluster head).
-# clubyol/byol: the published Cluster_BYOL (256-d projections, 4096-d predictor with
-# bias, cluster head as wide as the projection, target EMA momentum 0.99).
-# proj_hidden None = the backbone's feature size (512 for resnet18).
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "clusiam": dict(out_dim=2048, proj_hidden=None, pred_hidden=512, pred_first_bias=False, cluster_hidden=512),
-    "simsiam": dict(out_dim=2048, proj_hidden=None, pred_hidden=512, pred_first_bias=False, cluster_hidden=512),
-    "clubyol": dict(out_dim=256, proj_hidden=None, pred_hidden=4096, pred_first_bias=True, cluster_hidden=256, ema_momentum=0.99),
-    "byol": dict(out_dim=256, proj_hidden=None, pred_hidden=4096, pred_first_bias=True, cluster_hidden=256, ema_momentum=0.99),
-}
-METHODS = tuple(METHOD_DEFAULTS)
-CLUSTER_METHODS = ("clusiam", "clubyol")
-MOMENTUM_METHODS = ("clubyol", "byol")
+# The registry, in the order of --method's choices; each method file declares its MethodSpec.
+METHOD_SPECS: dict[str, MethodSpec] = {m.METHOD.name: m.METHOD for m in (clusiam, simsiam, clubyol, byol)}
+METHODS = tuple(METHOD_SPECS)
+# Default model options per method (head sizes, plus ema_momentum for momentum methods).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in METHOD_SPECS.items()}
+CLUSTER_METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.clusters)
+MOMENTUM_METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.uses_ema)
 # Keys of a checkpoint's config that define the architecture (everything build_model takes).
 MODEL_KEYS = ("method", "arch", "num_clusters", "projector_end", "zero_init_residual", *sorted(
     {k for d in METHOD_DEFAULTS.values() for k in d}
 ))
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` of method ``name``; ValueError naming the choices for an unknown one."""
+    try:
+        return METHOD_SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
 
 
 def build_model(
@@ -45,7 +45,8 @@ def build_model(
             so that a whole training config can be passed through.
 
     Returns:
-        The model; ``model.backbone`` is a torchvision ResNet with ``fc = nn.Identity()``.
+        The model, an instance of the method's ``MethodSpec.model`` (``model.method == method``);
+        ``model.backbone`` is a torchvision ResNet with ``fc = nn.Identity()``.
 
     Example::
 
@@ -53,11 +54,13 @@ def build_model(
         out = model(view1, view2)           # PairOutput(z1, z2, p1, p2, t1, t2, a1, a2)
         feats = model.features(images)      # (N, 512)
     """
-    if method not in METHOD_DEFAULTS:
-        raise ValueError(f"build_model: unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    opts = dict(METHOD_DEFAULTS[method])
+    try:
+        spec = method_spec(method)
+    except ValueError as error:
+        raise ValueError(f"build_model: {error}") from None
+    opts = spec.defaults
     opts.update({k: v for k, v in options.items() if k in opts and v is not None})
-    clusters = num_clusters if method in CLUSTER_METHODS else None
+    clusters = num_clusters if spec.clusters else None
     if clusters is not None and (not isinstance(clusters, int) or clusters < 1):
         raise ValueError(f"build_model: num_clusters must be a positive int, got {num_clusters!r}")
     common = dict(
@@ -71,9 +74,9 @@ def build_model(
         cluster_hidden=opts["cluster_hidden"],
         zero_init_residual=options.get("zero_init_residual", True) is not False,
     )
-    model = BYOL(momentum=opts["ema_momentum"], **common) if method in MOMENTUM_METHODS else SimSiam(**common)
-    model.method = method
-    return model
+    if spec.uses_ema:
+        common["momentum"] = opts["ema_momentum"]
+    return spec.model(**common)
 
 
 def model_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ The CLI is ``python -m clusiam_fast.tile`` (see its docstring); the library func
 """
 
 from .grid import ReadPlan, grid_coords, plan_read
-from .h5 import CLAM_ATTRS, read_coords_h5, write_coords_h5
-from .manifest import COLUMNS as MANIFEST_COLUMNS
-from .manifest import read_manifest, write_manifest
+from ..formats.coords_h5 import CLAM_ATTRS, read_coords_h5, write_coords_h5
+from ..formats.manifest import COLUMNS as MANIFEST_COLUMNS
+from ..formats.manifest import read_manifest, write_manifest
 from .pipeline import (
     NoTissueError,
     SlideFailure,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clusiam_fast.data.slides import SlideReader, patch_image
+from ..slides import SlideReader, patch_image
 
 from .grid import ReadPlan
 

@@ -26,12 +26,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from clusiam_fast.data.slides import SLIDE_EXTENSIONS, SlideError, open_slide, slide_id_from_path
+from ..slides import SLIDE_EXTENSIONS, SlideError, open_slide, slide_id_from_path
 
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
-from .h5 import write_coords_h5
-from .manifest import write_manifest
+from ..formats.coords_h5 import write_coords_h5
+from ..formats.manifest import write_manifest
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
 

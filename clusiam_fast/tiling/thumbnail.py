@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clusiam_fast.utils.atomic import atomic_path
+from ..utils.atomic import atomic_path
 
 from .grid import patch_boxes
 

@@ -8,7 +8,7 @@ Example::
 
 from .config import TrainConfig
 from .loop import CollapseWarning, NonFiniteLossError, TrainResult, train
-from .losses import LossTerms, invariance_loss, training_loss
+from .objective import LossTerms, invariance_loss, training_loss
 from .step import TrainStep, autocast_context, resolve_amp_dtype
 
 __all__ = [

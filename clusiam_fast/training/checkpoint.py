@@ -23,7 +23,7 @@ import torch
 
 from ..models import unwrap
 from ..utils.atomic import atomic_path, atomic_torch_save
-from .dist import DistContext
+from .ddp import DistContext
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1

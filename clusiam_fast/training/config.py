@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass, method defaults filled in by :meth:`TrainConfig.resolved`."""
+"""Training configuration: one dataclass, the MethodSpec defaults filled in by :meth:`TrainConfig.resolved`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..models import ARCHS, CLUSTER_METHODS, METHOD_DEFAULTS, METHODS, MOMENTUM_METHODS
-
-# Loss weight alpha per method: the paper's CluSiam 0.5, the published CluBYOL script 0.9.
-DEFAULT_ALPHA = {"clusiam": 0.5, "clubyol": 0.9, "simsiam": 0.0, "byol": 0.0}
-# --fix-pred-lr per method: on in the published CluSiam script (as in SimSiam), off in its CluBYOL script.
-DEFAULT_FIX_PRED_LR = {"clusiam": True, "simsiam": True, "clubyol": False, "byol": False}
+from ..models import ARCHS, CLUSTER_METHODS, METHODS, method_spec
 
 
 @dataclass
@@ -87,15 +82,16 @@ class TrainConfig:
         """A copy with the method's defaults filled in and every value checked."""
         cfg = dataclasses.replace(self)
         cfg._check_choices()
-        for key, value in METHOD_DEFAULTS[cfg.method].items():
+        spec = method_spec(cfg.method)
+        for key, value in spec.defaults.items():
             if getattr(cfg, key, None) is None:
                 setattr(cfg, key, value)
-        if cfg.method not in MOMENTUM_METHODS:
+        if not spec.uses_ema:
             cfg.ema_momentum = None
         if cfg.alpha is None:
-            cfg.alpha = DEFAULT_ALPHA[cfg.method]
+            cfg.alpha = spec.alpha
         if cfg.fix_pred_lr is None:
-            cfg.fix_pred_lr = DEFAULT_FIX_PRED_LR[cfg.method]
+            cfg.fix_pred_lr = spec.fix_pred_lr
         cfg._check_values()
         return cfg
 

@@ -29,18 +29,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..data.augment import TwoViews, paper_augmentation
-from ..data.patch_folder import PatchFolder, find_images
+from ..data.patch_folder import PatchFolder
+from ..data.resolve import resolve_data
+from ..data.tolerant import first_readable
 from .config import TrainConfig
-from .dist import DistContext
-
-MAX_SUBSTITUTES = 16
+from .ddp import DistContext
 
 
 @dataclass
 class DataSource:
     """A resolved DATA argument: a dataset of PIL images plus what describes it."""
 
-    kind: str  # "folder" or "manifest"
+    kind: str  # "folder", "manifest" or "coords" (see clusiam_fast.data.resolve)
     path: Path
     dataset: Any  # indexable, item -> PIL RGB image
     files: list[Path] | None  # the image files (folder) - for DALI
@@ -51,29 +51,26 @@ class DataSource:
 
 
 def resolve_source(data: str | os.PathLike) -> DataSource:
-    """DATA -> DataSource: a folder of patches, or a tiler ``manifest.csv`` (or a folder holding one)."""
+    """DATA (see :mod:`clusiam_fast.data.resolve`) -> DataSource: patch folder, tiler manifest or CLAM .h5 files."""
     if data is None:
         raise ValueError("no DATA given: pass a folder of image patches or a tiler manifest.csv (or use --demo)")
-    path = Path(data)
-    manifest = path / "manifest.csv" if path.is_dir() and (path / "manifest.csv").is_file() else path
-    if manifest.suffix.lower() == ".csv" and manifest.is_file():
-        try:
-            from ..data.slide_dataset import SlidePatchDataset
-        except ImportError as error:
-            raise RuntimeError(
-                f"DATA {manifest} is a tiler manifest, but clusiam_fast.data.slide_dataset could not be imported "
-                f"({error}); install the slide extras (`pip install -e '.[slides]'`) or pass a folder of patches"
-            ) from error
-        dataset = SlidePatchDataset(str(manifest), transform=None)
-        if len(dataset) == 0:
-            raise ValueError(f"tiler manifest {manifest} lists no patches")
-        stat = manifest.stat()
-        return DataSource("manifest", manifest, dataset, None, f"manifest:{manifest.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{len(dataset)}")
-    if path.is_file():
-        raise ValueError(f"DATA {path} is a file but not a tiler manifest (.csv); pass a folder of image patches")
-    files = find_images(path)
-    digest = hashlib.sha1("\n".join(str(f.relative_to(path)) for f in files).encode()).hexdigest()
-    return DataSource("folder", path, PatchFolder(files), files, f"folder:{path.resolve()}:{len(files)}:{digest}")
+    arg = resolve_data(data, accept=("folder", "manifest", "coords"))
+    if arg.kind == "folder":
+        files = list(arg.files)
+        digest = hashlib.sha1("\n".join(str(f.relative_to(arg.path)) for f in files).encode()).hexdigest()
+        return DataSource("folder", arg.path, PatchFolder(files), files, f"folder:{arg.path.resolve()}:{len(files)}:{digest}")
+    try:
+        from ..data.slide_dataset import SlidePatchDataset
+    except ImportError as error:
+        raise RuntimeError(
+            f"DATA {arg.path} is {arg.describe()}, but clusiam_fast.data.slide_dataset could not be imported "
+            f"({error}); install the slide extras (`pip install -e '.[slides]'`) or pass a folder of patches"
+        ) from error
+    dataset = SlidePatchDataset(str(arg.path) if arg.kind == "manifest" else list(arg.files), transform=None)
+    if len(dataset) == 0:
+        raise ValueError(f"{arg.describe()} lists no patches")
+    stamp = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (arg.files or (arg.path,)))
+    return DataSource(arg.kind, arg.path, dataset, None, f"{arg.kind}:{arg.path.resolve()}:{stamp}:{len(dataset)}")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -136,16 +133,8 @@ class TwoViewDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        skipped: list[str] = []
-        for attempt in range(MAX_SUBSTITUTES):
-            j = (index + attempt) % len(self.base)
-            try:
-                img = self.base[j]
-            except Exception as error:  # one bad image never stops the run: report it, use the next
-                skipped.append(f"{self._describe(j)} ({type(error).__name__}: {error})")
-                continue
-            return (*self._views(img, seed), skipped)
-        raise RuntimeError(f"{MAX_SUBSTITUTES} consecutive images could not be read, e.g. {skipped[0]}; check the data")
+        img, skipped = first_readable(self.base.__getitem__, index, len(self.base), self._describe)
+        return (*self._views(img, seed), skipped)
 
     def __getitems__(self, items: Sequence[tuple[int, int]]):
         """A batch; uses the base dataset's batched read (slides) when it has one."""

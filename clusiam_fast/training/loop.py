@@ -26,11 +26,11 @@ from ..utils.atomic import atomic_write_json
 from ..utils.threads import torch_threads
 from .checkpoint import CHECKPOINT, restore_rank_state, save_checkpoint
 from .config import TrainConfig
-from .dist import DistContext, cleanup_distributed, setup_distributed
+from .ddp import DistContext, cleanup_distributed, setup_distributed
 from .loader import build_train_loader, resolve_source
-from .metrics import EpochMeter
+from .monitors import EpochMeter
 from .norm_stats import load_or_compute_stats
-from .plots import plot_training
+from .curves import plot_training
 from .records import RunRecords
 from .schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
 from .step import TrainStep, resolve_amp_dtype

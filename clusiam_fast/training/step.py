@@ -9,10 +9,10 @@ import contextlib
 
 import torch
 
-from ..models import MOMENTUM_METHODS, unwrap
+from ..models import method_spec, unwrap
 from .config import TrainConfig
-from .losses import LossTerms, training_loss
-from .metrics import collapse_std
+from .objective import LossTerms, training_loss
+from .monitors import collapse_std
 
 
 def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -47,8 +47,9 @@ class TrainStep:
         self.model, self.optimizer, self.scaler, self.cfg, self.device = model, optimizer, scaler, cfg, device
         self.generator = generator
         self.amp_dtype = resolve_amp_dtype(cfg, device)
-        self.form = "byol" if cfg.method in MOMENTUM_METHODS else "simsiam"
-        self.ema = cfg.method in MOMENTUM_METHODS
+        spec = method_spec(cfg.method)
+        self.form = spec.loss_form
+        self.ema = spec.uses_ema
         self.group = "default" if distributed else None
         self.memory_format = (
             torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format

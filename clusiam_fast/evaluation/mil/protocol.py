@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluation.metrics import classification_metrics, mean_std
-from ..utils.threads import torch_threads
+from ..metrics import classification_metrics, mean_std
+from ...utils.threads import torch_threads
 from .data import BagDataset, stratified_split
-from .models import build_mil
+from .registry import build_mil
 
 
 @dataclass

@@ -18,10 +18,9 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..functional import cluster_loss
+from ..ops import cluster_loss, sample_gumbel
 from ..models.outputs import PairOutput
 
-_TINY = torch.finfo(torch.float32).tiny
 
 
 class LossTerms(NamedTuple):
@@ -32,12 +31,6 @@ class LossTerms(NamedTuple):
     cluster: torch.Tensor
     assign: Optional[torch.Tensor] = None  # (2N,) argmax of the logits
     assign_noisy: Optional[torch.Tensor] = None  # (2N,) argmax of logits + Gumbel noise (what the loss used)
-
-
-def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Float32 Gumbel(0, 1) noise of ``like``'s shape from ``generator`` (-log E, E ~ Exp(1))."""
-    exp = torch.empty(like.shape, dtype=torch.float32, device=like.device).exponential_(generator=generator)
-    return exp.clamp_(min=_TINY).log_().neg_()
 
 
 def invariance_loss(out: PairOutput, form: str = "simsiam", reduction: str = "sum") -> torch.Tensor:
@@ -75,7 +68,7 @@ def training_loss(
         return LossTerms(inv, inv, zero)
     z = torch.cat([out.z1, out.z2]).detach().float()
     logits = torch.cat([out.a1, out.a2]).float()
-    noise = gumbel_noise(logits, generator) if gumbel else torch.zeros_like(logits)
+    noise = sample_gumbel(logits, generator) if gumbel else torch.zeros_like(logits)
     clu, assign_noisy = cluster_loss(
         z, logits, tau=tau, gumbel=noise, impl=impl, process_group=process_group, return_assignments=True
     )

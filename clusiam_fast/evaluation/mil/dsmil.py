@@ -12,7 +12,7 @@ Unlike the reference code this is batched over padded bags (masks), and uses an
 argmax, not a sort, to find critical instances. Classes: every class is scored and
 the losses are softmax cross-entropy over C; with ``negative_class=True`` class 0 is
 the negative class with a fixed zero logit (for two classes: the reference code's
-one-output BCE set-up as a two-way softmax); see :mod:`clusiam_fast.mil.base`.
+one-output BCE set-up as a two-way softmax); see :mod:`clusiam_fast.evaluation.mil.base`.
 
 Example::
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MILOutput, check_bags, masked_max, masked_softmax, prepend_negative, use_negative_class
+from .bags import MILOutput, check_bags, masked_max, masked_softmax, prepend_negative, use_negative_class
 
 
 class DSMIL(nn.Module):

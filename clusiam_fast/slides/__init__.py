@@ -1,6 +1,6 @@
 """Whole-slide image readers: one small interface, three backends (cuCIM, OpenSlide, tifffile).
 
->>> from clusiam_fast.data.slides import open_slide
+>>> from clusiam_fast.slides import open_slide
 >>> with open_slide("CMU-1-Small-Region.svs") as slide:          # doctest: +SKIP
 ...     slide.mpp, slide.level_dimensions, slide.backend
 ...     patch = slide.read_region((1000, 1000), 0, 224)          # (224, 224, 3) uint8

@@ -7,12 +7,12 @@
   selection through a sealed :class:`HeldOutTestSet`, mean/std over seeds.
 """
 
-from .base import MILOutput, masked_max, masked_softmax, pad_bags
+from .bags import MILOutput, masked_max, masked_softmax, pad_bags
 from .data import BagDataset, key_instance_bags, stratified_split
 from .dsmil import DSMIL
 from .maxpool import MaxPoolMIL
-from .models import MIL_MODELS, build_mil
-from .trainer import HeldOutTestSet, MILConfig, Selection, predict, run_protocol, select_model, warmup_cosine
+from .registry import MIL_MODELS, build_mil
+from .protocol import HeldOutTestSet, MILConfig, Selection, predict, run_protocol, select_model, warmup_cosine
 
 __all__ = [
     "BagDataset", "DSMIL", "key_instance_bags", "HeldOutTestSet", "MILConfig", "MILOutput", "MIL_MODELS", "MaxPoolMIL", "Selection",

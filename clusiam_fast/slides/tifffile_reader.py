@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clusiam_fast.utils.deps import require
+from ..utils.deps import require
 
 from .base import SlideError, SlideReader
 from .mpp import tiff_mpp

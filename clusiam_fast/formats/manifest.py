@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterable
 
-from clusiam_fast.utils.atomic import atomic_write_text
+from ..utils.atomic import atomic_write_text
 
 COLUMNS = (
     "slide_id", "slide_path", "h5_path", "num_patches", "mpp", "target_mpp",

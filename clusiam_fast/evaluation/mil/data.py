@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import pad_bags
+from .bags import pad_bags
 
 
 @dataclass
@@ -74,7 +74,7 @@ def stratified_split(labels: Sequence[int] | Tensor, fraction: float, seed: int)
 
     Uses scikit-learn's ``train_test_split(stratify=...)``. Each class needs >= 2 members.
     """
-    from ..utils.deps import require
+    from ...utils.deps import require
 
     model_selection = require("sklearn.model_selection", "scikit-learn", "stratified splits")
     y = np.asarray(labels)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .dist import DistContext
-from .losses import LossTerms
+from .ddp import DistContext
+from .objective import LossTerms
 
 TERMS = ("loss", "inv_loss", "cluster_loss", "collapse_std")
 

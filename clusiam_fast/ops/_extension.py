@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.clusiam.*)
+    from .. import _C  # noqa: F401  (registers torch.ops.clusiam.*)
 
     LOAD_ERROR: str | None = None
 except ImportError as error:  # built without the extension, or a broken build
@@ -18,8 +18,3 @@ def _has_kernel(dispatch_key: str) -> bool:
 
 # Device types with compiled kernels, fixed at import (plain data: torch.compile reads it freely).
 FUSED_DEVICE_TYPES = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel(key))
-
-
-def fused_available(device: str | torch.device = "cpu") -> bool:
-    """True when the fused cluster-loss kernels are compiled for ``device``'s type."""
-    return torch.device(device).type in FUSED_DEVICE_TYPES

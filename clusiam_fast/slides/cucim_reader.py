@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from clusiam_fast.utils.deps import require
+from ..utils.deps import require
 
 from .base import SlideError, SlideReader, as_size
 from .mpp import aperio_mpp, tiff_mpp

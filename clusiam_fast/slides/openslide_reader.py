@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clusiam_fast.utils.deps import require
+from ..utils.deps import require
 
 from .base import SlideError, SlideReader, as_size
 from .mpp import openslide_mpp, tiff_mpp

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from clusiam_fast.utils.atomic import atomic_path
-from clusiam_fast.utils.deps import require
+from ..utils.atomic import atomic_path
+from ..utils.deps import require
 
 CLAM_ATTRS = ("patch_size", "patch_level", "downsample", "level_dim", "downsampled_level_dim", "name")
 

@@ -1,0 +1,213 @@
+"""Feature extraction: one CLAM-compatible feature bag per slide (the library behind ``clusiam_fast.extract``).
+
+The output format and the order in which the normalisation statistics are looked up
+are documented in :mod:`clusiam_fast.extract`; the bag schema is
+:mod:`clusiam_fast.formats.feature_bags`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..formats.feature_bags import FeatureBag, safe_name, write_bag, write_index
+from ..utils.atomic import atomic_write_json
+from .encoder import Encoder, load_encoder
+from .sources import PatchSource, SlideEntry, collate_patches, open_source
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_normalisation(encoder: Encoder, checkpoint: Path, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[list[float], list[float], str]:
+    """(mean, std, where they came from); see the module docstring for the order."""
+    if mean is not None and std is not None:
+        return list(mean), list(std), "command line"
+    cfg = encoder.config
+    for m_key, s_key in (("mean", "std"), ("norm_mean", "norm_std")):
+        if cfg.get(m_key) is not None and cfg.get(s_key) is not None:
+            return [float(v) for v in cfg[m_key]], [float(v) for v in cfg[s_key]], f"checkpoint config ({m_key}/{s_key})"
+    stats = cfg.get("norm_stats")
+    if isinstance(stats, dict) and "mean" in stats and "std" in stats:
+        return [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]], "checkpoint config (norm_stats)"
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        path = folder / "norm_stats.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return [float(v) for v in data["mean"]], [float(v) for v in data["std"]], str(path)
+    warnings.warn(f"no normalisation statistics found for {checkpoint} (no --mean/--std, none in its config, no norm_stats.json beside it); using ImageNet's", stacklevel=2)
+    return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet (fallback)"
+
+
+def build_transform(mean: Sequence[float], std: Sequence[float], resize: int | None = None, crop: int | None = None):
+    """PIL RGB -> normalised tensor: optional resize (shorter side), optional centre crop."""
+    from torchvision import transforms as T
+
+    steps = []
+    if resize:
+        steps.append(T.Resize(resize))
+    if crop:
+        steps.append(T.CenterCrop(crop))
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(steps)
+
+
+class _BagWriter:
+    """Collects per-patch outputs in dataset order and writes a slide's bag once it is complete."""
+
+    def __init__(self, source: PatchSource, out: Path, attrs: dict, dtype: np.dtype) -> None:
+        self.source, self.out, self.attrs, self.dtype = source, out, attrs, dtype
+        self.starts = np.array([s.start for s in source.slides])
+        self.parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
+        self.failed: dict[int, list[dict]] = {}
+        self.next_slide = 0
+        self.rows: list[dict] = []
+        self.failed_slides: list[dict] = []
+        self.used_names: set[str] = set()
+
+    def slide_of(self, index: int) -> int:
+        return int(np.searchsorted(self.starts, index, side="right") - 1)
+
+    def add(self, indices: np.ndarray, features: np.ndarray, probs: np.ndarray | None, failures: list[tuple[int, str]]) -> None:
+        for i, error in failures:
+            self.failed.setdefault(self.slide_of(i), []).append({"patch": self.source.item_name(i), "error": error})
+        if len(indices):
+            owner = np.searchsorted(self.starts, indices, side="right") - 1
+            for s in np.unique(owner):
+                sel = owner == s
+                self.parts.setdefault(int(s), []).append((indices[sel], features[sel], None if probs is None else probs[sel]))
+
+    def flush_until(self, done: int) -> None:
+        """Write every slide whose patches all have index < ``done``."""
+        while self.next_slide < len(self.source.slides) and self.source.slides[self.next_slide].stop <= done:
+            self._write(self.next_slide, self.source.slides[self.next_slide])
+            self.next_slide += 1
+
+    def num_failed_patches(self) -> int:
+        return sum(len(v) for v in self.failed.values()) + sum(r["num_failed"] for r in self.rows)
+
+    def totals(self) -> dict:
+        """The counts and failures of the summary (extract.json)."""
+        return {
+            "num_slides": len(self.rows),
+            "num_patches": int(sum(r["num_patches"] for r in self.rows)),
+            "num_failed_patches": int(
+                sum(r["num_failed"] for r in self.rows) + sum(f["num_failed"] for f in self.failed_slides)
+            ),
+            "failed_patches": {r["slide_id"]: r["failures"] for r in self.rows if r["failures"]},
+            "failed_slides": self.failed_slides,
+        }
+
+    def _write(self, k: int, slide: SlideEntry) -> None:
+        parts = self.parts.pop(k, [])
+        failures = self.failed.pop(k, [])
+        if not parts:
+            self.failed_slides.append({"slide_id": slide.slide_id, "reason": f"all {slide.stop - slide.start} patches failed",
+                                       "num_failed": len(failures), "failures": failures[:20]})
+            return
+        idx = np.concatenate([p[0] for p in parts]) - slide.start
+        feats = np.concatenate([p[1] for p in parts]).astype(self.dtype)
+        probs = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
+        name = safe_name(slide.slide_id)
+        while name in self.used_names:
+            name += "_"
+        self.used_names.add(name)
+        bag = FeatureBag(
+            slide_id=slide.slide_id,
+            features=feats,
+            probs=None if probs is None else probs.astype(self.dtype),
+            clusters=None if probs is None else probs.argmax(1).astype(np.int32),
+            coords=None if slide.coords is None else slide.coords[idx],
+            paths=None if slide.paths is None else [slide.paths[i] for i in idx],
+            attrs={**slide.attrs, **self.attrs, "num_failed": len(failures)},
+        )
+        rel = Path("bags") / f"{name}.h5"
+        write_bag(self.out / rel, bag)
+        self.rows.append({"slide_id": slide.slide_id, "bag_path": rel.as_posix(), "num_patches": len(bag), "num_failed": len(failures), "failures": failures})
+
+
+def extract(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 128,
+    workers: int = 2,
+    fp16: bool = False,
+    device: str = "auto",
+    amp: bool = True,
+    resize: int | None = None,
+    crop: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write one feature bag per slide of ``data`` into ``out``; return the summary (extract.json)."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    encoder = load_encoder(checkpoint).to(device)
+    if device.startswith("cuda"):
+        encoder = encoder.to(memory_format=torch.channels_last)
+    mean, std, norm_origin = resolve_normalisation(encoder, checkpoint, mean, std)
+    source = open_source(data, build_transform(mean, std, resize, crop))
+    use_amp = amp and device.startswith("cuda")
+    dtype = np.float16 if fp16 else np.float32
+    attrs = {
+        "method": encoder.config.get("method", ""), "arch": encoder.config.get("arch", ""), "checkpoint": str(checkpoint.resolve()),
+        "mean": list(mean), "std": list(std), "resize": resize or 0, "crop": crop or 0, "dtype": np.dtype(dtype).name,
+    }
+    writer = _BagWriter(source, out, attrs, dtype)
+    start = time.perf_counter()
+    done, feature_dim, num_clusters = _run(encoder, source, writer, device, batch_size, workers, use_amp, progress)
+    seconds = time.perf_counter() - start
+    write_index(out, writer.rows)
+    summary = {
+        "checkpoint": str(checkpoint.resolve()), "data": str(Path(data).resolve()), "source": source.kind,
+        "encoder": encoder.kind, "method": attrs["method"], "arch": attrs["arch"], "feature_dim": feature_dim,
+        "num_clusters": num_clusters, "dtype": attrs["dtype"], "device": device, "amp": use_amp,
+        "resize": resize, "crop": crop, "mean": list(mean), "std": list(std), "normalisation_from": norm_origin,
+        **writer.totals(), "seconds": seconds, "patches_per_second": done / max(seconds, 1e-9),
+    }
+    atomic_write_json(out / "extract.json", summary)
+    return summary
+
+
+def _run(encoder, source: PatchSource, writer: _BagWriter, device: str, batch_size: int, workers: int,
+         use_amp: bool, progress: bool) -> tuple[int, int, int]:
+    """Encode every patch of ``source`` in order, handing slides to ``writer`` as they complete.
+
+    Returns (patches seen, feature dim, number of clusters)."""
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(source.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate_patches, pin_memory=device.startswith("cuda"))
+    feature_dim = num_clusters = done = 0
+    with torch.inference_mode(), tqdm(total=len(source.dataset), desc="extract", unit="patch",
+                                      disable=not progress) as bar:
+        for images, indices, failures in loader:
+            feats = probs = None
+            if images is not None:
+                images = images.to(device, non_blocking=True)
+                if device.startswith("cuda"):
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    f, p = encoder(images)
+                feats = f.float().cpu().numpy()
+                probs = None if p is None else p.float().cpu().numpy()
+                feature_dim = feats.shape[1]
+                num_clusters = 0 if probs is None else probs.shape[1]
+                writer.attrs.update(feature_dim=feature_dim, num_clusters=num_clusters)
+            writer.add(indices.numpy(), feats if feats is not None else np.zeros((0, 0)), probs, failures)
+            n = len(indices) + len(failures)
+            done += n
+            writer.flush_until(done)
+            bar.update(n)
+            bar.set_postfix(slides=len(writer.rows), failed_patches=writer.num_failed_patches())
+    writer.flush_until(len(source.dataset))
+    return done, feature_dim, num_clusters

@@ -1,0 +1,52 @@
+"""SimSiam: one shared encoder, a predictor, a stop-gradient target.
+
+Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021. CluSiam
+(:mod:`.clusiam`) adds a cluster head to this model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import MethodSpec, SelfSupervisedModel
+from .outputs import PairOutput
+
+
+class SimSiam(SelfSupervisedModel):
+    """SimSiam; with ``num_clusters`` set it also carries CluSiam's cluster head.
+
+    Example::
+
+        model = SimSiam(arch="resnet18", out_dim=2048, proj_hidden=None, pred_hidden=512,
+                        pred_first_bias=False, projector_end="bn", num_clusters=None, cluster_hidden=512)
+        out = model(x1, x2)
+        loss = -(F.cosine_similarity(out.p1, out.t2).mean() + F.cosine_similarity(out.p2, out.t1).mean())
+    """
+
+    method = "simsiam"
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> PairOutput:
+        z1, z2 = self.project(x1), self.project(x2)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        # The cluster head sees z with gradient (it trains the encoder too); only the
+        # centroids inside the cluster loss use z detached.
+        return PairOutput(z1, z2, p1, p2, z1.detach(), z2.detach(), self.assign(z1), self.assign(z2))
+
+
+METHOD = MethodSpec(
+    name="simsiam",
+    model=SimSiam,
+    heads=dict(out_dim=2048, proj_hidden=None, pred_hidden=512, pred_first_bias=False, cluster_hidden=512),
+    alpha=0.0,
+    fix_pred_lr=True,
+    loss_form="simsiam",
+    clusters=False,
+)
+"""SimSiam as in its paper and the published Cluster_SimSiam code, without the cluster head.
+
+Heads: 2048-d projections and a 512-d bottleneck predictor whose first layer has no bias
+(``nn.Linear(out_dim, hidden_dim, bias=False)``); cluster_hidden is unused. Loss: the negative
+cosine, summed over both directions as in the published code:
+``-(criterion(p[0], z[1].detach()).mean() + criterion(p[1], z[0].detach()).mean())``.
+fix_pred_lr on, as in SimSiam ("--fix-pred-lr": the predictor keeps a constant lr).
+"""

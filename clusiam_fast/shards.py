@@ -1,0 +1,49 @@
+"""Pack patches into webdataset tar shards for the DALI loader.
+
+    python -m clusiam_fast.shards SRC --out DIR [--shard-size 10000] [--seed 0]
+        [--format jpg|png] [--quality 95] [--workers N]
+
+SRC is a folder of image files (copied byte for byte) or a tiler ``manifest.csv``
+(patches read from the slides and encoded). See :mod:`clusiam_fast.data.shards`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clusiam_fast.shards",
+        description="Pack a folder of image patches or a tiler manifest.csv into webdataset tar shards "
+                    "(with DALI index files) for build_dali_loader.")
+    parser.add_argument("source", help="folder of images (searched recursively) or a tiler manifest.csv")
+    parser.add_argument("--out", required=True, help="output folder for shard-*.tar, shard-*.idx, shards.json")
+    parser.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample shuffle before packing")
+    parser.add_argument("--format", choices=("jpg", "png"), default="jpg",
+                        help="encoding of patches read from slides (files are copied as they are)")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality for patches read from slides")
+    parser.add_argument("--workers", type=int, default=4, help="threads / processes reading the inputs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from .data.patch_folder import find_images
+    from .data.shards import pack_images, pack_manifest
+
+    source = Path(args.source)
+    if source.suffix.lower() == ".csv":
+        summary = pack_manifest(source, args.out, shard_size=args.shard_size, seed=args.seed,
+                                fmt=args.format, quality=args.quality, workers=args.workers)
+    else:
+        summary = pack_images(find_images(source), args.out, shard_size=args.shard_size, seed=args.seed,
+                              workers=args.workers)
+    print(f"wrote {summary['num_shards']} shard(s) with {summary['num_samples']} samples to {args.out}"
+          + (f"; {len(summary['skipped'])} left out (see shards.json)" if summary["skipped"] else ""))
+    return 1 if summary["num_samples"] == 0 else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
