@@ -31,15 +31,23 @@ def test_knn_chunked(benchmark, features):
     NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(train).kneighbors(test)
     sklearn_s = time.perf_counter() - t0
     benchmark.pedantic(knn_top1, args=(train, test), rounds=3, iterations=1)
-    benchmark.extra_info.update(train=TRAIN, test=TEST, dim=DIM, sklearn_brute_s=sklearn_s,
-                                speedup_vs_sklearn=sklearn_s / benchmark.stats.stats.mean)
+    benchmark.extra_info.update(
+        train=TRAIN,
+        test=TEST,
+        dim=DIM,
+        sklearn_brute_s=sklearn_s,
+        speedup_vs_sklearn=sklearn_s / benchmark.stats.stats.mean,
+    )
 
 
 @pytest.mark.parametrize("name", ["maxpool", "dsmil"])
 def test_mil_train_epoch(benchmark, name):
     """One epoch over 64 bags of 500 instances (batch 8, padded), forward + backward + Adam."""
     rng = np.random.default_rng(0)
-    bags = BagDataset.from_arrays([rng.standard_normal((int(n), DIM), dtype=np.float32) for n in rng.integers(300, 700, 64)], [i % 2 for i in range(64)])
+    bags = BagDataset.from_arrays(
+        [rng.standard_normal((int(n), DIM), dtype=np.float32) for n in rng.integers(300, 700, 64)],
+        [i % 2 for i in range(64)],
+    )
     model = build_mil(name, DIM, 2)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
@@ -51,4 +59,6 @@ def test_mil_train_epoch(benchmark, name):
             opt.step()
 
     benchmark.pedantic(epoch, rounds=3, iterations=1)
-    benchmark.extra_info.update(bags=64, instances=int(sum(len(b) for b in bags.features)), bags_per_s=64 / benchmark.stats.stats.mean)
+    benchmark.extra_info.update(
+        bags=64, instances=int(sum(len(b) for b in bags.features)), bags_per_s=64 / benchmark.stats.stats.mean
+    )

@@ -21,9 +21,9 @@ import resource
 
 import pytest
 import torch
-
 from bench_utils import SUMMARIES, ratio, record, write_summary
 from gpu_loader_check import make_patches
+
 from clusiam_fast.utils.threads import torch_threads
 
 N_IMAGES, CROP, MEAN, STD = 384, 224, (0.60, 0.55, 0.60), (0.20, 0.20, 0.20)
@@ -50,8 +50,14 @@ def _measure(benchmark, key: str, fn, rounds: int = 3) -> None:
 
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
     CPU_MS[key] = 1000.0 * min(cpu[1:] or cpu) / N_IMAGES
-    record(benchmark, key, images_per_s=N_IMAGES / benchmark.stats.stats.median,
-           cpu_ms_per_image=CPU_MS[key], images=N_IMAGES, crop=CROP)
+    record(
+        benchmark,
+        key,
+        images_per_s=N_IMAGES / benchmark.stats.stats.median,
+        cpu_ms_per_image=CPU_MS[key],
+        images=N_IMAGES,
+        crop=CROP,
+    )
 
 
 def test_torchvision_cpu(benchmark, patches):
@@ -76,8 +82,7 @@ def test_dali_cpu(benchmark, patches, threads):
     from clusiam_fast.data.dali import build_dali_loader
 
     benchmark.group = "two-view loading"
-    loader = build_dali_loader(patches, batch_size=64, crop_size=CROP, mean=MEAN, std=STD,
-                               num_threads=threads)
+    loader = build_dali_loader(patches, batch_size=64, crop_size=CROP, mean=MEAN, std=STD, num_threads=threads)
     _measure(benchmark, f"dali/cpu{threads}", lambda: [None for _ in loader])
 
 
@@ -88,8 +93,7 @@ def test_dali_gpu(benchmark, patches):
     from clusiam_fast.data.dali import build_dali_loader
 
     benchmark.group = "two-view loading"
-    loader = build_dali_loader(patches, batch_size=128, crop_size=CROP, mean=MEAN, std=STD, device="gpu",
-                               num_threads=4)
+    loader = build_dali_loader(patches, batch_size=128, crop_size=CROP, mean=MEAN, std=STD, device="gpu", num_threads=4)
 
     def epoch():
         for _ in loader:

@@ -94,8 +94,14 @@ WORK = {
     "batched-one-thread": (lambda r, l: _batched(r, l, 1), 1),
     "threads": (lambda r, l: _batched(r, l, THREADS), THREADS),
 }
-CASES = [("openslide", "per-region"), ("openslide", "threads"), ("tifffile", "per-region"), ("tifffile", "threads"),
-         ("cucim", "per-region"), ("cucim", "batched-one-thread")]
+CASES = [
+    ("openslide", "per-region"),
+    ("openslide", "threads"),
+    ("tifffile", "per-region"),
+    ("tifffile", "threads"),
+    ("cucim", "per-region"),
+    ("cucim", "batched-one-thread"),
+]
 
 
 @pytest.mark.parametrize("backend,mode", CASES, ids=[f"{b}-{m}" for b, m in CASES])
@@ -109,7 +115,8 @@ def test_read(benchmark, locations, backend, mode):
 
 def _ratio_info(benchmark, rate: float, baseline: float) -> None:
     benchmark.extra_info.update(
-        threads=THREADS, openslide_per_region_patches_per_s=round(baseline, 1),
+        threads=THREADS,
+        openslide_per_region_patches_per_s=round(baseline, 1),
         cucim_over_openslide=round(rate / baseline, 2),
     )
 

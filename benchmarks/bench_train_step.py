@@ -25,13 +25,13 @@ import time
 
 import pytest
 import torch
+from bench_utils import RESULTS, SUMMARIES, ratio, record, synced, write_summary
 
 import clusiam_fast
-from bench_utils import RESULTS, SUMMARIES, ratio, record, synced, write_summary
 from clusiam_fast.models import build_model
-from clusiam_fast.training import TrainConfig, TrainStep
 from clusiam_fast.ops import sample_gumbel as gumbel_noise
 from clusiam_fast.ops.cluster_loss import cluster_loss
+from clusiam_fast.training import TrainConfig, TrainStep
 from clusiam_fast.training.schedule import build_optimizer
 from clusiam_fast.utils.threads import torch_threads
 
@@ -44,13 +44,21 @@ CUDA_VARIANTS = [("bf16", True), ("fp16", True), ("bf16", False)]  # (autocast d
 CUDA_VARIANT_IDS = ["bf16-channels_last", "fp16-channels_last", "bf16-contiguous"]
 
 
-def _step(method: str, impl: str = "auto", device: str = "cpu", precision: str = "bf16",
-          channels_last: bool = True) -> TrainStep:
+def _step(
+    method: str, impl: str = "auto", device: str = "cpu", precision: str = "bf16", channels_last: bool = True
+) -> TrainStep:
     """CPU: float32. CUDA: autocast ``precision`` (fp16 with a GradScaler, as the trainer does)."""
     cuda = device == "cuda"
-    cfg = TrainConfig(method=method, num_clusters=K, crop_size=CUDA_CROP if cuda else CROP,
-                      batch_size=CUDA_BATCH if cuda else BATCH, cluster_loss_impl=impl, amp=cuda,
-                      amp_dtype=precision if cuda else "auto", channels_last=channels_last).resolved()
+    cfg = TrainConfig(
+        method=method,
+        num_clusters=K,
+        crop_size=CUDA_CROP if cuda else CROP,
+        batch_size=CUDA_BATCH if cuda else BATCH,
+        cluster_loss_impl=impl,
+        amp=cuda,
+        amp_dtype=precision if cuda else "auto",
+        channels_last=channels_last,
+    ).resolved()
     torch.manual_seed(0)
     model = build_model(method, num_clusters=K).to(device)
     if cuda and channels_last:
@@ -181,8 +189,13 @@ def _cuda_rows() -> list:
     for impl in ("fused", "reference"):
         value = ratio(f"cuda-loss/{impl}", step)
         if value is not None:
-            rows.append((f"CUDA: cluster loss term ({impl}), % of a CluSiam bf16 step", 100 * value,
-                         "< 2 %" if impl == "fused" else ""))
+            rows.append(
+                (
+                    f"CUDA: cluster loss term ({impl}), % of a CluSiam bf16 step",
+                    100 * value,
+                    "< 2 %" if impl == "fused" else "",
+                )
+            )
     for variant in CUDA_VARIANT_IDS:
         value = ratio(f"cuda-step/clusiam/{variant}", f"cuda-step/simsiam/{variant}")
         if value is not None:
@@ -197,6 +210,7 @@ def _cuda_rows() -> list:
 def _cpu_rows() -> list:
     if "step/simsiam" not in RESULTS:
         return []
+
     def percent(num: str) -> float | None:
         value = ratio(num, "step/simsiam")
         return None if value is None else 100 * value

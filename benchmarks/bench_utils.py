@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -67,7 +67,7 @@ def write_summary(name: str, rows: list[tuple[str, float | None, str]]) -> str:
     """Print and save (JSON) a table of ratios measured in this run."""
     lines = [f"{'ratio':58s} {'value':>8s}  target"]
     for label, value, target in rows:
-        lines.append(f"{label:58s} {('%.2f' % value) if value is not None else 'n/a':>8s}  {target}")
+        lines.append(f"{label:58s} {f'{value:.2f}' if value is not None else 'n/a':>8s}  {target}")
     text = "\n".join(lines)
     OUT.mkdir(exist_ok=True)
     (OUT / f"{name}.json").write_text(

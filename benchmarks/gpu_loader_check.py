@@ -52,7 +52,7 @@ def make_patches(folder: str | os.PathLike, n: int = 2048, size: int = 224, seed
     paths = []
     for i in range(n):
         y, x = rng.integers(0, tissue.shape[0] - size + 1, 2)
-        patch = np.rot90(tissue[y:y + size, x:x + size], k=int(rng.integers(4)))
+        patch = np.rot90(tissue[y : y + size, x : x + size], k=int(rng.integers(4)))
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
         path = folder / f"patch_{i:05d}.jpg"
@@ -112,16 +112,20 @@ def gpu_vs_cpu(paths: list[str], batch: int, threads: int, hue_mode: str) -> boo
     from clusiam_fast.data.dali import build_dali_loader
 
     hue_mode = "hsv" if hue_mode == "auto" else hue_mode  # "auto" means linear on the CPU
-    common = dict(batch_size=batch, crop_size=224, mean=MEAN, std=STD, seed=0, num_threads=threads,
-                  hue_mode=hue_mode)
+    common = dict(batch_size=batch, crop_size=224, mean=MEAN, std=STD, seed=0, num_threads=threads, hue_mode=hue_mode)
     batches = max(1, 4096 // batch)
     gpu = view_stats(build_dali_loader(paths, device="gpu", **common), batches)
     cpu = view_stats(build_dali_loader(paths, device="cpu", **common), batches)
-    ok = (np.allclose(gpu["mean"], cpu["mean"], atol=0.012) and np.allclose(gpu["std"], cpu["std"], atol=0.009)
-          and abs(gpu["gray"] - cpu["gray"]) < 0.03)
-    print(f"GPU vs CPU ({hue_mode} hue, {2 * batches * batch} views): mean {np.round(gpu['mean'], 4)} vs "
-          f"{np.round(cpu['mean'], 4)} | std {np.round(gpu['std'], 4)} vs {np.round(cpu['std'], 4)} | "
-          f"gray {gpu['gray']:.3f} vs {cpu['gray']:.3f} -> {'PASS' if ok else 'FAIL'}")
+    ok = (
+        np.allclose(gpu["mean"], cpu["mean"], atol=0.012)
+        and np.allclose(gpu["std"], cpu["std"], atol=0.009)
+        and abs(gpu["gray"] - cpu["gray"]) < 0.03
+    )
+    print(
+        f"GPU vs CPU ({hue_mode} hue, {2 * batches * batch} views): mean {np.round(gpu['mean'], 4)} vs "
+        f"{np.round(cpu['mean'], 4)} | std {np.round(gpu['std'], 4)} vs {np.round(cpu['std'], 4)} | "
+        f"gray {gpu['gray']:.3f} vs {cpu['gray']:.3f} -> {'PASS' if ok else 'FAIL'}"
+    )
     return ok
 
 
@@ -130,11 +134,23 @@ def run(args, workdir: Path, hue_mode: str) -> dict:
     from clusiam_fast.data.shards import pack_images
 
     paths = make_patches(workdir / "patches", args.images)
-    result: dict = {"hue_mode": hue_mode, "batch": args.batch, "threads": args.threads, "images": args.images,
-                    "gpu": torch.cuda.get_device_name()}
+    result: dict = {
+        "hue_mode": hue_mode,
+        "batch": args.batch,
+        "threads": args.threads,
+        "images": args.images,
+        "gpu": torch.cuda.get_device_name(),
+    }
     result["gpu_matches_cpu"] = gpu_vs_cpu(paths, min(args.batch, 256), args.threads, hue_mode)
-    common = dict(batch_size=args.batch, crop_size=224, mean=MEAN, std=STD, device="gpu",
-                  num_threads=args.threads, hue_mode=hue_mode)
+    common = dict(
+        batch_size=args.batch,
+        crop_size=224,
+        mean=MEAN,
+        std=STD,
+        device="gpu",
+        num_threads=args.threads,
+        hue_mode=hue_mode,
+    )
     repeat = max(1, math.ceil(args.seconds * 1.2 * TARGET / len(paths)))  # one epoch ~ the timed span
     for name, dtype in (("files_float32", torch.float32), ("files_float16", torch.float16), ("shards_float16", None)):
         if dtype is None:
@@ -145,8 +161,10 @@ def run(args, workdir: Path, hue_mode: str) -> dict:
         loader = build_dali_loader(source, dtype=dtype, validate="none", **common)
         rate, startup = throughput(loader, args.seconds, sync=True)
         result[f"{name}_images_per_s"], result[f"{name}_epoch_startup_s"] = rate, startup
-        print(f"DALI GPU two-view 224 px, {name:15s}: {rate:8.0f} images/s "
-              f"({'meets' if rate >= TARGET else 'BELOW'} the {TARGET:.0f}/s target); epoch start-up {startup:.2f} s")
+        print(
+            f"DALI GPU two-view 224 px, {name:15s}: {rate:8.0f} images/s "
+            f"({'meets' if rate >= TARGET else 'BELOW'} the {TARGET:.0f}/s target); epoch start-up {startup:.2f} s"
+        )
     return result
 
 

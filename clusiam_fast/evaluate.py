@@ -21,43 +21,99 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .evaluation.pipeline import EvalConfig, run_evaluation
 from .evaluation.mil.protocol import MILConfig
+from .evaluation.pipeline import EvalConfig, run_evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clusiam_fast.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m clusiam_fast.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("features", type=Path, help="folder written by clusiam_fast.extract (bags/*.h5 + index.csv)")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.md, report.json, *.png, maps/)")
-    p.add_argument("--labels", type=Path, default=None, help="slides.csv: slide_id,label[,split] -> slide classification with MIL")
-    p.add_argument("--patch-labels", type=Path, default=None, help="patches.csv: path|slide_id,x,y + label[,split] -> clustering and KNN")
+    p.add_argument(
+        "--labels", type=Path, default=None, help="slides.csv: slide_id,label[,split] -> slide classification with MIL"
+    )
+    p.add_argument(
+        "--patch-labels",
+        type=Path,
+        default=None,
+        help="patches.csv: path|slide_id,x,y + label[,split] -> clustering and KNN",
+    )
     g = p.add_argument_group("MIL protocol (defaults: the paper's)")
-    g.add_argument("--models", nargs="+", default=["maxpool", "dsmil"], choices=["maxpool", "dsmil"], help="MIL heads to evaluate")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each: validation split, init, order); default 0 1 2")
+    g.add_argument(
+        "--models", nargs="+", default=["maxpool", "dsmil"], choices=["maxpool", "dsmil"], help="MIL heads to evaluate"
+    )
+    g.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds (each: validation split, init, order); default 0 1 2",
+    )
     g.add_argument("--epochs", type=int, default=50, help="epochs per grid point (default 50)")
     g.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default 5)")
-    g.add_argument("--lrs", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4], help="learning-rate grid (default 1e-2 1e-3 1e-4)")
-    g.add_argument("--wds", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4], help="weight-decay grid (default 1e-2 1e-3 1e-4)")
+    g.add_argument(
+        "--lrs", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4], help="learning-rate grid (default 1e-2 1e-3 1e-4)"
+    )
+    g.add_argument(
+        "--wds", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4], help="weight-decay grid (default 1e-2 1e-3 1e-4)"
+    )
     g.add_argument("--batch-size", type=int, default=1, help="bags per step, padded with masks (default 1, as DSMIL)")
-    g.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"], help="optimiser (default adam with L2 weight decay, as DSMIL)")
-    g.add_argument("--select-metric", default="auc_acc", choices=["auc_acc", "auc_macro", "accuracy", "loss"],
-                   help="validation metric choosing epoch and grid point (default auc_acc: mean of macro AUC and accuracy, as DSMIL)")
-    g.add_argument("--val-fraction", type=float, default=0.25, help="validation share of the training slides (default 0.25)")
-    g.add_argument("--test-fraction", type=float, default=0.25, help="test share when slides.csv has no split column (default 0.25)")
+    g.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["adam", "adamw", "sgd"],
+        help="optimiser (default adam with L2 weight decay, as DSMIL)",
+    )
+    g.add_argument(
+        "--select-metric",
+        default="auc_acc",
+        choices=["auc_acc", "auc_macro", "accuracy", "loss"],
+        help="validation metric choosing epoch and grid point (default auc_acc: mean of macro AUC and accuracy, as DSMIL)",
+    )
+    g.add_argument(
+        "--val-fraction", type=float, default=0.25, help="validation share of the training slides (default 0.25)"
+    )
+    g.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.25,
+        help="test share when slides.csv has no split column (default 0.25)",
+    )
     g = p.add_argument_group("clustering, KNN and maps")
-    g.add_argument("--kmeans-k", type=int, default=None, help="K-means K (default: clusters used by the assigner, else number of classes)")
+    g.add_argument(
+        "--kmeans-k",
+        type=int,
+        default=None,
+        help="K-means K (default: clusters used by the assigner, else number of classes)",
+    )
     g.add_argument("--no-normalize", action="store_true", help="run K-means on raw instead of L2-normalised features")
-    g.add_argument("--knn-chunk", type=int, default=1024, help="test patches per KNN chunk (memory: chunk x 32768 floats)")
-    g.add_argument("--annotations", type=Path, default=None, help="folder of annotation masks <slide_id>.png drawn as contours on the maps")
+    g.add_argument(
+        "--knn-chunk", type=int, default=1024, help="test patches per KNN chunk (memory: chunk x 32768 floats)"
+    )
+    g.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="folder of annotation masks <slide_id>.png drawn as contours on the maps",
+    )
     g.add_argument("--no-maps", action="store_true", help="skip the cluster maps")
     g.add_argument("--max-maps", type=int, default=50, help="at most this many cluster maps (default 50)")
     g.add_argument("--map-size", type=int, default=2048, help="longest thumbnail side in px (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of K-means and of a missing train/test split (default 0)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (MIL training and KNN)")
-    p.add_argument("--cpu-threads", type=int, default=None, help="torch threads for MIL training on the CPU (default: 1 for small bags, else torch's)")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch threads for MIL training on the CPU (default: 1 for small bags, else torch's)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -66,12 +122,35 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    mil = MILConfig(lrs=tuple(args.lrs), weight_decays=tuple(args.wds), epochs=args.epochs, warmup_epochs=args.warmup_epochs, seeds=tuple(args.seeds),
-                    val_fraction=args.val_fraction, batch_size=args.batch_size, optimizer=args.optimizer, select_metric=args.select_metric,
-                    device=device, cpu_threads=args.cpu_threads, progress=not args.quiet)
-    return EvalConfig(mil=mil, mil_models=tuple(args.models), kmeans_k=args.kmeans_k, kmeans_normalize=not args.no_normalize, seed=args.seed,
-                      test_fraction=args.test_fraction, knn_query_chunk=args.knn_chunk, device=device, maps=not args.no_maps, max_maps=args.max_maps,
-                      map_size=args.map_size, annotations=args.annotations, progress=not args.quiet)
+    mil = MILConfig(
+        lrs=tuple(args.lrs),
+        weight_decays=tuple(args.wds),
+        epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        seeds=tuple(args.seeds),
+        val_fraction=args.val_fraction,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        select_metric=args.select_metric,
+        device=device,
+        cpu_threads=args.cpu_threads,
+        progress=not args.quiet,
+    )
+    return EvalConfig(
+        mil=mil,
+        mil_models=tuple(args.models),
+        kmeans_k=args.kmeans_k,
+        kmeans_normalize=not args.no_normalize,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        knn_query_chunk=args.knn_chunk,
+        device=device,
+        maps=not args.no_maps,
+        max_maps=args.max_maps,
+        map_size=args.map_size,
+        annotations=args.annotations,
+        progress=not args.quiet,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
     done = [k for k in ("clustering", "knn", "mil", "cluster_maps") if k in results]
-    print(f"wrote {args.out / 'report.md'} ({', '.join(done) or 'summary only'}); not run: {', '.join(results['skipped']) or 'nothing'}")
+    print(
+        f"wrote {args.out / 'report.md'} ({', '.join(done) or 'summary only'}); not run: {', '.join(results['skipped']) or 'nothing'}"
+    )
     return 0
 
 

@@ -36,23 +36,45 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clusiam_fast.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m clusiam_fast.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoint", type=Path, help="trainer checkpoint (.pt) or ResNet state_dict from --export-backbone")
     p.add_argument("data", type=Path, help="tiler manifest.csv (or its folder), or a folder of patch images")
     p.add_argument("--out", type=Path, required=True, help="output folder for bags/, index.csv and extract.json")
     p.add_argument("--batch-size", type=int, default=128, help="patches per forward pass (default 128)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes reading patches (default 2)")
-    p.add_argument("--fp16", action="store_true", help="store features and probabilities as float16 (half the disk and memory)")
+    p.add_argument(
+        "--fp16", action="store_true", help="store features and probabilities as float16 (half the disk and memory)"
+    )
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when available)")
-    p.add_argument("--no-amp", action="store_true", help="disable float16 autocast on the GPU (AMP is on by default on CUDA, never on CPU)")
-    p.add_argument("--resize", type=int, default=None, help="resize patches (shorter side) to this many px first (default: as read)")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="disable float16 autocast on the GPU (AMP is on by default on CUDA, never on CPU)",
+    )
+    p.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="resize patches (shorter side) to this many px first (default: as read)",
+    )
     p.add_argument("--crop", type=int, default=None, help="then centre-crop to this many px (default: none)")
-    p.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean R G B in [0, 1] (default: from the checkpoint, see above)")
-    p.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std R G B (default: from the checkpoint)")
+    p.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        default=None,
+        help="normalisation mean R G B in [0, 1] (default: from the checkpoint, see above)",
+    )
+    p.add_argument(
+        "--std", type=float, nargs=3, default=None, help="normalisation std R G B (default: from the checkpoint)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -62,16 +84,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .evaluation.extraction import extract
 
     try:
-        summary = extract(args.checkpoint, args.data, args.out, batch_size=args.batch_size, workers=args.workers, fp16=args.fp16,
-                          device=args.device, amp=not args.no_amp, resize=args.resize, crop=args.crop, mean=args.mean, std=args.std,
-                          progress=not args.quiet)
+        summary = extract(
+            args.checkpoint,
+            args.data,
+            args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            fp16=args.fp16,
+            device=args.device,
+            amp=not args.no_amp,
+            resize=args.resize,
+            crop=args.crop,
+            mean=args.mean,
+            std=args.std,
+            progress=not args.quiet,
+        )
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {summary['num_slides']} bags ({summary['num_patches']} patches, {summary['feature_dim']}-d, "
-          f"{summary['num_clusters']} clusters) to {args.out} at {summary['patches_per_second']:.0f} patches/s")
+    print(
+        f"wrote {summary['num_slides']} bags ({summary['num_patches']} patches, {summary['feature_dim']}-d, "
+        f"{summary['num_clusters']} clusters) to {args.out} at {summary['patches_per_second']:.0f} patches/s"
+    )
     if summary["num_failed_patches"] or summary["failed_slides"]:
-        print(f"{summary['num_failed_patches']} patches and {len(summary['failed_slides'])} slides failed; see {args.out / 'extract.json'}", file=sys.stderr)
+        print(
+            f"{summary['num_failed_patches']} patches and {len(summary['failed_slides'])} slides failed; see {args.out / 'extract.json'}",
+            file=sys.stderr,
+        )
         return 1 if summary["failed_slides"] else 0
     return 0
 

@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clusiam_fast.shards",
         description="Pack a folder of image patches or a tiler manifest.csv into webdataset tar shards "
-                    "(with DALI index files) for build_dali_loader.")
+        "(with DALI index files) for build_dali_loader.",
+    )
     parser.add_argument("source", help="folder of images (searched recursively) or a tiler manifest.csv")
     parser.add_argument("--out", required=True, help="output folder for shard-*.tar, shard-*.idx, shards.json")
     parser.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample shuffle before packing")
-    parser.add_argument("--format", choices=("jpg", "png"), default="jpg",
-                        help="encoding of patches read from slides (files are copied as they are)")
+    parser.add_argument(
+        "--format",
+        choices=("jpg", "png"),
+        default="jpg",
+        help="encoding of patches read from slides (files are copied as they are)",
+    )
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality for patches read from slides")
     parser.add_argument("--workers", type=int, default=4, help="threads / processes reading the inputs")
     args = parser.parse_args(argv)
@@ -35,13 +40,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     source = Path(args.source)
     if source.suffix.lower() == ".csv":
-        summary = pack_manifest(source, args.out, shard_size=args.shard_size, seed=args.seed,
-                                fmt=args.format, quality=args.quality, workers=args.workers)
+        summary = pack_manifest(
+            source,
+            args.out,
+            shard_size=args.shard_size,
+            seed=args.seed,
+            fmt=args.format,
+            quality=args.quality,
+            workers=args.workers,
+        )
     else:
-        summary = pack_images(find_images(source), args.out, shard_size=args.shard_size, seed=args.seed,
-                              workers=args.workers)
-    print(f"wrote {summary['num_shards']} shard(s) with {summary['num_samples']} samples to {args.out}"
-          + (f"; {len(summary['skipped'])} left out (see shards.json)" if summary["skipped"] else ""))
+        summary = pack_images(
+            find_images(source), args.out, shard_size=args.shard_size, seed=args.seed, workers=args.workers
+        )
+    print(
+        f"wrote {summary['num_shards']} shard(s) with {summary['num_samples']} samples to {args.out}"
+        + (f"; {len(summary['skipped'])} left out (see shards.json)" if summary["skipped"] else "")
+    )
     return 1 if summary["num_samples"] == 0 else 0
 
 

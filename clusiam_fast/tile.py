@@ -49,7 +49,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
 
@@ -71,25 +71,62 @@ def build_parser() -> argparse.ArgumentParser:
         "coordinate files, QA thumbnails and a manifest to train on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("slides", nargs="+", metavar="SLIDE_OR_DIR",
-                        help="slide files, or folders whose slide files (not subfolders) are tiled")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder: manifest.csv, patches/*.h5, thumbnails/*.png, tiles/")
-    parser.add_argument("--mpp", type=_positive(float), default=0.5,
-                        help="target resolution of the patches in microns per pixel (0.5 = 20x)")
+    parser.add_argument(
+        "slides",
+        nargs="+",
+        metavar="SLIDE_OR_DIR",
+        help="slide files, or folders whose slide files (not subfolders) are tiled",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: manifest.csv, patches/*.h5, thumbnails/*.png, tiles/",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=_positive(float),
+        default=0.5,
+        help="target resolution of the patches in microns per pixel (0.5 = 20x)",
+    )
     parser.add_argument("--patch-size", type=_positive(int), default=224, help="patch side in output pixels")
-    parser.add_argument("--stride", type=_positive(int), default=None,
-                        help="grid step in output pixels (default: the patch size, no overlap)")
-    parser.add_argument("--min-tissue", type=float, default=0.5,
-                        help="keep a patch when at least this fraction of it is tissue (0 keeps all)")
-    parser.add_argument("--slide-mpp", type=_positive(float), default=None, metavar="X",
-                        help="level-0 microns per pixel for slides whose metadata has none (metadata wins)")
-    parser.add_argument("--backend", choices=("auto", "cucim", "openslide", "tifffile"), default="auto",
-                        help="slide reader; auto picks per file (cuCIM where it reads the file correctly)")
-    parser.add_argument("--workers", type=_positive(int), default=max(1, min(8, (os.cpu_count() or 2) // 2)),
-                        help="slides tiled in parallel processes")
-    parser.add_argument("--save-tiles", choices=("none", "jpg", "png"), default="none",
-                        help="also write every patch as an image file under DIR/tiles/<slide_id>/")
+    parser.add_argument(
+        "--stride",
+        type=_positive(int),
+        default=None,
+        help="grid step in output pixels (default: the patch size, no overlap)",
+    )
+    parser.add_argument(
+        "--min-tissue",
+        type=float,
+        default=0.5,
+        help="keep a patch when at least this fraction of it is tissue (0 keeps all)",
+    )
+    parser.add_argument(
+        "--slide-mpp",
+        type=_positive(float),
+        default=None,
+        metavar="X",
+        help="level-0 microns per pixel for slides whose metadata has none (metadata wins)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "cucim", "openslide", "tifffile"),
+        default="auto",
+        help="slide reader; auto picks per file (cuCIM where it reads the file correctly)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=max(1, min(8, (os.cpu_count() or 2) // 2)),
+        help="slides tiled in parallel processes",
+    )
+    parser.add_argument(
+        "--save-tiles",
+        choices=("none", "jpg", "png"),
+        default="none",
+        help="also write every patch as an image file under DIR/tiles/<slide_id>/",
+    )
     return parser
 
 
@@ -99,8 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = TileConfig(
-            target_mpp=args.mpp, patch_size=args.patch_size, stride=args.stride, min_tissue=args.min_tissue,
-            slide_mpp=args.slide_mpp, backend=args.backend, save_tiles=args.save_tiles,
+            target_mpp=args.mpp,
+            patch_size=args.patch_size,
+            stride=args.stride,
+            min_tissue=args.min_tissue,
+            slide_mpp=args.slide_mpp,
+            backend=args.backend,
+            save_tiles=args.save_tiles,
         )
         report = tile_slides(args.slides, args.out, config, workers=args.workers)
     except (ValueError, FileNotFoundError) as error:

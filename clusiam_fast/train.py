@@ -25,90 +25,196 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m clusiam_fast.train",
         description="Self-supervised pre-training of a ResNet on histopathology patches with CluSiam "
-                    "(SimSiam + cluster loss, Wu et al. ICCV 2023), CluBYOL, SimSiam or BYOL.",
+        "(SimSiam + cluster loss, Wu et al. ICCV 2023), CluBYOL, SimSiam or BYOL.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1],
         argument_default=argparse.SUPPRESS,  # only flags given on the command line override (see main)
     )
-    p.add_argument("data", nargs="?", metavar="DATA",
-                   help="folder of image patches (png/jpg/jpeg/tif, searched recursively) or a tiler manifest.csv "
-                        "(or a tiler output folder holding one); optional with --demo or --resume")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="run folder: checkpoint.pt, log.csv, steps.csv, training.png, norm_stats.json, train_config.json")
-    p.add_argument("--demo", action="store_true",
-                   help="generate DIR/demo_patches from scikit-image's immunohistochemistry image (no download) and "
-                        "train a short run on it (512 patches; crop 64, batch 32, 5 epochs, 16 clusters, 1 worker unless given)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA",
+        help="folder of image patches (png/jpg/jpeg/tif, searched recursively) or a tiler manifest.csv "
+        "(or a tiler output folder holding one); optional with --demo or --resume",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="run folder: checkpoint.pt, log.csv, steps.csv, training.png, norm_stats.json, train_config.json",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="generate DIR/demo_patches from scikit-image's immunohistochemistry image (no download) and "
+        "train a short run on it (512 patches; crop 64, batch 32, 5 epochs, 16 clusters, 1 worker unless given)",
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--method", choices=["clusiam", "clubyol", "simsiam", "byol"], help=f"method (default {D.method})")
-    g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
-                   help=f"backbone, random init (default {D.arch})")
+    g.add_argument(
+        "--arch",
+        choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+        help=f"backbone, random init (default {D.arch})",
+    )
     g.add_argument("--num-clusters", type=int, metavar="K", help=f"clusters of the assigner (default {D.num_clusters})")
-    g.add_argument("--projector-end", choices=["bn", "linear"],
-                   help="end the projector with an affine-free BatchNorm (bn, default) or a linear layer (Table 5 ablation)")
-    g.add_argument("--out-dim", type=int, metavar="N", help="projection size (default 2048 for clusiam/simsiam, 256 for clubyol/byol)")
-    g.add_argument("--pred-hidden", type=int, metavar="N", help="predictor hidden size (default 512; 4096 for clubyol/byol)")
-    g.add_argument("--ema-momentum", type=float, metavar="X", help="clubyol/byol target EMA momentum (default 0.99, as published)")
+    g.add_argument(
+        "--projector-end",
+        choices=["bn", "linear"],
+        help="end the projector with an affine-free BatchNorm (bn, default) or a linear layer (Table 5 ablation)",
+    )
+    g.add_argument(
+        "--out-dim",
+        type=int,
+        metavar="N",
+        help="projection size (default 2048 for clusiam/simsiam, 256 for clubyol/byol)",
+    )
+    g.add_argument(
+        "--pred-hidden", type=int, metavar="N", help="predictor hidden size (default 512; 4096 for clubyol/byol)"
+    )
+    g.add_argument(
+        "--ema-momentum", type=float, metavar="X", help="clubyol/byol target EMA momentum (default 0.99, as published)"
+    )
 
     g = p.add_argument_group("loss")
-    g.add_argument("--alpha", type=float, metavar="X",
-                   help="loss = (1-alpha)*invariance + alpha*cluster; default 0.5 clusiam, 0.9 clubyol; 1.0 = cluster loss only")
-    g.add_argument("--tau", type=float, metavar="X", help=f"Gumbel-softmax temperature of the cluster loss (default {D.tau})")
-    g.add_argument("--no-gumbel", dest="gumbel", action="store_false",
-                   help="assign clusters by plain argmax, no Gumbel noise (the paper's 'Joint' ablation)")
-    g.add_argument("--inv-reduction", choices=["sum", "mean"],
-                   help="sum the two symmetric invariance terms (default, as the published CluSiam code) or average "
-                        "them (SimSiam paper's 0.5 factor)")
-    g.add_argument("--cluster-loss-impl", choices=["auto", "fused", "reference"],
-                   help="cluster loss kernels: fused C++/CUDA op (auto when built) or the pure PyTorch reference")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        metavar="X",
+        help="loss = (1-alpha)*invariance + alpha*cluster; default 0.5 clusiam, 0.9 clubyol; 1.0 = cluster loss only",
+    )
+    g.add_argument(
+        "--tau", type=float, metavar="X", help=f"Gumbel-softmax temperature of the cluster loss (default {D.tau})"
+    )
+    g.add_argument(
+        "--no-gumbel",
+        dest="gumbel",
+        action="store_false",
+        help="assign clusters by plain argmax, no Gumbel noise (the paper's 'Joint' ablation)",
+    )
+    g.add_argument(
+        "--inv-reduction",
+        choices=["sum", "mean"],
+        help="sum the two symmetric invariance terms (default, as the published CluSiam code) or average "
+        "them (SimSiam paper's 0.5 factor)",
+    )
+    g.add_argument(
+        "--cluster-loss-impl",
+        choices=["auto", "fused", "reference"],
+        help="cluster loss kernels: fused C++/CUDA op (auto when built) or the pure PyTorch reference",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, metavar="N", help=f"epochs (default {D.epochs})")
-    g.add_argument("--max-steps", type=int, metavar="N",
-                   help="stop after N optimiser steps in total (the lr schedule still spans --epochs); for smoke runs")
-    g.add_argument("--batch-size", type=int, metavar="N", help=f"global batch size, split over torchrun processes (default {D.batch_size})")
-    g.add_argument("--lr", type=float, metavar="X", help=f"base lr; the run uses lr*batch/256 with cosine decay per step (default {D.lr})")
+    g.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="stop after N optimiser steps in total (the lr schedule still spans --epochs); for smoke runs",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help=f"global batch size, split over torchrun processes (default {D.batch_size})",
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        metavar="X",
+        help=f"base lr; the run uses lr*batch/256 with cosine decay per step (default {D.lr})",
+    )
     g.add_argument("--momentum", type=float, metavar="X", help=f"SGD momentum (default {D.momentum})")
     g.add_argument("--weight-decay", type=float, metavar="X", help=f"SGD weight decay (default {D.weight_decay})")
-    g.add_argument("--fix-pred-lr", action=argparse.BooleanOptionalAction,
-                   help="keep the predictor's lr constant (default on for clusiam/simsiam, off for clubyol/byol, as published)")
+    g.add_argument(
+        "--fix-pred-lr",
+        action=argparse.BooleanOptionalAction,
+        help="keep the predictor's lr constant (default on for clusiam/simsiam, off for clubyol/byol, as published)",
+    )
 
     g = p.add_argument_group("data")
-    g.add_argument("--crop-size", type=int, metavar="PX", help=f"random-resized-crop output size (default {D.crop_size})")
+    g.add_argument(
+        "--crop-size", type=int, metavar="PX", help=f"random-resized-crop output size (default {D.crop_size})"
+    )
     g.add_argument("--workers", type=int, metavar="N", help="data-loading worker processes (default min(8, CPUs))")
-    g.add_argument("--loader", choices=["torch", "dali"],
-                   help="torch: torchvision augmentation in CPU workers (default); dali: NVIDIA DALI pipeline")
-    g.add_argument("--max-stat-images", type=int, metavar="N",
-                   help=f"images sampled for the normalisation mean/std, cached in DIR/norm_stats.json (default {D.max_stat_images})")
+    g.add_argument(
+        "--loader",
+        choices=["torch", "dali"],
+        help="torch: torchvision augmentation in CPU workers (default); dali: NVIDIA DALI pipeline",
+    )
+    g.add_argument(
+        "--max-stat-images",
+        type=int,
+        metavar="N",
+        help=f"images sampled for the normalisation mean/std, cached in DIR/norm_stats.json (default {D.max_stat_images})",
+    )
 
     g = p.add_argument_group("runtime")
-    g.add_argument("--seed", type=int, metavar="S", help=f"seed of weights, data order, augmentation and noise (default {D.seed})")
+    g.add_argument(
+        "--seed", type=int, metavar="S", help=f"seed of weights, data order, augmentation and noise (default {D.seed})"
+    )
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default auto: CUDA when available)")
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision: autocast bfloat16 (CPU, and CUDA where supported) or float16 with a gradient "
-                        "scaler; losses and normalisations stay float32")
+    g.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: autocast bfloat16 (CPU, and CUDA where supported) or float16 with a gradient "
+        "scaler; losses and normalisations stay float32",
+    )
     g.add_argument("--amp-dtype", choices=["auto", "bf16", "fp16"], help="autocast dtype with --amp (default auto)")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep NCHW memory format on CUDA (channels_last is the default there)")
+    g.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep NCHW memory format on CUDA (channels_last is the default there)",
+    )
 
     g = p.add_argument_group("checkpoints and logs")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in DIR exactly (model, optimiser, scaler, epoch, data order, RNG); "
-                        "flags given now override the saved ones, except those that define the model")
-    g.add_argument("--overwrite", action="store_true", help="start again even though DIR holds a checkpoint (the --demo default)")
-    g.add_argument("--save-every", type=int, metavar="N", help=f"write DIR/checkpoint.pt every N epochs and at the end (default {D.save_every})")
-    g.add_argument("--keep-every", type=int, metavar="N",
-                   help="also keep DIR/checkpoints/epoch_NNNN.pt every N epochs (default 0: off)")
-    g.add_argument("--log-every", type=int, metavar="N",
-                   help=f"update the progress bar, steps.csv and the non-finite check every N steps (default {D.log_every})")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
-                   help="do not write DIR/tensorboard even when tensorboard is installed")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in DIR exactly (model, optimiser, scaler, epoch, data order, RNG); "
+        "flags given now override the saved ones, except those that define the model",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="start again even though DIR holds a checkpoint (the --demo default)"
+    )
+    g.add_argument(
+        "--save-every",
+        type=int,
+        metavar="N",
+        help=f"write DIR/checkpoint.pt every N epochs and at the end (default {D.save_every})",
+    )
+    g.add_argument(
+        "--keep-every",
+        type=int,
+        metavar="N",
+        help="also keep DIR/checkpoints/epoch_NNNN.pt every N epochs (default 0: off)",
+    )
+    g.add_argument(
+        "--log-every",
+        type=int,
+        metavar="N",
+        help=f"update the progress bar, steps.csv and the non-finite check every N steps (default {D.log_every})",
+    )
+    g.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help="do not write DIR/tensorboard even when tensorboard is installed",
+    )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    g.add_argument("--collapse-warn", type=float, metavar="X",
-                   help=f"warn when the collapse monitor falls below this or to half its best (default {D.collapse_warn})")
-    g.add_argument("--export-backbone", metavar="FILE",
-                   help="when the run ends (all epochs or --max-steps), write the backbone as a plain torchvision ResNet state_dict (no fc)")
+    g.add_argument(
+        "--collapse-warn",
+        type=float,
+        metavar="X",
+        help=f"warn when the collapse monitor falls below this or to half its best (default {D.collapse_warn})",
+    )
+    g.add_argument(
+        "--export-backbone",
+        metavar="FILE",
+        help="when the run ends (all epochs or --max-steps), write the backbone as a plain torchvision ResNet state_dict (no fc)",
+    )
     return p
 
 

@@ -40,8 +40,12 @@ def loss_and_grad(impl, z, logits, gumbel, *, tau=1.0, upstream=1.0, **kw):
     logits = logits.detach().clone().requires_grad_()
     if impl == "reference-float32":  # the published computation on the float32 values of the inputs
         loss, idx = cf.reference.cluster_loss(
-            z.float(), logits.float(), tau=tau, gumbel=None if gumbel is None else gumbel.float(),
-            return_assignments=True, **kw
+            z.float(),
+            logits.float(),
+            tau=tau,
+            gumbel=None if gumbel is None else gumbel.float(),
+            return_assignments=True,
+            **kw,
         )
     else:
         loss, idx = cf.cluster_loss(z, logits, tau=tau, gumbel=gumbel, impl=impl, return_assignments=True, **kw)

@@ -56,14 +56,23 @@ def crc_random_bags(crc_dir, tmp_path_factory) -> list:
     import torch
     import torchvision
 
-    from clusiam_fast.formats.feature_bags import load_bags
     from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.formats.feature_bags import load_bags
 
     root = tmp_path_factory.mktemp("crc_bags")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = torchvision.models.resnet18()
     torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, root / "backbone.pt")
-    extract(root / "backbone.pt", crc_dir, root / "bags", resize=32, batch_size=64, workers=0,
-            mean=(0.7, 0.55, 0.7), std=(0.15, 0.2, 0.15), progress=False)
+    extract(
+        root / "backbone.pt",
+        crc_dir,
+        root / "bags",
+        resize=32,
+        batch_size=64,
+        workers=0,
+        mean=(0.7, 0.55, 0.7),
+        std=(0.15, 0.2, 0.15),
+        progress=False,
+    )
     return load_bags(root / "bags")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cluster_loss_cases import TOLERANCES, assert_close_grad, loss_and_grad, make_inputs
 
 import clusiam_fast as cf
-from cluster_loss_cases import TOLERANCES, assert_close_grad, loss_and_grad, make_inputs
 
 pytestmark = pytest.mark.skipif(not cf.fused_available("cpu"), reason="clusiam_fast._C was not built")
 

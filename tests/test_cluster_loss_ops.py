@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 import torch
+from cluster_loss_cases import assert_close_grad, loss_and_grad, make_inputs
 
 import clusiam_fast as cf
-from cluster_loss_cases import assert_close_grad, loss_and_grad, make_inputs
 
 functional = importlib.import_module("clusiam_fast.ops.cluster_loss")  # the module; the package exports the function
 

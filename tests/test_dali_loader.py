@@ -56,8 +56,9 @@ def epoch_ids(loader) -> list[int]:
 def test_shapes_dtypes_layout_and_normalisation(pcam_files):
     """NCHW, float32/float16, finite, contiguous; without augmentation equal to torchvision's tensor."""
     for dtype, atol in ((torch.float32, 1e-5), (torch.float16, 2e-2)):
-        loader = build_dali_loader(pcam_files[:16], batch_size=8, crop_size=96, mean=MEAN, std=STD,
-                                   recipe=NO_AUG, dtype=dtype)
+        loader = build_dali_loader(
+            pcam_files[:16], batch_size=8, crop_size=96, mean=MEAN, std=STD, recipe=NO_AUG, dtype=dtype
+        )
         assert len(loader) == 2
         batches = list(loader)
         assert len(batches) == 2
@@ -82,8 +83,9 @@ def test_two_views_of_a_patch_differ(pcam_files):
 
 def test_same_seed_same_batches_other_seed_or_epoch_different(pcam_files):
     def run(seed: int, epoch: int) -> list[torch.Tensor]:
-        loader = build_dali_loader(pcam_files[:32], batch_size=16, crop_size=32, mean=MEAN, std=STD,
-                                   seed=seed, num_threads=2)
+        loader = build_dali_loader(
+            pcam_files[:32], batch_size=16, crop_size=32, mean=MEAN, std=STD, seed=seed, num_threads=2
+        )
         loader.set_epoch(epoch)
         return [torch.cat([v1, v2]) for v1, v2 in loader]
 
@@ -92,15 +94,15 @@ def test_same_seed_same_batches_other_seed_or_epoch_different(pcam_files):
     assert not torch.equal(first[0], run(1, 0)[0])
     assert not torch.equal(first[0], run(0, 1)[0])
     # Thread count does not change the result (per-sample random streams).
-    loader = build_dali_loader(pcam_files[:32], batch_size=16, crop_size=32, mean=MEAN, std=STD, seed=0,
-                               num_threads=1)
+    loader = build_dali_loader(pcam_files[:32], batch_size=16, crop_size=32, mean=MEAN, std=STD, seed=0, num_threads=1)
     assert all(torch.equal(torch.cat([v1, v2]), a) for (v1, v2), a in zip(loader, first, strict=True))
 
 
 def test_epochs_visit_every_image_once_in_a_new_order(tmp_path):
     paths = solid_images(tmp_path / "solid", 40)
-    loader = build_dali_loader(paths, batch_size=8, crop_size=16, mean=(0, 0, 0), std=(1 / 255,) * 3,
-                               recipe=COLOUR_KEPT)
+    loader = build_dali_loader(
+        paths, batch_size=8, crop_size=16, mean=(0, 0, 0), std=(1 / 255,) * 3, recipe=COLOUR_KEPT
+    )
     epoch0, epoch1 = epoch_ids(loader), epoch_ids(loader)  # iterating again runs the next epoch
     assert sorted(epoch0) == sorted(epoch1) == list(range(40))
     assert epoch0 != epoch1
@@ -109,8 +111,20 @@ def test_epochs_visit_every_image_once_in_a_new_order(tmp_path):
 def test_shards_split_the_data_evenly(tmp_path):
     """Ranks get disjoint, equally long shares; batches per epoch agree across ranks (41 images)."""
     paths = solid_images(tmp_path / "solid", 41)
-    ranks = [build_dali_loader(paths, batch_size=4, crop_size=16, mean=(0, 0, 0), std=(1 / 255,) * 3,
-                               recipe=COLOUR_KEPT, shard_id=r, num_shards=2, seed=5) for r in (0, 1)]
+    ranks = [
+        build_dali_loader(
+            paths,
+            batch_size=4,
+            crop_size=16,
+            mean=(0, 0, 0),
+            std=(1 / 255,) * 3,
+            recipe=COLOUR_KEPT,
+            shard_id=r,
+            num_shards=2,
+            seed=5,
+        )
+        for r in (0, 1)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == 20 // 4
     for _epoch in range(2):
         seen = [epoch_ids(loader) for loader in ranks]
@@ -118,8 +132,17 @@ def test_shards_split_the_data_evenly(tmp_path):
         assert not set(seen[0]) & set(seen[1])
         assert len(set(seen[0]) | set(seen[1])) == 40
     # drop_last=False keeps the rank's last partial batch: 20 = 3 x 6 + 2.
-    loader = build_dali_loader(paths, batch_size=6, crop_size=16, mean=(0, 0, 0), std=(1 / 255,) * 3,
-                               recipe=COLOUR_KEPT, shard_id=1, num_shards=2, drop_last=False)
+    loader = build_dali_loader(
+        paths,
+        batch_size=6,
+        crop_size=16,
+        mean=(0, 0, 0),
+        std=(1 / 255,) * 3,
+        recipe=COLOUR_KEPT,
+        shard_id=1,
+        num_shards=2,
+        drop_last=False,
+    )
     sizes = [len(v1) for v1, _ in loader]
     assert len(loader) == 4 and sizes == [6, 6, 6, 2]
 
@@ -135,7 +158,7 @@ def test_undecodable_images_are_reported_skipped_and_counted(tmp_path, pcam_file
     # Valid start and end, broken Huffman table: passes the header check, fails in DALI's decoder.
     broken = bytearray(data)
     dht = broken.find(b"\xff\xc4")
-    broken[dht: dht + 200] = b"\x13" * 200
+    broken[dht : dht + 200] = b"\x13" * 200
     bad["huffman.jpg"] = bytes(broken)
     bad_paths = []
     for name, payload in bad.items():
@@ -159,10 +182,16 @@ def test_undecodable_images_are_reported_skipped_and_counted(tmp_path, pcam_file
 def test_validate_decode_finds_every_bad_file_up_front(tmp_path, pcam_files):
     data = bytearray(Path(pcam_files[0]).read_bytes())
     dht = data.find(b"\xff\xc4")
-    data[dht: dht + 200] = b"\x13" * 200
+    data[dht : dht + 200] = b"\x13" * 200
     (tmp_path / "huffman.jpg").write_bytes(bytes(data))
-    loader = build_dali_loader(pcam_files[:12] + [str(tmp_path / "huffman.jpg")], batch_size=4, crop_size=16,
-                               mean=MEAN, std=STD, validate="decode")
+    loader = build_dali_loader(
+        pcam_files[:12] + [str(tmp_path / "huffman.jpg")],
+        batch_size=4,
+        crop_size=16,
+        mean=MEAN,
+        std=STD,
+        validate="decode",
+    )
     assert [p for p, _ in loader.skipped] == [str(tmp_path / "huffman.jpg")]
     assert len(loader) == 3
 
@@ -192,8 +221,14 @@ def test_plan_substitution_keeps_length_and_skips_bad():
 def test_folder_source_and_tensor_values_follow_the_recipe(tmp_path):
     """A folder is searched recursively; gray views of a colour image have R = G = B."""
     solid_images(tmp_path / "a" / "b", 16)
-    loader = build_dali_loader(str(tmp_path / "a"), batch_size=8, crop_size=16, mean=(0, 0, 0),
-                               std=(1 / 255,) * 3, recipe=Recipe(p_jitter=0.0, p_gray=1.0))
+    loader = build_dali_loader(
+        str(tmp_path / "a"),
+        batch_size=8,
+        crop_size=16,
+        mean=(0, 0, 0),
+        std=(1 / 255,) * 3,
+        recipe=Recipe(p_jitter=0.0, p_gray=1.0),
+    )
     v1, v2 = next(iter(loader))
     assert torch.all(v1[:, 0] == v1[:, 1]) and torch.all(v1[:, 1] == v1[:, 2])
 
@@ -201,8 +236,9 @@ def test_folder_source_and_tensor_values_follow_the_recipe(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_views_stay_on_the_gpu(pcam_files):
-    loader = build_dali_loader(pcam_files[:32], batch_size=16, crop_size=64, mean=MEAN, std=STD, device="gpu",
-                               dtype=torch.float16)
+    loader = build_dali_loader(
+        pcam_files[:32], batch_size=16, crop_size=64, mean=MEAN, std=STD, device="gpu", dtype=torch.float16
+    )
     v1, v2 = next(iter(loader))
     assert v1.is_cuda and v2.is_cuda and v1.dtype == torch.float16 and v1.shape == (16, 3, 64, 64)
 
@@ -236,10 +272,12 @@ def test_blur_reproduces_pils_gaussian_blur(tmp_path, sigma):
     noise = np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)
     path = tmp_path / "noise.png"
     Image.fromarray(np.repeat(noise[:, :, None], 3, axis=2)).save(path)
-    recipe = Recipe(scale=(1.0, 1.0), ratio=(1.0, 1.0), p_jitter=0.0, p_gray=0.0, p_blur=1.0,
-                    blur_sigma=(sigma, sigma), p_flip=0.0)
-    loader = build_dali_loader([str(path)] * 2, batch_size=2, crop_size=40, mean=(0, 0, 0), std=(1 / 255,) * 3,
-                               recipe=recipe)
+    recipe = Recipe(
+        scale=(1.0, 1.0), ratio=(1.0, 1.0), p_jitter=0.0, p_gray=0.0, p_blur=1.0, blur_sigma=(sigma, sigma), p_flip=0.0
+    )
+    loader = build_dali_loader(
+        [str(path)] * 2, batch_size=2, crop_size=40, mean=(0, 0, 0), std=(1 / 255,) * 3, recipe=recipe
+    )
     dali = next(iter(loader))[0][0, 0].numpy().astype(np.float64)
     pil = np.asarray(Image.open(path).filter(ImageFilter.GaussianBlur(radius=sigma)), dtype=np.float64)[:, :, 0]
     # PIL rounds after each of its six 1-D box passes, DALI after each of its two composed
@@ -258,8 +296,9 @@ def test_gpu_pipeline_matches_cpu_pipeline(pcam_dir):
     files = files[:: len(files) // 4096][:4096]
 
     def summary(device: str):
-        loader = build_dali_loader(files, batch_size=256, crop_size=32, mean=MEAN, std=STD, device=device,
-                                   hue_mode="hsv", drop_last=False)
+        loader = build_dali_loader(
+            files, batch_size=256, crop_size=32, mean=MEAN, std=STD, device=device, hue_mode="hsv", drop_last=False
+        )
         views = torch.cat([torch.cat([v1, v2]).float().cpu() for v1, v2 in loader]).double()
         scale, shift = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (STD, MEAN))
         x = views * scale + shift

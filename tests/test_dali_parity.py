@@ -39,8 +39,7 @@ def pcam_sample(pcam_dir: Path, n: int = NUM_IMAGES) -> list[str]:
     return files[:: len(files) // n][:n]
 
 
-def torchvision_views(paths: list[str], recipe: Recipe, crop: int, seed: int,
-                      mean=MEAN, std=STD) -> torch.Tensor:
+def torchvision_views(paths: list[str], recipe: Recipe, crop: int, seed: int, mean=MEAN, std=STD) -> torch.Tensor:
     """Two views per image from the trainer's recipe, (2N, 3, crop, crop)."""
     torch.manual_seed(seed)
     transform = paper_augmentation(crop, mean, std, recipe)
@@ -51,11 +50,11 @@ def torchvision_views(paths: list[str], recipe: Recipe, crop: int, seed: int,
     return torch.stack(views)
 
 
-def dali_views(paths: list[str], recipe: Recipe, crop: int, seed: int, mean=MEAN, std=STD,
-               **kwargs) -> torch.Tensor:
+def dali_views(paths: list[str], recipe: Recipe, crop: int, seed: int, mean=MEAN, std=STD, **kwargs) -> torch.Tensor:
     """Two views per image from the DALI loader (one epoch, no batch dropped), (2N, 3, crop, crop)."""
-    loader = build_dali_loader(paths, batch_size=256, crop_size=crop, mean=mean, std=std, seed=seed,
-                               drop_last=False, recipe=recipe, **kwargs)
+    loader = build_dali_loader(
+        paths, batch_size=256, crop_size=crop, mean=mean, std=std, seed=seed, drop_last=False, recipe=recipe, **kwargs
+    )
     views = [torch.cat([v1, v2]) for v1, v2 in loader]
     return torch.cat(views)
 
@@ -98,8 +97,9 @@ def probe_image(path: Path, kind: str, size: int = 96) -> str:
     """A synthetic PNG (lossless): ``coords`` R = x ramp, G = y ramp; ``noise`` uniform grey noise."""
     if kind == "coords":
         ramp = np.round(np.arange(size) * 255.0 / (size - 1)).astype(np.uint8)
-        img = np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
-                        np.full((size, size), 128, np.uint8)], axis=2)
+        img = np.stack(
+            [np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)), np.full((size, size), 128, np.uint8)], axis=2
+        )
     else:
         grey = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
         img = np.repeat(grey[:, :, None], 3, axis=2)
@@ -137,8 +137,10 @@ def crop_geometry(views: torch.Tensor, source_size: int) -> dict[str, np.ndarray
 @pytest.fixture(scope="module")
 def full_recipe_views(pcam_dir):
     paths = pcam_sample(pcam_dir)
-    return (colour_summary(torchvision_views(paths, PAPER_RECIPE, CROP, seed=0)),
-            colour_summary(dali_views(paths, PAPER_RECIPE, CROP, seed=0)))
+    return (
+        colour_summary(torchvision_views(paths, PAPER_RECIPE, CROP, seed=0)),
+        colour_summary(dali_views(paths, PAPER_RECIPE, CROP, seed=0)),
+    )
 
 
 def test_colour_statistics_match_torchvision(full_recipe_views):
@@ -251,18 +253,24 @@ def _calibrate(pcam: Path, seeds: int = 4) -> None:
         tv = colour_summary(torchvision_views(paths, PAPER_RECIPE, CROP, seed))
         tv2 = colour_summary(torchvision_views(paths, PAPER_RECIPE, CROP, seed + 100))
         da = colour_summary(dali_views(paths, PAPER_RECIPE, CROP, seed))
-        print(f"full seed {seed}: d-mean tv2-tv {diff(tv2, tv, 'mean')} dali-tv {diff(da, tv, 'mean')}"
-              f" | d-std tv2-tv {diff(tv2, tv, 'std')} dali-tv {diff(da, tv, 'std')}"
-              f" | gray {tv['gray']:.3f} {tv2['gray']:.3f} {da['gray']:.3f}")
+        print(
+            f"full seed {seed}: d-mean tv2-tv {diff(tv2, tv, 'mean')} dali-tv {diff(da, tv, 'mean')}"
+            f" | d-std tv2-tv {diff(tv2, tv, 'std')} dali-tv {diff(da, tv, 'std')}"
+            f" | gray {tv['gray']:.3f} {tv2['gray']:.3f} {da['gray']:.3f}"
+        )
         for key in ("view_mean", "view_std"):
-            print(f"    KS {key}: tv2-tv {ks_statistic(tv[key], tv2[key]):.3f} dali-tv {ks_statistic(da[key], tv[key]):.3f}")
+            print(
+                f"    KS {key}: tv2-tv {ks_statistic(tv[key], tv2[key]):.3f} dali-tv {ks_statistic(da[key], tv[key]):.3f}"
+            )
         few = paths[:256]
         tv = colour_summary(torchvision_views(few, hue_only, CROP, seed))
         tv2 = colour_summary(torchvision_views(few, hue_only, CROP, seed + 100))
         hsv = colour_summary(dali_views(few, hue_only, CROP, seed, hue_mode="hsv"))
         lin = colour_summary(dali_views(few, hue_only, CROP, seed, hue_mode="linear"))
-        print(f"hue seed {seed}: d-mean tv2 {diff(tv2, tv, 'mean')} hsv {diff(hsv, tv, 'mean')} linear {diff(lin, tv, 'mean')}"
-              f" | d-std tv2 {diff(tv2, tv, 'std')} hsv {diff(hsv, tv, 'std')} linear {diff(lin, tv, 'std')}")
+        print(
+            f"hue seed {seed}: d-mean tv2 {diff(tv2, tv, 'mean')} hsv {diff(hsv, tv, 'mean')} linear {diff(lin, tv, 'mean')}"
+            f" | d-std tv2 {diff(tv2, tv, 'std')} hsv {diff(hsv, tv, 'std')} linear {diff(lin, tv, 'std')}"
+        )
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,18 +280,32 @@ def _calibrate(pcam: Path, seeds: int = 4) -> None:
         blur_only = Recipe(scale=(1.0, 1.0), ratio=(1.0, 1.0), p_jitter=0.0, p_gray=0.0, p_flip=0.0)
         original = np.asarray(Image.open(noise[0]), dtype=np.float64)[:, :, 0]
         for seed in range(min(seeds, 3)):
-            runs = [crop_geometry(torchvision_views(coords, geometry, CROP, seed), 96),
-                    crop_geometry(torchvision_views(coords, geometry, CROP, seed + 100), 96),
-                    crop_geometry(dali_views(coords, geometry, CROP, seed), 96)]
-            print(f"geometry seed {seed}: KS area tv2 {ks_statistic(runs[1]['area'], runs[0]['area']):.3f} "
-                  f"dali {ks_statistic(runs[2]['area'], runs[0]['area']):.3f} | flipped "
-                  + " ".join(f"{r['flipped'].mean():.3f}" for r in runs))
-            changes = [np.abs(pixels(v)[:, 0].numpy() * 255.0 - original).mean((1, 2)) for v in (
-                torchvision_views(noise, blur_only, 32, seed), torchvision_views(noise, blur_only, 32, seed + 100),
-                dali_views(noise, blur_only, 32, seed))]
-            print(f"blur seed {seed}: blurred " + " ".join(f"{(c > 2).mean():.3f}" for c in changes)
-                  + " | mean strength " + " ".join(f"{c[c > 2].mean():.2f}" for c in changes)
-                  + " | median " + " ".join(f"{np.median(c[c > 2]):.2f}" for c in changes))
+            runs = [
+                crop_geometry(torchvision_views(coords, geometry, CROP, seed), 96),
+                crop_geometry(torchvision_views(coords, geometry, CROP, seed + 100), 96),
+                crop_geometry(dali_views(coords, geometry, CROP, seed), 96),
+            ]
+            print(
+                f"geometry seed {seed}: KS area tv2 {ks_statistic(runs[1]['area'], runs[0]['area']):.3f} "
+                f"dali {ks_statistic(runs[2]['area'], runs[0]['area']):.3f} | flipped "
+                + " ".join(f"{r['flipped'].mean():.3f}" for r in runs)
+            )
+            changes = [
+                np.abs(pixels(v)[:, 0].numpy() * 255.0 - original).mean((1, 2))
+                for v in (
+                    torchvision_views(noise, blur_only, 32, seed),
+                    torchvision_views(noise, blur_only, 32, seed + 100),
+                    dali_views(noise, blur_only, 32, seed),
+                )
+            ]
+            print(
+                f"blur seed {seed}: blurred "
+                + " ".join(f"{(c > 2).mean():.3f}" for c in changes)
+                + " | mean strength "
+                + " ".join(f"{c[c > 2].mean():.2f}" for c in changes)
+                + " | median "
+                + " ".join(f"{np.median(c[c > 2]):.2f}" for c in changes)
+            )
 
 
 if __name__ == "__main__":  # python tests/test_dali_parity.py [PCAM_DIR]

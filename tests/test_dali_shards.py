@@ -15,8 +15,8 @@ pytest.importorskip("nvidia.dali")
 
 from clusiam_fast.data.augment import Recipe  # noqa: E402
 from clusiam_fast.data.dali import build_dali_loader  # noqa: E402
-from clusiam_fast.shards import main as shards_main  # noqa: E402
 from clusiam_fast.data.shards import pack_images  # noqa: E402
+from clusiam_fast.shards import main as shards_main  # noqa: E402
 
 COLOUR_KEPT = Recipe(p_jitter=0.0, p_gray=0.0)
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)
@@ -35,7 +35,7 @@ def solid_images(folder: Path, n: int) -> list[str]:
 
 def ids(loader) -> list[int]:
     out = []
-    for v1, v2 in loader:
+    for v1, _v2 in loader:
         red = v1[:, 0].flatten(1)
         assert torch.all(red.amax(1) == red.amin(1))
         out += [int(round(r / 5)) for r in red[:, 0].tolist()]
@@ -62,7 +62,7 @@ def test_pack_folder_writes_tars_with_valid_dali_indexes(tmp_path):
             fields = line.split()
             for ext, offset, size, member in zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4]):
                 # The index points at each member's bytes inside the tar.
-                assert raw[int(offset): int(offset) + int(size)] == members[member]
+                assert raw[int(offset) : int(offset) + int(size)] == members[member]
                 assert member.endswith("." + ext)
                 if ext == "json":
                     seen_sources.append(json.loads(members[member])["source"])
@@ -76,15 +76,27 @@ def test_pack_folder_writes_tars_with_valid_dali_indexes(tmp_path):
 def test_dali_reads_shards_and_splits_them_across_ranks(tmp_path):
     paths = solid_images(tmp_path / "imgs", 40)
     assert shards_main([str(tmp_path / "imgs"), "--out", str(tmp_path / "shards"), "--shard-size", "16"]) == 0
-    ranks = [build_dali_loader(str(tmp_path / "shards"), batch_size=5, crop_size=16, recipe=COLOUR_KEPT,
-                               shard_id=r, num_shards=2, seed=1, **IDENTITY) for r in (0, 1)]
+    ranks = [
+        build_dali_loader(
+            str(tmp_path / "shards"),
+            batch_size=5,
+            crop_size=16,
+            recipe=COLOUR_KEPT,
+            shard_id=r,
+            num_shards=2,
+            seed=1,
+            **IDENTITY,
+        )
+        for r in (0, 1)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == 4
     for _epoch in range(2):
         seen = [ids(loader) for loader in ranks]
         assert len(seen[0]) == len(seen[1]) == 20
         assert len(set(seen[0])) == 20 and not set(seen[0]) & set(seen[1])
-    v1, v2 = next(iter(build_dali_loader(sorted((tmp_path / "shards").glob("*.tar")), batch_size=8,
-                                         crop_size=24, **IDENTITY)))
+    v1, v2 = next(
+        iter(build_dali_loader(sorted((tmp_path / "shards").glob("*.tar")), batch_size=8, crop_size=24, **IDENTITY))
+    )
     assert v1.shape == v2.shape == (8, 3, 24, 24)
     assert len(paths) == 40
 
@@ -109,8 +121,20 @@ def cmu_manifest(wsi_dir, tmp_path_factory) -> Path:
 
 def test_dali_reads_patches_from_slides(cmu_manifest):
     """A tiler manifest as source: patches read by DALI's worker processes, augmented, split by rank."""
-    loaders = [build_dali_loader(str(cmu_manifest), batch_size=8, crop_size=32, shard_id=r, num_shards=2,
-                                 seed=0, py_workers=2, mean=(0.7, 0.6, 0.7), std=(0.2, 0.2, 0.2)) for r in (0, 1)]
+    loaders = [
+        build_dali_loader(
+            str(cmu_manifest),
+            batch_size=8,
+            crop_size=32,
+            shard_id=r,
+            num_shards=2,
+            seed=0,
+            py_workers=2,
+            mean=(0.7, 0.6, 0.7),
+            std=(0.2, 0.2, 0.2),
+        )
+        for r in (0, 1)
+    ]
     from clusiam_fast.data.slide_dataset import SlidePatchDataset
 
     total = len(SlidePatchDataset(str(cmu_manifest)))
@@ -120,8 +144,19 @@ def test_dali_reads_patches_from_slides(cmu_manifest):
     v1, v2 = batches[0]
     assert v1.shape == v2.shape == (8, 3, 32, 32) and torch.isfinite(v1).all()
     assert not torch.equal(v1, v2)
-    again = list(build_dali_loader(str(cmu_manifest), batch_size=8, crop_size=32, shard_id=0, num_shards=2,
-                                   seed=0, py_workers=1, mean=(0.7, 0.6, 0.7), std=(0.2, 0.2, 0.2)))
+    again = list(
+        build_dali_loader(
+            str(cmu_manifest),
+            batch_size=8,
+            crop_size=32,
+            shard_id=0,
+            num_shards=2,
+            seed=0,
+            py_workers=1,
+            mean=(0.7, 0.6, 0.7),
+            std=(0.2, 0.2, 0.2),
+        )
+    )
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
 
 

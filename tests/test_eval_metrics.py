@@ -11,10 +11,24 @@ import pytest
 
 from clusiam_fast.evaluation.clustering import evaluate_clustering, kmeans
 from clusiam_fast.evaluation.knn import knn_evaluate, knn_top1
-from clusiam_fast.evaluation.metrics import classification_metrics, clustering_metrics, mean_std, patch_classification_metrics
+from clusiam_fast.evaluation.metrics import (
+    classification_metrics,
+    clustering_metrics,
+    mean_std,
+    patch_classification_metrics,
+)
 
 KATHER = {0: "tumour", 1: "stroma", 2: "complex", 3: "lympho", 4: "debris", 5: "mucosa", 6: "adipose", 7: "empty"}
-CRC7K = {"TUM": "tumour", "STR": "stroma", "LYM": "lympho", "DEB": "debris", "NORM": "mucosa", "ADI": "adipose", "MUC": "mucus", "MUS": "muscle"}
+CRC7K = {
+    "TUM": "tumour",
+    "STR": "stroma",
+    "LYM": "lympho",
+    "DEB": "debris",
+    "NORM": "mucosa",
+    "ADI": "adipose",
+    "MUC": "mucus",
+    "MUS": "muscle",
+}
 
 
 def crc_label(name: str) -> str:
@@ -57,14 +71,19 @@ def test_rand_index_equals_pair_counting_on_real_clusters(crc_features):
     feats, labels = crc_features
     pred, impl = kmeans(feats, 6, seed=0)
     assert impl == "sklearn.cluster.KMeans" and len(np.unique(pred)) == 6
-    agree = sum((labels[i] == labels[j]) == (pred[i] == pred[j]) for i, j in itertools.combinations(range(len(labels)), 2))
+    agree = sum(
+        (labels[i] == labels[j]) == (pred[i] == pred[j]) for i, j in itertools.combinations(range(len(labels)), 2)
+    )
     m = clustering_metrics(labels, pred)
     assert m["rand_index"] == pytest.approx(agree / math.comb(len(labels), 2))
     assert m["clusters_used"] == 6
     # ARI: 1 for the labels themselves under any renaming, ~0 for a random partition.
     renamed = np.unique(labels, return_inverse=True)[1] * 7 + 3
     assert clustering_metrics(labels, renamed)["adjusted_rand_index"] == pytest.approx(1.0)
-    assert abs(clustering_metrics(labels, np.random.default_rng(0).integers(0, 6, len(labels)))["adjusted_rand_index"]) < 0.1
+    assert (
+        abs(clustering_metrics(labels, np.random.default_rng(0).integers(0, 6, len(labels)))["adjusted_rand_index"])
+        < 0.1
+    )
 
 
 def test_assigner_vs_kmeans_uses_the_same_number_of_clusters(crc_features):
@@ -88,7 +107,9 @@ def test_knn_top1_matches_sklearn_with_chunking(crc_features):
     order = rng.permutation(len(feats))
     train, test = order[:80], order[80:]
     idx, sim = knn_top1(feats[train], feats[test], query_chunk=7, train_chunk=13)  # many chunks on both sides
-    dist, ref = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(feats[train]).kneighbors(feats[test])
+    dist, ref = (
+        NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(feats[train]).kneighbors(feats[test])
+    )
     np.testing.assert_allclose(sim, 1 - dist[:, 0], atol=1e-5)
     assert (idx == ref[:, 0]).mean() > 0.95  # ties aside, the same neighbours
     res = knn_evaluate(feats[train], labels[train], feats[test], labels[test], query_chunk=5, train_chunk=11)
@@ -108,4 +129,6 @@ def test_patch_f1_and_mean_std_match_reference():
     m = patch_classification_metrics(y, p)
     assert m["f1_macro"] == pytest.approx(f1_score(y, p, average="macro")) and m["accuracy"] == pytest.approx(4 / 6)
     s = mean_std([0.8, 0.9, float("nan"), 1.0])
-    assert s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(np.std([0.8, 0.9, 1.0], ddof=1)) and s["n"] == 3
+    assert (
+        s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(np.std([0.8, 0.9, 1.0], ddof=1)) and s["n"] == 3
+    )

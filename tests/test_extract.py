@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from clusiam_fast.formats.feature_bags import load_bags, read_bag
 from clusiam_fast.evaluation.extraction import build_transform, extract
 from clusiam_fast.extract import main
+from clusiam_fast.formats.feature_bags import load_bags, read_bag
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,29 @@ def trained_run(crc_dir, tmp_path_factory) -> Path:
     from clusiam_fast.train import main as train_main
 
     out = tmp_path_factory.mktemp("run")
-    rc = train_main([str(crc_dir), "--out", str(out), "--max-steps", "2", "--batch-size", "8", "--crop-size", "32", "--num-clusters", "8",
-                     "--workers", "0", "--no-progress", "--no-tensorboard", "--max-stat-images", "32", "--export-backbone", str(out / "backbone.pt")])
+    rc = train_main(
+        [
+            str(crc_dir),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--crop-size",
+            "32",
+            "--num-clusters",
+            "8",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--no-tensorboard",
+            "--max-stat-images",
+            "32",
+            "--export-backbone",
+            str(out / "backbone.pt"),
+        ]
+    )
     assert rc in (0, None) and (out / "checkpoint.pt").is_file() and (out / "backbone.pt").is_file()
     return out
 
@@ -40,7 +61,24 @@ def test_trainer_checkpoint_gives_features_probabilities_and_clusters(trained_ru
     from clusiam_fast.models import load_checkpoint
 
     out = tmp_path / "feats"
-    assert main([str(trained_run / "checkpoint.pt"), str(crc_dir), "--out", str(out), "--resize", "32", "--workers", "0", "--batch-size", "16", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                str(trained_run / "checkpoint.pt"),
+                str(crc_dir),
+                "--out",
+                str(out),
+                "--resize",
+                "32",
+                "--workers",
+                "0",
+                "--batch-size",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "extract.json").read_text())
     stats = json.loads((trained_run / "norm_stats.json").read_text())
     assert summary["normalisation_from"].startswith("checkpoint") and summary["mean"] == pytest.approx(stats["mean"])
@@ -57,13 +95,30 @@ def test_trainer_checkpoint_gives_features_probabilities_and_clusters(trained_ru
         x, _, _ = _images(bag, crc_dir, 32)
         with torch.no_grad():  # the same numbers as the model's own API
             np.testing.assert_allclose(bag.features, model.features(x).numpy(), rtol=1e-4, atol=1e-4)
-            np.testing.assert_allclose(bag.probs, torch.softmax(model.cluster_logits(x), 1).numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                bag.probs, torch.softmax(model.cluster_logits(x), 1).numpy(), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_exported_backbone_gives_the_same_features(trained_run, crc_dir, tmp_path):
-    a = extract(trained_run / "checkpoint.pt", crc_dir / "crc-val-he-7k", tmp_path / "a", resize=32, workers=0, progress=False)
-    b = extract(trained_run / "backbone.pt", crc_dir / "crc-val-he-7k", tmp_path / "b", resize=32, workers=0, progress=False, fp16=True)
-    assert a["encoder"] == "checkpoint" and b["encoder"] == "backbone" and b["arch"] == "resnet18" and b["num_clusters"] == 0
+    a = extract(
+        trained_run / "checkpoint.pt", crc_dir / "crc-val-he-7k", tmp_path / "a", resize=32, workers=0, progress=False
+    )
+    b = extract(
+        trained_run / "backbone.pt",
+        crc_dir / "crc-val-he-7k",
+        tmp_path / "b",
+        resize=32,
+        workers=0,
+        progress=False,
+        fp16=True,
+    )
+    assert (
+        a["encoder"] == "checkpoint"
+        and b["encoder"] == "backbone"
+        and b["arch"] == "resnet18"
+        and b["num_clusters"] == 0
+    )
     assert b["mean"] == pytest.approx(a["mean"])  # the same normalisation as the checkpoint
     assert b["normalisation_from"].endswith("norm_stats.json")  # found beside the exported file
     (bag_a,), (bag_b,) = load_bags(tmp_path / "a"), load_bags(tmp_path / "b")
@@ -92,7 +147,10 @@ def test_patch_folder_bags_and_unreadable_images(pcam_dir, tmp_path):
     assert sorted(bags) == ["case1/slideA", "case1/slideB", "case2", "slides"]
     assert (tmp_path / "out" / "bags" / "case1__slideA.h5").is_file()
     assert [len(bags[k]) for k in sorted(bags)] == [5, 5, 5, 1] and bags["slides"].paths == ["loose.jpg"]
-    assert summary["num_failed_patches"] == 1 and summary["failed_patches"]["case1/slideB"][0]["patch"] == "case1/slideB/zz_corrupt.png"
+    assert (
+        summary["num_failed_patches"] == 1
+        and summary["failed_patches"]["case1/slideB"][0]["patch"] == "case1/slideB/zz_corrupt.png"
+    )
     assert read_bag(tmp_path / "out" / "bags" / "case1__slideB.h5").attrs["num_failed"] == 1
     net.fc = torch.nn.Identity()
     x, _, _ = _images(bags["case1/slideA"], data, 96)
@@ -129,8 +187,19 @@ def test_bad_checkpoints_and_data_are_named(tmp_path, capsys):
 def test_amp_on_gpu_matches_float32(trained_run, crc_dir, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    a = extract(trained_run / "checkpoint.pt", crc_dir, tmp_path / "cpu", resize=64, device="cpu", workers=0, progress=False)
-    b = extract(trained_run / "checkpoint.pt", crc_dir, tmp_path / "gpu", resize=64, device="cuda", amp=True, workers=0, progress=False)
+    a = extract(
+        trained_run / "checkpoint.pt", crc_dir, tmp_path / "cpu", resize=64, device="cpu", workers=0, progress=False
+    )
+    b = extract(
+        trained_run / "checkpoint.pt",
+        crc_dir,
+        tmp_path / "gpu",
+        resize=64,
+        device="cuda",
+        amp=True,
+        workers=0,
+        progress=False,
+    )
     assert b["amp"] and not a["amp"]
     for x, y in zip(load_bags(tmp_path / "cpu"), load_bags(tmp_path / "gpu")):
         np.testing.assert_allclose(y.features, x.features, rtol=5e-2, atol=5e-2)

@@ -17,19 +17,31 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STEPS = ["probe", "build", "fused-check", "cuda-parity", "bench-loss", "cuda-nosync",
-         "bench-train", "cuda-compile", "demo", "dali"]
+STEPS = [
+    "probe",
+    "build",
+    "fused-check",
+    "cuda-parity",
+    "bench-loss",
+    "cuda-nosync",
+    "bench-train",
+    "cuda-compile",
+    "demo",
+    "dali",
+]
 CUDA_STEPS = STEPS[2:]
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils timeout"
+)
 
 
 def _dry_run(out: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
     env = dict(base, OUT=str(out), PYTHON=sys.executable, **env)
-    return subprocess.run(["bash", str(SCRIPT), "--dry-run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def _summary(out: Path) -> dict[str, str]:

@@ -15,7 +15,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clusiam_fast.evaluation.mil import DSMIL, BagDataset, MILConfig, build_mil, key_instance_bags, pad_bags, predict, select_model
+from clusiam_fast.evaluation.mil import (
+    DSMIL,
+    BagDataset,
+    MILConfig,
+    build_mil,
+    key_instance_bags,
+    pad_bags,
+    predict,
+    select_model,
+)
 
 HEADS = ["maxpool", "dsmil"]
 
@@ -49,8 +58,18 @@ def pcam_features(pcam_dir, tmp_path_factory) -> dict[str, np.ndarray]:
         net = torchvision.models.resnet18()
     torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, root / "backbone.pt")
     # PCam's label is about the centre 32 x 32 px: embed that crop.
-    extract(root / "backbone.pt", root / "data", root / "bags", crop=32, batch_size=128, workers=0, fp16=True,
-            mean=(0.70, 0.54, 0.69), std=(0.16, 0.20, 0.15), progress=False)
+    extract(
+        root / "backbone.pt",
+        root / "data",
+        root / "bags",
+        crop=32,
+        batch_size=128,
+        workers=0,
+        fp16=True,
+        mean=(0.70, 0.54, 0.69),
+        std=(0.16, 0.20, 0.15),
+        progress=False,
+    )
     return {bag.slide_id: bag.features for bag in load_bags(root / "bags")}
 
 
@@ -92,7 +111,10 @@ def _reference_dsmil(head: DSMIL, feats: torch.Tensor) -> tuple[torch.Tensor, to
 def test_dsmil_matches_reference_maths_and_dual_stream_loss(pcam_features):
     torch.manual_seed(1)
     head = DSMIL(512, 3).eval()
-    bags = [torch.from_numpy(pcam_features["a_normal"][i : i + n].astype(np.float32)) for i, n in ((0, 7), (10, 3), (20, 12))]
+    bags = [
+        torch.from_numpy(pcam_features["a_normal"][i : i + n].astype(np.float32))
+        for i, n in ((0, 7), (10, 3), (20, 12))
+    ]
     x, mask = pad_bags(bags)
     out = head(x, mask)
     labels = torch.tensor([2, 0, 1])
@@ -157,13 +179,19 @@ def test_heads_learn_a_task_only_key_instances_reveal():
     # ... the key instance does.
     train = BagDataset.from_arrays(train_x, train_y, classes=["neg", "pos"])
     test = BagDataset.from_arrays(test_x, test_y, classes=["neg", "pos"])
-    cfg = MILConfig(lrs=(1e-2,), weight_decays=(1e-4,), epochs=15, warmup_epochs=1, seeds=(0,), batch_size=16, progress=False)
+    cfg = MILConfig(
+        lrs=(1e-2,), weight_decays=(1e-4,), epochs=15, warmup_epochs=1, seeds=(0,), batch_size=16, progress=False
+    )
     for name in HEADS:
         model = select_model(name, train, cfg, seed=0).build()
         probs, _ = predict(model, test)
         assert roc_auc_score(test_y, probs[:, 1]) > 0.9, name
         with torch.no_grad():
-            hits = [int(model(torch.from_numpy(x)[None]).critical[0, 1]) == k for x, y, k in zip(test_x, test_y, test_keys) if y == 1]
+            hits = [
+                int(model(torch.from_numpy(x)[None]).critical[0, 1]) == k
+                for x, y, k in zip(test_x, test_y, test_keys)
+                if y == 1
+            ]
         assert np.mean(hits) > 0.9, name
 
 
@@ -175,7 +203,9 @@ def test_heads_learn_tumour_bags_from_real_patches(pcam_features):
     train = BagDataset.from_arrays(f, y, classes=["normal", "tumour"])
     f, y, keys = key_instance_bags(pcam_features["b_normal"], pcam_features["b_tumour"], 200, num_keys=(2, 4), seed=1)
     test = BagDataset.from_arrays(f, y, classes=["normal", "tumour"])
-    cfg = MILConfig(lrs=(1e-2,), weight_decays=(1e-4,), epochs=15, warmup_epochs=2, seeds=(0,), batch_size=16, progress=False)
+    cfg = MILConfig(
+        lrs=(1e-2,), weight_decays=(1e-4,), epochs=15, warmup_epochs=2, seeds=(0,), batch_size=16, progress=False
+    )
     key_share = np.mean([k.mean() for k, label in zip(keys, y) if label])
     for name in HEADS:
         model = select_model(name, train, cfg, seed=0).build()
@@ -183,6 +213,10 @@ def test_heads_learn_tumour_bags_from_real_patches(pcam_features):
         auc = roc_auc_score(y, probs[:, 1])
         assert auc > 0.65, (name, auc)  # chance is 0.5 (sd ~0.04 with 200 bags)
         with torch.no_grad():
-            hits = [k[int(model(torch.from_numpy(x.astype(np.float32))[None]).critical[0, 1])] for x, k, label in zip(f, keys, y) if label]
+            hits = [
+                k[int(model(torch.from_numpy(x.astype(np.float32))[None]).critical[0, 1])]
+                for x, k, label in zip(f, keys, y)
+                if label
+            ]
         # The critical instance of the tumour class is a tumour patch more often than by chance.
         assert np.mean(hits) > key_share + 0.15, (name, np.mean(hits), key_share)

@@ -16,8 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from clusiam_fast.evaluation.mil import BagDataset, HeldOutTestSet, MILConfig, key_instance_bags, run_protocol, select_model, stratified_split, warmup_cosine
-
+from clusiam_fast.evaluation.mil import (
+    BagDataset,
+    HeldOutTestSet,
+    MILConfig,
+    key_instance_bags,
+    run_protocol,
+    select_model,
+    stratified_split,
+    warmup_cosine,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on 2 shared cores
 
@@ -36,12 +44,21 @@ def crc_bags(crc_random_bags) -> tuple[BagDataset, BagDataset]:
     halves = order[: len(order) // 2], order[len(order) // 2 :]
     sets = []
     for k, half in enumerate(halves):
-        f, y, _ = key_instance_bags(feats[half][~tumour[half]], feats[half][tumour[half]], 48 if k == 0 else 24, bag_size=(4, 8), num_keys=(1, 2), seed=k)
+        f, y, _ = key_instance_bags(
+            feats[half][~tumour[half]],
+            feats[half][tumour[half]],
+            48 if k == 0 else 24,
+            bag_size=(4, 8),
+            num_keys=(1, 2),
+            seed=k,
+        )
         sets.append(BagDataset.from_arrays(f, y, [f"slide{k}_{i}" for i in range(len(f))], ["normal", "tumour"]))
     return sets[0], sets[1]
 
 
-SMALL = dict(lrs=(1e-2, 1e-3), weight_decays=(1e-3,), epochs=4, warmup_epochs=1, seeds=(0, 1), batch_size=8, progress=False)
+SMALL = dict(
+    lrs=(1e-2, 1e-3), weight_decays=(1e-3,), epochs=4, warmup_epochs=1, seeds=(0, 1), batch_size=8, progress=False
+)
 
 
 def test_warmup_then_cosine():
@@ -73,15 +90,24 @@ def test_selection_cannot_reach_the_test_set(crc_bags):
     assert list(inspect.signature(select_model).parameters) == ["model_name", "train_slides", "cfg", "seed"]
     # 2. Whatever the test slides hold, the selection is identical, bit for bit.
     rng = np.random.default_rng(5)
-    garbage = BagDataset([torch.from_numpy(rng.normal(size=b.shape).astype(np.float32) * 100) for b in test.features],
-                         1 - test.labels, list(test.slide_ids), list(test.classes))
+    garbage = BagDataset(
+        [torch.from_numpy(rng.normal(size=b.shape).astype(np.float32) * 100) for b in test.features],
+        1 - test.labels,
+        list(test.slide_ids),
+        list(test.classes),
+    )
     cfg = MILConfig(**SMALL)
     sealed, sealed_garbage = HeldOutTestSet(test), HeldOutTestSet(garbage)
     real = run_protocol(train, sealed, cfg, models=("maxpool", "dsmil"))
     fake = run_protocol(train, sealed_garbage, cfg, models=("maxpool", "dsmil"))
     for name in ("maxpool", "dsmil"):
         for a, b in zip(real["models"][name]["runs"], fake["models"][name]["runs"]):
-            assert (a["lr"], a["weight_decay"], a["epoch"], a["val_slides"]) == (b["lr"], b["weight_decay"], b["epoch"], b["val_slides"])
+            assert (a["lr"], a["weight_decay"], a["epoch"], a["val_slides"]) == (
+                b["lr"],
+                b["weight_decay"],
+                b["epoch"],
+                b["val_slides"],
+            )
             assert a["grid"] == b["grid"] and a["val"] == b["val"]  # every epoch's validation numbers
             assert a["test"]["metrics"] != b["test"]["metrics"]  # the test sets did differ
             assert not set(a["val_slides"]) & set(test.slide_ids)
@@ -103,8 +129,13 @@ def test_selection_picks_the_best_validation_checkpoint(crc_bags):
     best_grid = max(sel.grid, key=lambda g: (score(g), -g["val_loss"]))
     assert (sel.lr, sel.weight_decay) == (best_grid["lr"], best_grid["weight_decay"])
     history = best_grid["history"]
-    assert sel.epoch == max(range(len(history)), key=lambda e: (0.5 * (history[e]["val_auc_macro"] + history[e]["val_accuracy"]), -history[e]["val_loss"]))
-    assert len(sel.grid) == len(SMALL["lrs"]) * len(SMALL["weight_decays"]) and all(len(g["history"]) == SMALL["epochs"] for g in sel.grid)
+    assert sel.epoch == max(
+        range(len(history)),
+        key=lambda e: (0.5 * (history[e]["val_auc_macro"] + history[e]["val_accuracy"]), -history[e]["val_loss"]),
+    )
+    assert len(sel.grid) == len(SMALL["lrs"]) * len(SMALL["weight_decays"]) and all(
+        len(g["history"]) == SMALL["epochs"] for g in sel.grid
+    )
     assert len(sel.val_slides) == round(0.25 * len(train)) and not set(sel.val_slides) & set(sel.train_slides)
 
 

@@ -8,15 +8,14 @@ import torchvision
 from torch import nn
 
 from clusiam_fast.models import (
-    METHODS,
     BYOL,
+    METHODS,
     backbone_state_dict,
     build_backbone,
     build_model,
     export_backbone,
     load_checkpoint,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on 2 shared cores
 
@@ -58,7 +57,11 @@ def test_clusiam_heads_match_the_published_layout():
     assert model.cluster_projector[0].in_features == 2048 and model.cluster_projector[0].out_features == 512
     assert model.cluster_assigner.out_features == 100
     # zero_init_residual: every residual branch starts at zero
-    assert all(float(b.bn2.weight.detach().abs().sum()) == 0 for layer in (model.backbone.layer1, model.backbone.layer4) for b in layer)
+    assert all(
+        float(b.bn2.weight.detach().abs().sum()) == 0
+        for layer in (model.backbone.layer1, model.backbone.layer4)
+        for b in layer
+    )
 
 
 def test_clubyol_heads_and_linear_projector_end():

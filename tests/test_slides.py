@@ -24,7 +24,7 @@ def _need(module: str) -> None:
 
 
 def test_mpp_parsers_read_units_and_reject_defaults():
-    assert aperio_mpp("Aperio Image Library v11\r\n|AppMag = 20|MPP = 0.2525|x = 1") .x == pytest.approx(0.2525)
+    assert aperio_mpp("Aperio Image Library v11\r\n|AppMag = 20|MPP = 0.2525|x = 1").x == pytest.approx(0.2525)
     assert aperio_mpp("some other description MPP = 0.5") is None
     xml = '<OME><Image><Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm" PhysicalSizeY="0.25"/></Image></OME>'
     info = ome_mpp(xml)
@@ -132,7 +132,7 @@ def test_thumbnail_covers_the_slide(wsi_dir):
         assert image.shape == (round(h / 16), round(w / 16), 3)
         assert dsx == pytest.approx(16, rel=0.01) and dsy == pytest.approx(16, rel=0.01)
         direct = slide.read_region((0, 0), 1, slide.level_dimensions[1])
-        small = direct[:: 8, :: 8].astype(float)  # level 1 is 2x: 8 more gives ~16x
+        small = direct[::8, ::8].astype(float)  # level 1 is 2x: 8 more gives ~16x
         assert abs(small.mean() - image.mean()) < 3
 
 

@@ -68,7 +68,9 @@ def test_tissue_mask_of_cmu_and_its_guards(wsi_dir):
     with open_slide(wsi_dir / OME) as slide:  # a crop inside tissue: no glass, Otsu must not halve it
         rgb, (dsx, _) = slide.thumbnail(4)
         assert detect_tissue(rgb, slide.mpp * dsx).mean() > 0.9
-    blank = np.full((200, 300, 3), 240, np.uint8) + np.random.default_rng(0).integers(0, 4, (200, 300, 3), dtype=np.uint8)
+    blank = np.full((200, 300, 3), 240, np.uint8) + np.random.default_rng(0).integers(
+        0, 4, (200, 300, 3), dtype=np.uint8
+    )
     assert not detect_tissue(blank, 8.0).any()
 
 
@@ -143,7 +145,10 @@ def test_cli_over_the_wsi_folder_reports_the_slide_without_mpp(wsi_dir, tmp_path
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run(
         [sys.executable, "-m", "clusiam_fast.tile", str(wsi_dir), "--out", str(out), "--workers", "2"],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     text = done.stdout + done.stderr
     assert done.returncode == 1, text
@@ -157,8 +162,20 @@ def test_cli_over_the_wsi_folder_reports_the_slide_without_mpp(wsi_dir, tmp_path
 
 
 def test_cli_with_slide_mpp_tiles_every_slide(wsi_dir, tmp_path, capsys):
-    status = main([str(wsi_dir / TCGA), str(wsi_dir / CMU), "--out", str(tmp_path), "--slide-mpp", "0.25",
-                   "--workers", "1", "--min-tissue", "0.8"])
+    status = main(
+        [
+            str(wsi_dir / TCGA),
+            str(wsi_dir / CMU),
+            "--out",
+            str(tmp_path),
+            "--slide-mpp",
+            "0.25",
+            "--workers",
+            "1",
+            "--min-tissue",
+            "0.8",
+        ]
+    )
     assert status == 0
     assert "tiled 2 of 2 slides" in capsys.readouterr().out
     with open(tmp_path / "manifest.csv", newline="") as f:

@@ -72,8 +72,9 @@ def test_dataloader_workers_and_batched_reads(tiled):
 def test_clam_h5_made_elsewhere(tiled, wsi_dir, tmp_path):
     out, _ = tiled
     coords, attrs = read_coords_h5(out / "patches" / "CMU-1-Small-Region.h5")
-    clam_attrs = {k: attrs[k] for k in ("patch_size", "patch_level", "downsample", "level_dim",
-                                        "downsampled_level_dim", "name")}
+    clam_attrs = {
+        k: attrs[k] for k in ("patch_size", "patch_level", "downsample", "level_dim", "downsampled_level_dim", "name")
+    }
     patches = tmp_path / "RESULTS" / "patches"
     h5_path = write_coords_h5(patches / "CMU-1-Small-Region.h5", coords[:6], clam_attrs)
 

@@ -21,7 +21,6 @@ from clusiam_fast.models import build_model, load_checkpoint
 from clusiam_fast.train import main as cli_main
 from clusiam_fast.training import CollapseWarning, NonFiniteLossError, TrainConfig, autocast_context, train
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on 2 shared cores
 
 
@@ -36,8 +35,19 @@ def patches(pcam_dir, tmp_path_factory) -> Path:
 
 
 def _config(data, out, **overrides) -> TrainConfig:
-    values = dict(data=str(data), out=str(out), crop_size=32, batch_size=8, num_clusters=10, epochs=1, workers=0,
-                  log_every=1, progress=False, tensorboard=False, max_stat_images=64)
+    values = dict(
+        data=str(data),
+        out=str(out),
+        crop_size=32,
+        batch_size=8,
+        num_clusters=10,
+        epochs=1,
+        workers=0,
+        log_every=1,
+        progress=False,
+        tensorboard=False,
+        max_stat_images=64,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -90,8 +100,9 @@ def test_every_method_trains_one_epoch(patches, tmp_path, method, extra):
 
 def test_alpha_one_leaves_the_predictor_untrained(patches, tmp_path):
     """alpha = 1: only the cluster loss; the invariance term (the predictor's only signal) gets zero weight."""
-    cfg = _config(patches, tmp_path / "run", method="clusiam", alpha=1.0, max_steps=2, weight_decay=0.0,
-                  fix_pred_lr=False)
+    cfg = _config(
+        patches, tmp_path / "run", method="clusiam", alpha=1.0, max_steps=2, weight_decay=0.0, fix_pred_lr=False
+    )
     torch.manual_seed(cfg.seed)  # the trainer's initial weights
     initial = build_model("clusiam", num_clusters=10)
     train(cfg)
@@ -131,8 +142,9 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(patches, tmp_path):
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     keys = ("loss", "inv_loss", "cluster_loss", "active_clusters", "active_clusters_gumbel", "collapse_std")
-    assert [[r[k] for k in keys] for r in _rows(tmp_path / "a" / "log.csv")] == \
-           [[r[k] for k in keys] for r in _rows(tmp_path / "b" / "log.csv")]
+    assert [[r[k] for k in keys] for r in _rows(tmp_path / "a" / "log.csv")] == [
+        [r[k] for k in keys] for r in _rows(tmp_path / "b" / "log.csv")
+    ]
 
 
 def test_amp_on_cpu_uses_bfloat16_and_trains(patches, tmp_path):
@@ -194,7 +206,9 @@ def test_data_errors_name_the_path(tmp_path, capsys):
     corrupt.mkdir()
     for i in range(3):
         (corrupt / f"p{i}.png").write_bytes(b"\x89PNG truncated")
-    with pytest.raises(ValueError, match=f"data {re.escape(str(corrupt))}: .*none of the 3 sampled images could be read"):
+    with pytest.raises(
+        ValueError, match=f"data {re.escape(str(corrupt))}: .*none of the 3 sampled images could be read"
+    ):
         train(_config(corrupt, tmp_path / "run"))
 
     # The CLI turns them into one line on stderr and exit status 2.
@@ -212,9 +226,29 @@ def test_too_few_images_for_a_batch_and_existing_run(patches, tmp_path):
 
 def test_cli_resume_keeps_saved_settings_and_continues(patches, tmp_path):
     out = tmp_path / "run"
-    args = [str(patches), "--out", str(out), "--crop-size", "32", "--batch-size", "8", "--num-clusters", "10",
-            "--epochs", "2", "--workers", "0", "--max-steps", "2", "--no-progress", "--no-tensorboard",
-            "--max-stat-images", "64", "--method", "clubyol"]
+    args = [
+        str(patches),
+        "--out",
+        str(out),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--num-clusters",
+        "10",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--max-steps",
+        "2",
+        "--no-progress",
+        "--no-tensorboard",
+        "--max-stat-images",
+        "64",
+        "--method",
+        "clubyol",
+    ]
     assert cli_main(args) == 0
     # Resume from the run folder alone: method, data, crop... come from the checkpoint.
     assert cli_main(["--out", str(out), "--resume", "--max-steps", "5", "--no-progress"]) == 0
@@ -227,13 +261,32 @@ def test_cli_resume_keeps_saved_settings_and_continues(patches, tmp_path):
 
 def test_demo_generates_tissue_patches_and_trains(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = cli_main(["--demo", "--out", str(out), "--max-steps", "2", "--crop-size", "32", "--batch-size", "8",
-                     "--workers", "0", "--no-progress", "--amp"])
+    code = cli_main(
+        [
+            "--demo",
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--crop-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--amp",
+        ]
+    )
     assert code == 0
     pngs = sorted((out / "demo_patches").glob("*.png"))
     assert len(pngs) == 512
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert ckpt["step"] == 2 and ckpt["config"]["num_clusters"] == 16 and Path(ckpt["config"]["data"]) == out / "demo_patches"
+    assert (
+        ckpt["step"] == 2
+        and ckpt["config"]["num_clusters"] == 16
+        and Path(ckpt["config"]["data"]) == out / "demo_patches"
+    )
     for name in ("log.csv", "steps.csv", "training.png", "norm_stats.json", "train_config.json"):
         assert (out / name).is_file(), name
     captured = capsys.readouterr()
@@ -273,11 +326,34 @@ def test_ctrl_c_on_the_cli_with_loader_workers_saves_and_resumes(patches, tmp_pa
     import sys
 
     out = tmp_path / "run"
-    args = [str(patches), "--out", str(out), "--crop-size", "32", "--batch-size", "8", "--num-clusters", "10",
-            "--epochs", "30", "--workers", "2", "--no-progress", "--no-tensorboard", "--max-stat-images", "64"]
+    args = [
+        str(patches),
+        "--out",
+        str(out),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--num-clusters",
+        "10",
+        "--epochs",
+        "30",
+        "--workers",
+        "2",
+        "--no-progress",
+        "--no-tensorboard",
+        "--max-stat-images",
+        "64",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "clusiam_fast.train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clusiam_fast.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     lines = []
     for line in proc.stdout:  # wait until the first epoch is done, then press Ctrl-C
         lines.append(line)

@@ -26,10 +26,34 @@ def patches(pcam_dir, tmp_path_factory) -> Path:
 
 def _torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "clusiam_fast.train", str(data), "--out", str(out), "--batch-size", "16", "--crop-size", "32",
-        "--num-clusters", "10", "--epochs", "2", "--workers", "0", "--log-every", "1", "--max-stat-images", "64",
-        "--no-progress", "--no-tensorboard", *extra,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clusiam_fast.train",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--crop-size",
+        "32",
+        "--num-clusters",
+        "10",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+        "--max-stat-images",
+        "64",
+        "--no-progress",
+        "--no-tensorboard",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
@@ -50,8 +74,9 @@ def test_two_process_ddp_trains_and_resumes_exactly(patches, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["3", "6"]
     assert all(int(r["active_clusters_gumbel"]) > 1 for r in rows)
-    assert not (tmp_path / "a" / "checkpoint.pt.rank1").exists() and sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "checkpoint.pt", "log.csv", "norm_stats.json", "steps.csv", "train_config.json", "training.png"]
+    assert not (tmp_path / "a" / "checkpoint.pt.rank1").exists() and sorted(
+        p.name for p in (tmp_path / "a").iterdir()
+    ) == ["checkpoint.pt", "log.csv", "norm_stats.json", "steps.csv", "train_config.json", "training.png"]
 
     # Stop mid-epoch 2 (step 4 of 6), resume: the same weights as the uninterrupted run.
     _torchrun(patches, tmp_path / "b", "--max-steps", "4")

@@ -12,11 +12,11 @@ from PIL import Image
 
 from clusiam_fast.data import PAPER_RECIPE, TwoViews, dataset_mean_std, find_images, paper_augmentation
 from clusiam_fast.models import PairOutput, build_model
+from clusiam_fast.ops import sample_gumbel as gumbel_noise
 from clusiam_fast.train import build_parser, config_from_args
 from clusiam_fast.training import TrainConfig, invariance_loss, training_loss
 from clusiam_fast.training.ddp import DistContext
 from clusiam_fast.training.loader import ResumableSampler, TwoViewDataset, resolve_source
-from clusiam_fast.ops import sample_gumbel as gumbel_noise
 from clusiam_fast.training.monitors import EpochMeter, collapse_std
 from clusiam_fast.training.norm_stats import load_or_compute_stats
 from clusiam_fast.training.schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
@@ -142,12 +142,18 @@ def test_norm_stats_cached_in_out_and_refreshed_for_new_data(pcam_dir, tmp_path)
     data.mkdir()
     for f in find_images(pcam_dir / "valid" / "0")[:5]:
         (data / f.name).symlink_to(f)
-    first = load_or_compute_stats(tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False)
+    first = load_or_compute_stats(
+        tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False
+    )
     assert (tmp_path / "out" / "norm_stats.json").is_file()
-    again = load_or_compute_stats(tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False)
+    again = load_or_compute_stats(
+        tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False
+    )
     assert again == first
     (data / "extra.jpg").symlink_to(find_images(pcam_dir / "valid" / "1")[0])
-    changed = load_or_compute_stats(tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False)
+    changed = load_or_compute_stats(
+        tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False
+    )
     assert changed["fingerprint"] != first["fingerprint"] and changed["mean"] != first["mean"]
 
 
@@ -186,6 +192,23 @@ def test_cli_help_explains_every_flag_and_maps_to_config(tmp_path):
             assert action.dest in fields | {"demo"}, action.dest
     for flag in ("--no-gumbel", "--alpha", "--projector-end", "--resume", "--export-backbone", "--loader", "--amp"):
         assert flag in text
-    cfg = config_from_args([str(tmp_path), "--out", str(tmp_path / "o"), "--no-gumbel", "--alpha", "1.0",
-                            "--projector-end", "linear", "--no-fix-pred-lr"])
-    assert (cfg.gumbel, cfg.alpha, cfg.projector_end, cfg.fix_pred_lr, cfg.crop_size) == (False, 1.0, "linear", False, 224)
+    cfg = config_from_args(
+        [
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-gumbel",
+            "--alpha",
+            "1.0",
+            "--projector-end",
+            "linear",
+            "--no-fix-pred-lr",
+        ]
+    )
+    assert (cfg.gumbel, cfg.alpha, cfg.projector_end, cfg.fix_pred_lr, cfg.crop_size) == (
+        False,
+        1.0,
+        "linear",
+        False,
+        224,
+    )

@@ -9,6 +9,14 @@ from .patch_folder import IMAGE_EXTENSIONS, PatchFolder, find_images, load_rgb
 from .stats import dataset_mean_std
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "PAPER_RECIPE", "GaussianBlur", "PatchFolder", "Recipe", "TwoViews",
-    "dataset_mean_std", "find_images", "load_rgb", "paper_augmentation",
+    "IMAGE_EXTENSIONS",
+    "PAPER_RECIPE",
+    "GaussianBlur",
+    "PatchFolder",
+    "Recipe",
+    "TwoViews",
+    "dataset_mean_std",
+    "find_images",
+    "load_rgb",
+    "paper_augmentation",
 ]

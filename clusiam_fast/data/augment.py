@@ -8,8 +8,8 @@ flip -> tensor -> normalise. Every random draw uses torch's generator, so
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image, ImageFilter
@@ -55,15 +55,17 @@ def paper_augmentation(
     crop_size: int, mean: Sequence[float], std: Sequence[float], recipe: Recipe = PAPER_RECIPE
 ) -> T.Compose:
     """One view of the recipe: PIL RGB image -> normalised float tensor (3, crop, crop)."""
-    return T.Compose([
-        T.RandomResizedCrop(crop_size, scale=recipe.scale, ratio=recipe.ratio),
-        T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.p_jitter),
-        T.RandomGrayscale(p=recipe.p_gray),
-        T.RandomApply([GaussianBlur(recipe.blur_sigma)], p=recipe.p_blur),
-        T.RandomHorizontalFlip(p=recipe.p_flip),
-        T.ToTensor(),
-        T.Normalize(mean=list(mean), std=list(std)),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(crop_size, scale=recipe.scale, ratio=recipe.ratio),
+            T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.p_jitter),
+            T.RandomGrayscale(p=recipe.p_gray),
+            T.RandomApply([GaussianBlur(recipe.blur_sigma)], p=recipe.p_blur),
+            T.RandomHorizontalFlip(p=recipe.p_flip),
+            T.ToTensor(),
+            T.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
 
 
 class TwoViews:

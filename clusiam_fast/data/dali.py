@@ -40,9 +40,7 @@ slide patches that cannot be read are reported and replaced by the worker that r
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -72,12 +70,28 @@ def _derive_seed(*values: int) -> int:
 class DaliTwoViewLoader:
     """Iterable of ``(view1, view2)`` batches; ``len()`` is the number of batches per epoch."""
 
-    def __init__(self, source, *, batch_size: int, crop_size: int, mean: Sequence[float],
-                 std: Sequence[float], device: str = "cpu", device_id: int | None = None,
-                 seed: int = 0, shard_id: int = 0, num_shards: int = 1, num_threads: int = 2,
-                 drop_last: bool = True, dtype: torch.dtype = torch.float32,
-                 recipe: Recipe = PAPER_RECIPE, hue_mode: str = "auto", blur: str = "pil",
-                 blur_window: int | None = None, prefetch: int = 2) -> None:
+    def __init__(
+        self,
+        source,
+        *,
+        batch_size: int,
+        crop_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: str = "cpu",
+        device_id: int | None = None,
+        seed: int = 0,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        num_threads: int = 2,
+        drop_last: bool = True,
+        dtype: torch.dtype = torch.float32,
+        recipe: Recipe = PAPER_RECIPE,
+        hue_mode: str = "auto",
+        blur: str = "pil",
+        blur_window: int | None = None,
+        prefetch: int = 2,
+    ) -> None:
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
         if dtype not in _DTYPES:
@@ -99,15 +113,25 @@ class DaliTwoViewLoader:
         self.device_id = device_id
         if self.gpu:
             if not torch.cuda.is_available():
-                raise RuntimeError("build_dali_loader(device='gpu') needs a CUDA GPU; none is visible. "
-                                   "Use device='cpu' (or --loader torch).")
+                raise RuntimeError(
+                    "build_dali_loader(device='gpu') needs a CUDA GPU; none is visible. "
+                    "Use device='cpu' (or --loader torch)."
+                )
             self.device_id = torch.cuda.current_device() if device_id is None else int(device_id)
         if hue_mode == "auto":  # exact HSV hue where it is cheap (GPU), the linear rotation on the CPU
             hue_mode = "hsv" if self.gpu else "linear"
         self.hue_mode = hue_mode
-        self.view_kwargs = dict(recipe=recipe, crop_size=self.crop_size, mean=list(mean), std=list(std),
-                                out_dtype=_DTYPES[dtype], hue_mode=hue_mode, blur=blur, blur_window=blur_window,
-                                gpu=self.gpu)
+        self.view_kwargs = dict(
+            recipe=recipe,
+            crop_size=self.crop_size,
+            mean=list(mean),
+            std=list(std),
+            out_dtype=_DTYPES[dtype],
+            hue_mode=hue_mode,
+            blur=blur,
+            blur_window=blur_window,
+            gpu=self.gpu,
+        )
         self.samples_per_epoch = len(source) // self.num_shards
         if self.samples_per_epoch == 0 or (drop_last and self.samples_per_epoch < self.batch_size):
             raise ValueError(
@@ -137,16 +161,27 @@ class DaliTwoViewLoader:
     def _pipeline(self, epoch: int, start: int, order: np.ndarray | None):
         from nvidia.dali import pipeline_def
 
-        source_kwargs = dict(order=order, batch_size=self.batch_size, start=start, gpu=self.gpu,
-                             epoch=epoch, seed=_derive_seed(self.seed, epoch, 1), shard_id=self.shard_id,
-                             num_shards=self.num_shards)
+        source_kwargs = dict(
+            order=order,
+            batch_size=self.batch_size,
+            start=start,
+            gpu=self.gpu,
+            epoch=epoch,
+            seed=_derive_seed(self.seed, epoch, 1),
+            shard_id=self.shard_id,
+            num_shards=self.num_shards,
+        )
         build = pipeline_def(_two_view_graph, enable_conditionals=True)
         pipe = build(
-            self.source, source_kwargs, self.view_kwargs,
-            batch_size=self.batch_size, num_threads=self.num_threads,
+            self.source,
+            source_kwargs,
+            self.view_kwargs,
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
             device_id=self.device_id if self.gpu else None,
             seed=_derive_seed(self.seed, epoch, self.shard_id, start),
-            prefetch_queue_depth=self.prefetch, **self.source.pipeline_kwargs(self.gpu),
+            prefetch_queue_depth=self.prefetch,
+            **self.source.pipeline_kwargs(self.gpu),
         )
         pipe.build()
         return pipe
@@ -174,8 +209,13 @@ class DaliTwoViewLoader:
 
     def _run_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         has_plan = hasattr(self.source, "order")
-        plan = (epoch_plan(len(self.source), seed=self.seed, epoch=epoch, shard_id=self.shard_id,
-                           num_shards=self.num_shards) if has_plan else None)
+        plan = (
+            epoch_plan(
+                len(self.source), seed=self.seed, epoch=epoch, shard_id=self.shard_id, num_shards=self.num_shards
+            )
+            if has_plan
+            else None
+        )
         order = self.source.order(plan) if has_plan else None
         step, skipped_before = 0, len(self.skipped)
         while step < self._len:
@@ -195,8 +235,12 @@ class DaliTwoViewLoader:
                     raise
                 order = self.source.order(plan)
         if len(self.skipped) > skipped_before:
-            log.warning("DALI loader: %d undecodable image(s) found in epoch %d, %d skipped in all "
-                        "(loader.skipped lists them)", len(self.skipped) - skipped_before, epoch, len(self.skipped))
+            log.warning(
+                "DALI loader: %d undecodable image(s) found in epoch %d, %d skipped in all (loader.skipped lists them)",
+                len(self.skipped) - skipped_before,
+                epoch,
+                len(self.skipped),
+            )
 
     def _recover(self, error: RuntimeError, order: np.ndarray | None, step: int) -> bool:
         """Find the files that broke the pipeline; record and report them. False: not a bad file."""
@@ -229,13 +273,29 @@ def _resolve_source(source, *, workers: int):
     return FileSource(list(arg.files))
 
 
-def build_dali_loader(source, *, batch_size: int, crop_size: int, mean: Sequence[float],
-                      std: Sequence[float], device: str = "cpu", seed: int = 0, shard_id: int = 0,
-                      num_shards: int = 1, num_threads: int = 2, drop_last: bool = True,
-                      dtype: torch.dtype = torch.float32, device_id: int | None = None,
-                      recipe: Recipe = PAPER_RECIPE, hue_mode: str = "auto", blur: str = "pil",
-                      blur_window: int | None = None, validate: str = "header",
-                      py_workers: int | None = None, prefetch: int = 2) -> DaliTwoViewLoader:
+def build_dali_loader(
+    source,
+    *,
+    batch_size: int,
+    crop_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: str = "cpu",
+    seed: int = 0,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    num_threads: int = 2,
+    drop_last: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device_id: int | None = None,
+    recipe: Recipe = PAPER_RECIPE,
+    hue_mode: str = "auto",
+    blur: str = "pil",
+    blur_window: int | None = None,
+    validate: str = "header",
+    py_workers: int | None = None,
+    prefetch: int = 2,
+) -> DaliTwoViewLoader:
     """A DALI loader of ``(view1, view2)`` normalised NCHW tensors; ``len()`` = batches per epoch.
 
     Args:
@@ -284,10 +344,24 @@ def build_dali_loader(source, *, batch_size: int, crop_size: int, mean: Sequence
                 raise ValueError(f"none of the {len(src.paths)} images can be decoded; first: {skipped[0]}")
             src = FileSource(kept)
     loader = DaliTwoViewLoader(
-        src, batch_size=batch_size, crop_size=crop_size, mean=mean, std=std, device=device,
-        device_id=device_id, seed=seed, shard_id=shard_id, num_shards=num_shards,
-        num_threads=num_threads, drop_last=drop_last, dtype=dtype, recipe=recipe,
-        hue_mode=hue_mode, blur=blur, blur_window=blur_window, prefetch=prefetch,
+        src,
+        batch_size=batch_size,
+        crop_size=crop_size,
+        mean=mean,
+        std=std,
+        device=device,
+        device_id=device_id,
+        seed=seed,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        num_threads=num_threads,
+        drop_last=drop_last,
+        dtype=dtype,
+        recipe=recipe,
+        hue_mode=hue_mode,
+        blur=blur,
+        blur_window=blur_window,
+        prefetch=prefetch,
     )
     loader.skipped.extend(skipped)
     return loader

@@ -44,7 +44,8 @@ colour pass at all).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -209,9 +210,19 @@ def _blur(img, recipe: Recipe, blur: str, blur_window: int | None):
     return img
 
 
-def augment_view(images, recipe: Recipe = PAPER_RECIPE, *, crop_size: int, mean: Sequence[float],
-                 std: Sequence[float], out_dtype: str = "float32", hue_mode: str = "linear",
-                 blur: str = "pil", blur_window: int | None = None, gpu: bool = False):
+def augment_view(
+    images,
+    recipe: Recipe = PAPER_RECIPE,
+    *,
+    crop_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out_dtype: str = "float32",
+    hue_mode: str = "linear",
+    blur: str = "pil",
+    blur_window: int | None = None,
+    gpu: bool = False,
+):
     """One augmented view (CHW, normalised, float32/float16) of decoded HWC uint8 RGB images.
 
     Steps run in torchvision's order. The colour passes come after the resize: run on the
@@ -220,8 +231,12 @@ def augment_view(images, recipe: Recipe = PAPER_RECIPE, *, crop_size: int, mean:
     """
     fn, types, _ = _fn()
     img = fn.random_resized_crop(
-        images, size=(crop_size, crop_size), random_area=recipe.scale,
-        random_aspect_ratio=recipe.ratio, num_attempts=10, antialias=True,
+        images,
+        size=(crop_size, crop_size),
+        random_area=recipe.scale,
+        random_aspect_ratio=recipe.ratio,
+        num_attempts=10,
+        antialias=True,
         interp_type=types.INTERP_LINEAR,
     )
     img = _colour(img, recipe, hue_mode, gpu)
@@ -229,6 +244,10 @@ def augment_view(images, recipe: Recipe = PAPER_RECIPE, *, crop_size: int, mean:
     mirror = fn.random.coin_flip(probability=recipe.p_flip) if recipe.p_flip > 0 else 0
     dtype = {"float32": types.FLOAT, "float16": types.FLOAT16}[out_dtype]
     return fn.crop_mirror_normalize(
-        img, mirror=mirror, mean=[255.0 * m for m in mean], std=[255.0 * s for s in std],
-        output_layout="CHW", dtype=dtype,
+        img,
+        mirror=mirror,
+        mean=[255.0 * m for m in mean],
+        std=[255.0 * s for s in std],
+        output_layout="CHW",
+        dtype=dtype,
     )

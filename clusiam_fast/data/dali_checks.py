@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -59,9 +59,13 @@ def check_headers(paths: Sequence[str], *, threads: int = 8, progress: bool | No
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = pool.map(check_header, paths, chunksize=256)
-        for path, reason in tqdm(zip(paths, results), total=len(paths), desc="checking images",
-                                 disable=(len(paths) < 20000) if progress is None else not progress,
-                                 leave=False):
+        for path, reason in tqdm(
+            zip(paths, results),
+            total=len(paths),
+            desc="checking images",
+            disable=(len(paths) < 20000) if progress is None else not progress,
+            leave=False,
+        ):
             if reason is not None:
                 bad[path] = reason
     return bad
@@ -80,8 +84,9 @@ class _Paths:
 def _decoder_pipeline(feeder: _Paths, batch_size: int, num_threads: int, gpu: bool, device_id: int | None):
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if gpu else None,
-                  prefetch_queue_depth=1)
+    @pipeline_def(
+        batch_size=batch_size, num_threads=num_threads, device_id=device_id if gpu else None, prefetch_queue_depth=1
+    )
     def decode():
         raw = fn.io.file.read(fn.external_source(source=feeder, batch=True, dtype=types.UINT8, ndim=1))
         return fn.decoders.image(raw, device="mixed" if gpu else "cpu", output_type=types.RGB)
@@ -106,14 +111,22 @@ def probe_decode(paths: Iterable[str], *, gpu: bool = False, device_id: int | No
     return bad
 
 
-def find_undecodable(paths: Sequence[str], *, gpu: bool = False, device_id: int | None = None,
-                     batch_size: int = 256, num_threads: int = 2, progress: bool | None = None) -> dict[str, str]:
+def find_undecodable(
+    paths: Sequence[str],
+    *,
+    gpu: bool = False,
+    device_id: int | None = None,
+    batch_size: int = 256,
+    num_threads: int = 2,
+    progress: bool | None = None,
+) -> dict[str, str]:
     """``{path: reason}`` for every file DALI's decoder rejects (batches; failing ones file by file)."""
     feeder, pipe, bad = _Paths(), None, {}
     starts = range(0, len(paths), batch_size)
-    for start in tqdm(starts, desc="decoding images", leave=False,
-                      disable=(len(paths) < 20000) if progress is None else not progress):
-        feeder.batch = list(paths[start:start + batch_size])
+    for start in tqdm(
+        starts, desc="decoding images", leave=False, disable=(len(paths) < 20000) if progress is None else not progress
+    ):
+        feeder.batch = list(paths[start : start + batch_size])
         if pipe is None:
             pipe = _decoder_pipeline(feeder, batch_size, num_threads, gpu, device_id)
         try:

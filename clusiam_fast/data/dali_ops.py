@@ -45,8 +45,12 @@ def pil_blur_taps(sigma, sigma_max: float):
     narrow = fn.reshape(box(r1), shape=[1, -1])
     taps = fn.filter(fn.filter(wide, narrow, border="constant"), narrow, border="constant")
     radius = (l + 1.0) * 3.0  # drop the zero tails of narrow kernels
-    return fn.slice(fn.reshape(taps, shape=[-1]), start=fn.cast(3.0 * r1 - radius, dtype=types.INT32),
-                    shape=fn.cast(radius * 2.0 + 1.0, dtype=types.INT32), axes=[0])
+    return fn.slice(
+        fn.reshape(taps, shape=[-1]),
+        start=fn.cast(3.0 * r1 - radius, dtype=types.INT32),
+        shape=fn.cast(radius * 2.0 + 1.0, dtype=types.INT32),
+        axes=[0],
+    )
 
 
 def gaussian_taps(sigma, radius_cap: int):
@@ -59,8 +63,12 @@ def gaussian_taps(sigma, radius_cap: int):
     offsets = types.Constant(np.arange(-radius_cap, radius_cap + 1, dtype=np.float32))
     taps = dmath.exp(offsets * offsets * (-0.5 / (sigma * sigma)))
     radius = dmath.min(dmath.ceil(sigma * 3.0), float(radius_cap))
-    taps = fn.slice(taps, start=fn.cast(radius_cap - radius, dtype=types.INT32),
-                    shape=fn.cast(radius * 2.0 + 1.0, dtype=types.INT32), axes=[0])
+    taps = fn.slice(
+        taps,
+        start=fn.cast(radius_cap - radius, dtype=types.INT32),
+        shape=fn.cast(radius * 2.0 + 1.0, dtype=types.INT32),
+        axes=[0],
+    )
     return taps / fn.reductions.sum(taps)
 
 

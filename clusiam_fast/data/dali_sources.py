@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def epoch_plan(n: int, *, seed: int, epoch: int, shard_id: int, num_shards: int)
     """Indices (into ``range(n)``) rank ``shard_id`` visits in ``epoch``, in order."""
     perm = np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n)
     per_rank = n // num_shards
-    return perm[shard_id * per_rank:(shard_id + 1) * per_rank]
+    return perm[shard_id * per_rank : (shard_id + 1) * per_rank]
 
 
 def substitute(plan: np.ndarray, bad: set[int]) -> np.ndarray:
@@ -107,8 +107,13 @@ class FileSource:
     def graph(self, *, order: np.ndarray, batch_size: int, start: int, gpu: bool, **_):
         from nvidia.dali import fn, types
 
-        paths = fn.external_source(source=_PathBatches(self.paths, order, batch_size, start),
-                                   batch=True, dtype=types.UINT8, ndim=1, name="paths")
+        paths = fn.external_source(
+            source=_PathBatches(self.paths, order, batch_size, start),
+            batch=True,
+            dtype=types.UINT8,
+            ndim=1,
+            name="paths",
+        )
         raw = fn.io.file.read(paths)
         return _decode(raw, gpu)
 
@@ -141,11 +146,17 @@ class ShardSource:
         from nvidia.dali import fn
 
         raw = fn.readers.webdataset(
-            paths=self.tars, index_paths=self.indexes, ext=[SHARD_IMAGE_EXTS],
-            missing_component_behavior="skip", random_shuffle=True,
+            paths=self.tars,
+            index_paths=self.indexes,
+            ext=[SHARD_IMAGE_EXTS],
+            missing_component_behavior="skip",
+            random_shuffle=True,
             initial_fill=min(4096, max(1, self.count // max(1, num_shards))),
-            seed=int(seed), shard_id=(shard_id + epoch) % num_shards, num_shards=num_shards,
-            pad_last_batch=True, name="Reader",
+            seed=int(seed),
+            shard_id=(shard_id + epoch) % num_shards,
+            num_shards=num_shards,
+            pad_last_batch=True,
+            name="Reader",
         )
         return _decode(raw, gpu)
 
@@ -215,8 +226,7 @@ class SlideSource:
 
     kind = "slides"
 
-    def __init__(self, manifest_or_h5: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 workers: int = 2) -> None:
+    def __init__(self, manifest_or_h5: str | os.PathLike | Sequence[str | os.PathLike], *, workers: int = 2) -> None:
         from .slide_dataset import SlidePatchDataset
 
         self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray)
@@ -232,9 +242,14 @@ class SlideSource:
         from nvidia.dali import fn, types
 
         patches = fn.external_source(
-            source=_SlideBatches(self.dataset, order, batch_size, start), batch=True, batch_info=True,
-            parallel=True, prefetch_queue_depth=max(2, self.workers),
-            dtype=types.UINT8, ndim=3, layout="HWC",
+            source=_SlideBatches(self.dataset, order, batch_size, start),
+            batch=True,
+            batch_info=True,
+            parallel=True,
+            prefetch_queue_depth=max(2, self.workers),
+            dtype=types.UINT8,
+            ndim=3,
+            layout="HWC",
         )
         return patches.gpu() if gpu else patches
 

@@ -42,7 +42,7 @@ def make_demo_patches(
         for i in range(num_patches):
             size = int(rng.integers(min_size, max_size + 1))
             y, x = (int(v) for v in rng.integers(0, tissue.shape[0] - size + 1, size=2))
-            crop = tissue[y:y + size, x:x + size]
+            crop = tissue[y : y + size, x : x + size]
             crop = np.rot90(crop, k=int(rng.integers(4)))
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]

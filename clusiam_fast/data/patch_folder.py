@@ -33,8 +33,7 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     for folder, subdirs, files in os.walk(root, onerror=on_error, followlinks=True):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         found.extend(
-            Path(folder, name) for name in files
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+            Path(folder, name) for name in files if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
         )
     if denied and not found:
         raise PermissionError(f"data folder {root} could not be read ({'; '.join(denied[:3])}); check its permissions")

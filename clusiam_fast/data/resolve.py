@@ -17,9 +17,9 @@ API) is shards when all are ``.tar``, coordinate files when all are ``.h5``, els
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .patch_folder import find_images
 
@@ -44,8 +44,9 @@ class DataArg:
         return f"{_DESCRIPTION[self.kind]} ({self.path})"
 
 
-def resolve_data(data: str | os.PathLike | Sequence[str | os.PathLike] | None, *,
-                 accept: Sequence[str] = KINDS, what: str = "DATA") -> DataArg:
+def resolve_data(
+    data: str | os.PathLike | Sequence[str | os.PathLike] | None, *, accept: Sequence[str] = KINDS, what: str = "DATA"
+) -> DataArg:
     """Turn the user's DATA into a :class:`DataArg` of a kind in ``accept``; errors name ``what``."""
     if data is None:
         raise ValueError(f"no {what} given: pass a folder of image patches or a tiler manifest.csv")

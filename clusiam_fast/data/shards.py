@@ -27,8 +27,8 @@ import json
 import logging
 import os
 import tarfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -74,8 +74,13 @@ class _ShardWriter:
             atomic_write_text(self.path.with_suffix(".idx"), "\n".join([f"v1.2 {self.count}"] + self.lines) + "\n")
 
 
-def write_shards(samples: Iterable[tuple[str, bytes, dict]], out_dir: str | os.PathLike, *,
-                 shard_size: int = 10000, total: int | None = None) -> list[Path]:
+def write_shards(
+    samples: Iterable[tuple[str, bytes, dict]],
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = 10000,
+    total: int | None = None,
+) -> list[Path]:
     """Write ``(ext, image_bytes, meta)`` samples into tar shards plus DALI index files.
 
     Samples stream straight into the current tar. Keys are the running sample number
@@ -114,8 +119,14 @@ def write_shards(samples: Iterable[tuple[str, bytes, dict]], out_dir: str | os.P
     return shards
 
 
-def pack_images(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, shard_size: int = 10000,
-                seed: int = 0, workers: int = 4) -> dict:
+def pack_images(
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = 10000,
+    seed: int = 0,
+    workers: int = 4,
+) -> dict:
     """Pack image files (bytes unchanged) into shards; returns the summary written to ``shards.json``.
 
     Files are first decoded by DALI's CPU decoder (the one that will read the shards);
@@ -163,8 +174,16 @@ def _first(batch):
     return batch[0]
 
 
-def pack_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, shard_size: int = 10000,
-                  seed: int = 0, fmt: str = "jpg", quality: int = 95, workers: int = 4) -> dict:
+def pack_manifest(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = 10000,
+    seed: int = 0,
+    fmt: str = "jpg",
+    quality: int = 95,
+    workers: int = 4,
+) -> dict:
     """Read every patch of a tiler manifest from its slide, encode it, and pack it into shards."""
     import torch
 
@@ -175,8 +194,9 @@ def pack_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, sh
         raise ValueError(f"fmt must be 'jpg' or 'png', got {fmt!r}")
     dataset = SlidePatchDataset(manifest, transform=_EncodePatch(fmt, quality), return_coords=True)
     order = np.random.default_rng(seed).permutation(len(dataset))
-    loader = torch.utils.data.DataLoader(TolerantDataset(dataset, indices=order), batch_size=1, num_workers=workers,
-                                         collate_fn=_first)
+    loader = torch.utils.data.DataLoader(
+        TolerantDataset(dataset, indices=order), batch_size=1, num_workers=workers, collate_fn=_first
+    )
     skipped: list[tuple[str, str]] = []
 
     def samples() -> Iterator[tuple[str, bytes, dict]]:
@@ -193,11 +213,14 @@ def pack_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, sh
     return _summary(out_dir, shards, len(dataset) - len(skipped), skipped, seed, source=os.fspath(manifest))
 
 
-def _summary(out_dir, shards: list[Path], packed: int, skipped: list[tuple[str, str]], seed: int,
-             source: str) -> dict:
+def _summary(out_dir, shards: list[Path], packed: int, skipped: list[tuple[str, str]], seed: int, source: str) -> dict:
     summary = {
-        "source": source, "seed": seed, "num_samples": packed, "num_shards": len(shards),
-        "shards": [p.name for p in shards], "skipped": [{"item": a, "reason": b} for a, b in skipped],
+        "source": source,
+        "seed": seed,
+        "num_samples": packed,
+        "num_shards": len(shards),
+        "shards": [p.name for p in shards],
+        "skipped": [{"item": a, "reason": b} for a, b in skipped],
     }
     atomic_write_json(Path(out_dir) / "shards.json", summary)
     if skipped:

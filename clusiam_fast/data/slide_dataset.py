@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch.utils.data
 
-from .resolve import resolve_data
 from ..slides import SLIDE_EXTENSIONS, SlideReader, available_backends, open_slide, patch_image
+from .resolve import resolve_data
 
 
 @dataclass
@@ -77,7 +78,8 @@ def _find_slide(slide_id: str, h5_path: Path, slide_dir: str | Path | None) -> P
         for candidate in sorted(place.iterdir()):
             name = candidate.name
             if name.lower().endswith(SLIDE_EXTENSIONS) and name[: -len(name.split(".")[-1]) - 1] in (
-                slide_id, slide_id + ".ome",
+                slide_id,
+                slide_id + ".ome",
             ):
                 return candidate
     raise FileNotFoundError(
@@ -140,17 +142,25 @@ class SlidePatchDataset(torch.utils.data.Dataset):
             if not slide.exists() and slide_dir is not None and (Path(slide_dir) / slide.name).exists():
                 slide = Path(slide_dir) / slide.name
             if not slide.exists():
-                raise FileNotFoundError(f"{path}: slide {row['slide_path']} of {row['slide_id']} does not exist; "
-                                        "pass slide_dir=FOLDER if the slides moved")
+                raise FileNotFoundError(
+                    f"{path}: slide {row['slide_path']} of {row['slide_id']} does not exist; "
+                    "pass slide_dir=FOLDER if the slides moved"
+                )
             coords, attrs = read_coords_h5(row["h5_path"])
-            slides.append(SlideInfo(
-                slide_id=row["slide_id"], path=slide, coords=coords,
-                read_level=int(row.get("read_level", attrs["patch_level"])),
-                read_size=int(row.get("read_size", attrs["patch_size"])),
-                output_size=int(row.get("patch_size", attrs["output_size"])),
-                backend=row.get("backend") or "auto", h5_path=Path(row["h5_path"]),
-                mpp=row.get("mpp"), target_mpp=row.get("target_mpp"),
-            ))
+            slides.append(
+                SlideInfo(
+                    slide_id=row["slide_id"],
+                    path=slide,
+                    coords=coords,
+                    read_level=int(row.get("read_level", attrs["patch_level"])),
+                    read_size=int(row.get("read_size", attrs["patch_size"])),
+                    output_size=int(row.get("patch_size", attrs["output_size"])),
+                    backend=row.get("backend") or "auto",
+                    h5_path=Path(row["h5_path"]),
+                    mpp=row.get("mpp"),
+                    target_mpp=row.get("target_mpp"),
+                )
+            )
         return slides
 
     @staticmethod
@@ -175,12 +185,20 @@ class SlidePatchDataset(torch.utils.data.Dataset):
                 slide = _find_slide(slide_id, h5_path, slide_dir)
             if not slide.exists():
                 raise FileNotFoundError(f"{h5_path}: its slide {slide} does not exist")
-            slides.append(SlideInfo(
-                slide_id=slide_id, path=slide, coords=coords, read_level=int(attrs["patch_level"]),
-                read_size=int(attrs["patch_size"]), output_size=int(attrs["output_size"]),
-                backend=str(attrs.get("backend", "auto")), h5_path=h5_path,
-                mpp=attrs.get("mpp"), target_mpp=attrs.get("target_mpp"),
-            ))
+            slides.append(
+                SlideInfo(
+                    slide_id=slide_id,
+                    path=slide,
+                    coords=coords,
+                    read_level=int(attrs["patch_level"]),
+                    read_size=int(attrs["patch_size"]),
+                    output_size=int(attrs["output_size"]),
+                    backend=str(attrs.get("backend", "auto")),
+                    h5_path=h5_path,
+                    mpp=attrs.get("mpp"),
+                    target_mpp=attrs.get("target_mpp"),
+                )
+            )
         return slides
 
     # -- reading ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ not one file: the run stops with an error that names one of them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 MAX_CONSECUTIVE_BAD = 16
 
@@ -22,8 +23,9 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def first_readable(read: Callable[[int], Any], index: int, n: int, describe: Callable[[int], str],
-                   limit: int = MAX_CONSECUTIVE_BAD) -> tuple[Any, list[str]]:
+def first_readable(
+    read: Callable[[int], Any], index: int, n: int, describe: Callable[[int], str], limit: int = MAX_CONSECUTIVE_BAD
+) -> tuple[Any, list[str]]:
     """``read(j)`` for the first readable ``j`` of ``index, index + 1, ...`` (mod ``n``).
 
     Returns the value and ``"<item> (<error>)"`` for each item skipped on the way; raises
@@ -51,8 +53,9 @@ class TolerantDataset:
     dataset's ``__getitems__`` when it has one, item by item when that batch fails.
     """
 
-    def __init__(self, dataset: Any, load: Callable[[Any, int], Any] = _item,
-                 indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, dataset: Any, load: Callable[[Any, int], Any] = _item, indices: Sequence[int] | None = None
+    ) -> None:
         self.dataset, self.load = dataset, load
         self.indices = None if indices is None else [int(i) for i in indices]
 

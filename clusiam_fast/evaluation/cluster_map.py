@@ -49,7 +49,9 @@ def _level0_size_from_h5(h5_path: str | None) -> tuple[int, int] | None:
     return None
 
 
-def slide_thumbnail(attrs: dict[str, Any], max_size: int = 2048, fallback_size: tuple[int, int] | None = None) -> Thumbnail:
+def slide_thumbnail(
+    attrs: dict[str, Any], max_size: int = 2048, fallback_size: tuple[int, int] | None = None
+) -> Thumbnail:
     """Best available thumbnail of a bag's slide (see the module docstring)."""
     from PIL import Image
 
@@ -66,9 +68,13 @@ def slide_thumbnail(attrs: dict[str, Any], max_size: int = 2048, fallback_size: 
         with Image.open(qa) as img:
             return Thumbnail(np.asarray(img.convert("RGB")), size, "tiler QA thumbnail")
     if size is None:
-        raise ValueError(f"no thumbnail and no slide size for {attrs.get('slide_id', '?')} ({'; '.join(errors) or 'no slide_path'})")
+        raise ValueError(
+            f"no thumbnail and no slide size for {attrs.get('slide_id', '?')} ({'; '.join(errors) or 'no slide_path'})"
+        )
     scale = max_size / max(size)
-    return Thumbnail(np.full((max(1, int(size[1] * scale)), max(1, int(size[0] * scale)), 3), 255, np.uint8), size, "blank canvas")
+    return Thumbnail(
+        np.full((max(1, int(size[1] * scale)), max(1, int(size[0] * scale)), 3), 255, np.uint8), size, "blank canvas"
+    )
 
 
 def grid_step(coords: np.ndarray, default: int) -> int:
@@ -89,14 +95,18 @@ def cluster_colours(cluster_ids: np.ndarray) -> np.ndarray:
     from matplotlib import colormaps
 
     tab20 = colormaps["tab20"](np.arange(20))[:, :3]
-    table = np.concatenate([tab20[0::2], tab20[1::2]] + [colormaps[n](np.arange(20))[:, :3] for n in ("tab20b", "tab20c")])
+    table = np.concatenate(
+        [tab20[0::2], tab20[1::2]] + [colormaps[n](np.arange(20))[:, :3] for n in ("tab20b", "tab20c")]
+    )
     out = np.empty((len(cluster_ids), 3))
     for i, c in enumerate(np.asarray(cluster_ids, dtype=np.int64)):
         out[i] = table[c] if 0 <= c < len(table) else colorsys.hsv_to_rgb((c * 0.618033988749895) % 1.0, 0.75, 0.9)
     return out
 
 
-def paint_clusters(shape: tuple[int, int], coords: np.ndarray, clusters: np.ndarray, scale: float, footprint: int) -> np.ndarray:
+def paint_clusters(
+    shape: tuple[int, int], coords: np.ndarray, clusters: np.ndarray, scale: float, footprint: int
+) -> np.ndarray:
     """(h, w) int array: the cluster of the patch covering each thumbnail pixel, -1 elsewhere."""
     h, w = shape
     canvas = np.full((h, w), -1, dtype=np.int64)
@@ -116,7 +126,18 @@ def _annotation(mask_path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         return np.asarray(m.convert("L").resize((shape[1], shape[0]), Image.NEAREST)) > 0
 
 
-def save_cluster_map(out_png: str | Path, coords: np.ndarray, clusters: np.ndarray, attrs: dict[str, Any], *, title: str = "", annotation: str | Path | None = None, max_size: int = 2048, alpha: float = 0.55, max_legend: int = 20) -> dict:
+def save_cluster_map(
+    out_png: str | Path,
+    coords: np.ndarray,
+    clusters: np.ndarray,
+    attrs: dict[str, Any],
+    *,
+    title: str = "",
+    annotation: str | Path | None = None,
+    max_size: int = 2048,
+    alpha: float = 0.55,
+    max_legend: int = 20,
+) -> dict:
     """Write the cluster map PNG of one slide; return what was drawn (for the report)."""
     require("matplotlib", "matplotlib", "cluster maps")
     import matplotlib
@@ -152,10 +173,21 @@ def save_cluster_map(out_png: str | Path, coords: np.ndarray, clusters: np.ndarr
     order = np.argsort(-counts)
     handles = [Patch(color=colours[i], label=f"cluster {ids[i]} ({counts[i]})") for i in order[:max_legend]]
     if len(order) > max_legend:
-        handles.append(Patch(color="lightgrey", label=f"{len(order) - max_legend} more clusters ({counts[order[max_legend:]].sum()})"))
+        handles.append(
+            Patch(
+                color="lightgrey", label=f"{len(order) - max_legend} more clusters ({counts[order[max_legend:]].sum()})"
+            )
+        )
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    return {"png": str(out_png), "thumbnail": thumb.origin, "patches": int(len(coords)), "clusters": int(len(ids)), "footprint_level0_px": footprint, "annotation": str(annotation) if annotation else None}
+    return {
+        "png": str(out_png),
+        "thumbnail": thumb.origin,
+        "patches": int(len(coords)),
+        "clusters": int(len(ids)),
+        "footprint_level0_px": footprint,
+        "annotation": str(annotation) if annotation else None,
+    }

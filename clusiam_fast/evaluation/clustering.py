@@ -10,7 +10,7 @@ second K-means row uses K = the number of label classes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,7 +18,15 @@ from ..utils.deps import require
 from .metrics import clustering_metrics
 
 
-def kmeans(features: np.ndarray, k: int, *, seed: int = 0, normalize: bool = True, n_init: int = 3, minibatch_above: int = 50_000) -> tuple[np.ndarray, str]:
+def kmeans(
+    features: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    normalize: bool = True,
+    n_init: int = 3,
+    minibatch_above: int = 50_000,
+) -> tuple[np.ndarray, str]:
     """Cluster ``features`` into ``k`` groups; return (labels, name of the implementation)."""
     cluster = require("sklearn.cluster", "scikit-learn", "K-means")
     x = np.asarray(features, dtype=np.float32)
@@ -34,7 +42,16 @@ def kmeans(features: np.ndarray, k: int, *, seed: int = 0, normalize: bool = Tru
     return algo.fit_predict(x), name
 
 
-def evaluate_clustering(features: np.ndarray, labels: Sequence, assigner_clusters: Sequence[int] | None = None, *, num_clusters: int | None = None, k: int | None = None, seed: int = 0, normalize: bool = True) -> list[dict]:
+def evaluate_clustering(
+    features: np.ndarray,
+    labels: Sequence,
+    assigner_clusters: Sequence[int] | None = None,
+    *,
+    num_clusters: int | None = None,
+    k: int | None = None,
+    seed: int = 0,
+    normalize: bool = True,
+) -> list[dict]:
     """Rows of (method, K, clusters used, RI, ARI, NMI).
 
     ``num_clusters``: the assigner's K (size of its head), reported as its K.
@@ -46,7 +63,11 @@ def evaluate_clustering(features: np.ndarray, labels: Sequence, assigner_cluster
     rows = []
     if assigner_clusters is not None:
         assigned = np.asarray(assigner_clusters)
-        row = {"method": "assigner (argmax)", "k": int(num_clusters or assigned.max() + 1), "implementation": "CluSiam cluster assigner"}
+        row = {
+            "method": "assigner (argmax)",
+            "k": int(num_clusters or assigned.max() + 1),
+            "implementation": "CluSiam cluster assigner",
+        }
         row.update(clustering_metrics(labels, assigned))
         rows.append(row)
         if k is None:

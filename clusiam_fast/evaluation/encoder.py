@@ -24,8 +24,13 @@ import torch
 from torch import Tensor, nn
 
 CLUSTER_METHODS = ("clusiam", "clubyol")
-_RESNETS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
-            ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+_RESNETS = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+}
 
 
 class Encoder(nn.Module):
@@ -54,7 +59,7 @@ class Encoder(nn.Module):
 def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
     for prefix in ("module.", "backbone.", "encoder."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -63,12 +68,16 @@ def resnet_from_state_dict(state: dict[str, Tensor], source: str = "state_dict")
     import torchvision
 
     state = _strip_prefix(state)
-    blocks = tuple(len({int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}) for i in range(1, 5))
+    blocks = tuple(
+        len({int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}) for i in range(1, 5)
+    )
     bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)
     arch = _RESNETS.get((blocks, bottleneck))
     if arch is None or "conv1.weight" not in state:
-        raise ValueError(f"{source} is not a torchvision ResNet state_dict (layer blocks {blocks}, bottleneck {bottleneck}); "
-                         "pass a trainer checkpoint or a file written by `clusiam_fast.train --export-backbone`")
+        raise ValueError(
+            f"{source} is not a torchvision ResNet state_dict (layer blocks {blocks}, bottleneck {bottleneck}); "
+            "pass a trainer checkpoint or a file written by `clusiam_fast.train --export-backbone`"
+        )
     model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -108,4 +117,6 @@ def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         model, arch = resnet_from_state_dict(obj, str(path))
         return Encoder(model, kind="backbone", config={"method": "backbone", "arch": arch}, has_assigner=False).eval()
-    raise ValueError(f"{path} is neither a clusiam_fast trainer checkpoint (dict with 'model' and 'config') nor a ResNet state_dict")
+    raise ValueError(
+        f"{path} is neither a clusiam_fast trainer checkpoint (dict with 'model' and 'config') nor a ResNet state_dict"
+    )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,14 +25,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def resolve_normalisation(encoder: Encoder, checkpoint: Path, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[list[float], list[float], str]:
+def resolve_normalisation(
+    encoder: Encoder, checkpoint: Path, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[list[float], list[float], str]:
     """(mean, std, where they came from); see the module docstring for the order."""
     if mean is not None and std is not None:
         return list(mean), list(std), "command line"
     cfg = encoder.config
     for m_key, s_key in (("mean", "std"), ("norm_mean", "norm_std")):
         if cfg.get(m_key) is not None and cfg.get(s_key) is not None:
-            return [float(v) for v in cfg[m_key]], [float(v) for v in cfg[s_key]], f"checkpoint config ({m_key}/{s_key})"
+            return (
+                [float(v) for v in cfg[m_key]],
+                [float(v) for v in cfg[s_key]],
+                f"checkpoint config ({m_key}/{s_key})",
+            )
     stats = cfg.get("norm_stats")
     if isinstance(stats, dict) and "mean" in stats and "std" in stats:
         return [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]], "checkpoint config (norm_stats)"
@@ -41,7 +47,10 @@ def resolve_normalisation(encoder: Encoder, checkpoint: Path, mean: Sequence[flo
         if path.is_file():
             data = json.loads(path.read_text())
             return [float(v) for v in data["mean"]], [float(v) for v in data["std"]], str(path)
-    warnings.warn(f"no normalisation statistics found for {checkpoint} (no --mean/--std, none in its config, no norm_stats.json beside it); using ImageNet's", stacklevel=2)
+    warnings.warn(
+        f"no normalisation statistics found for {checkpoint} (no --mean/--std, none in its config, no norm_stats.json beside it); using ImageNet's",
+        stacklevel=2,
+    )
     return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet (fallback)"
 
 
@@ -74,14 +83,18 @@ class _BagWriter:
     def slide_of(self, index: int) -> int:
         return int(np.searchsorted(self.starts, index, side="right") - 1)
 
-    def add(self, indices: np.ndarray, features: np.ndarray, probs: np.ndarray | None, failures: list[tuple[int, str]]) -> None:
+    def add(
+        self, indices: np.ndarray, features: np.ndarray, probs: np.ndarray | None, failures: list[tuple[int, str]]
+    ) -> None:
         for i, error in failures:
             self.failed.setdefault(self.slide_of(i), []).append({"patch": self.source.item_name(i), "error": error})
         if len(indices):
             owner = np.searchsorted(self.starts, indices, side="right") - 1
             for s in np.unique(owner):
                 sel = owner == s
-                self.parts.setdefault(int(s), []).append((indices[sel], features[sel], None if probs is None else probs[sel]))
+                self.parts.setdefault(int(s), []).append(
+                    (indices[sel], features[sel], None if probs is None else probs[sel])
+                )
 
     def flush_until(self, done: int) -> None:
         """Write every slide whose patches all have index < ``done``."""
@@ -108,8 +121,14 @@ class _BagWriter:
         parts = self.parts.pop(k, [])
         failures = self.failed.pop(k, [])
         if not parts:
-            self.failed_slides.append({"slide_id": slide.slide_id, "reason": f"all {slide.stop - slide.start} patches failed",
-                                       "num_failed": len(failures), "failures": failures[:20]})
+            self.failed_slides.append(
+                {
+                    "slide_id": slide.slide_id,
+                    "reason": f"all {slide.stop - slide.start} patches failed",
+                    "num_failed": len(failures),
+                    "failures": failures[:20],
+                }
+            )
             return
         idx = np.concatenate([p[0] for p in parts]) - slide.start
         feats = np.concatenate([p[1] for p in parts]).astype(self.dtype)
@@ -129,7 +148,15 @@ class _BagWriter:
         )
         rel = Path("bags") / f"{name}.h5"
         write_bag(self.out / rel, bag)
-        self.rows.append({"slide_id": slide.slide_id, "bag_path": rel.as_posix(), "num_patches": len(bag), "num_failed": len(failures), "failures": failures})
+        self.rows.append(
+            {
+                "slide_id": slide.slide_id,
+                "bag_path": rel.as_posix(),
+                "num_patches": len(bag),
+                "num_failed": len(failures),
+                "failures": failures,
+            }
+        )
 
 
 def extract(
@@ -159,8 +186,14 @@ def extract(
     use_amp = amp and device.startswith("cuda")
     dtype = np.float16 if fp16 else np.float32
     attrs = {
-        "method": encoder.config.get("method", ""), "arch": encoder.config.get("arch", ""), "checkpoint": str(checkpoint.resolve()),
-        "mean": list(mean), "std": list(std), "resize": resize or 0, "crop": crop or 0, "dtype": np.dtype(dtype).name,
+        "method": encoder.config.get("method", ""),
+        "arch": encoder.config.get("arch", ""),
+        "checkpoint": str(checkpoint.resolve()),
+        "mean": list(mean),
+        "std": list(std),
+        "resize": resize or 0,
+        "crop": crop or 0,
+        "dtype": np.dtype(dtype).name,
     }
     writer = _BagWriter(source, out, attrs, dtype)
     start = time.perf_counter()
@@ -168,28 +201,58 @@ def extract(
     seconds = time.perf_counter() - start
     write_index(out, writer.rows)
     summary = {
-        "checkpoint": str(checkpoint.resolve()), "data": str(Path(data).resolve()), "source": source.kind,
-        "encoder": encoder.kind, "method": attrs["method"], "arch": attrs["arch"], "feature_dim": feature_dim,
-        "num_clusters": num_clusters, "dtype": attrs["dtype"], "device": device, "amp": use_amp,
-        "resize": resize, "crop": crop, "mean": list(mean), "std": list(std), "normalisation_from": norm_origin,
-        **writer.totals(), "seconds": seconds, "patches_per_second": done / max(seconds, 1e-9),
+        "checkpoint": str(checkpoint.resolve()),
+        "data": str(Path(data).resolve()),
+        "source": source.kind,
+        "encoder": encoder.kind,
+        "method": attrs["method"],
+        "arch": attrs["arch"],
+        "feature_dim": feature_dim,
+        "num_clusters": num_clusters,
+        "dtype": attrs["dtype"],
+        "device": device,
+        "amp": use_amp,
+        "resize": resize,
+        "crop": crop,
+        "mean": list(mean),
+        "std": list(std),
+        "normalisation_from": norm_origin,
+        **writer.totals(),
+        "seconds": seconds,
+        "patches_per_second": done / max(seconds, 1e-9),
     }
     atomic_write_json(out / "extract.json", summary)
     return summary
 
 
-def _run(encoder, source: PatchSource, writer: _BagWriter, device: str, batch_size: int, workers: int,
-         use_amp: bool, progress: bool) -> tuple[int, int, int]:
+def _run(
+    encoder,
+    source: PatchSource,
+    writer: _BagWriter,
+    device: str,
+    batch_size: int,
+    workers: int,
+    use_amp: bool,
+    progress: bool,
+) -> tuple[int, int, int]:
     """Encode every patch of ``source`` in order, handing slides to ``writer`` as they complete.
 
     Returns (patches seen, feature dim, number of clusters)."""
     from tqdm.auto import tqdm
 
-    loader = torch.utils.data.DataLoader(source.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate_patches, pin_memory=device.startswith("cuda"))
+    loader = torch.utils.data.DataLoader(
+        source.dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_patches,
+        pin_memory=device.startswith("cuda"),
+    )
     feature_dim = num_clusters = done = 0
-    with torch.inference_mode(), tqdm(total=len(source.dataset), desc="extract", unit="patch",
-                                      disable=not progress) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(source.dataset), desc="extract", unit="patch", disable=not progress) as bar,
+    ):
         for images, indices, failures in loader:
             feats = probs = None
             if images is not None:

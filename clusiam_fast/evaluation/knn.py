@@ -9,7 +9,7 @@ whatever the number of patches: a million 512-d training patches need 2 GiB.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,15 @@ def _normalised(x: np.ndarray | torch.Tensor, dtype: torch.dtype, device: str, c
 
 
 @torch.no_grad()
-def knn_top1(train: np.ndarray | torch.Tensor, test: np.ndarray | torch.Tensor, *, query_chunk: int = 1024, train_chunk: int = 32768, device: str = "cpu", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def knn_top1(
+    train: np.ndarray | torch.Tensor,
+    test: np.ndarray | torch.Tensor,
+    *,
+    query_chunk: int = 1024,
+    train_chunk: int = 32768,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Index of each test row's most cosine-similar training row, and that similarity.
 
     Ties go to the lowest training index.
@@ -44,7 +52,9 @@ def knn_top1(train: np.ndarray | torch.Tensor, test: np.ndarray | torch.Tensor, 
     best_idx = np.empty(len(test), dtype=np.int64)
     best_sim = np.empty(len(test), dtype=np.float32)
     for q0 in tqdm(range(0, len(test), query_chunk), desc="knn", disable=not progress, leave=False):
-        q = torch.nn.functional.normalize(queries[q0 : q0 + query_chunk].to(device=device, dtype=torch.float32), dim=1).to(dtype)
+        q = torch.nn.functional.normalize(
+            queries[q0 : q0 + query_chunk].to(device=device, dtype=torch.float32), dim=1
+        ).to(dtype)
         sim = torch.full((q.shape[0],), float("-inf"), device=device)
         idx = torch.zeros(q.shape[0], dtype=torch.long, device=device)
         for t0 in range(0, bank.shape[0], train_chunk):

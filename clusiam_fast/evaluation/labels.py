@@ -83,7 +83,9 @@ def read_patch_labels(path: str | Path) -> tuple[dict, str, bool]:
         keys = [(str(s), int(float(x)), int(float(y))) for s, x, y in zip(df["slide_id"], df["x"], df["y"])]
     else:
         raise ValueError(f"{path} needs either a path column or slide_id,x,y columns besides label")
-    splits = [normalise_split(s, str(path)) if s != "" else None for s in df["split"]] if has_split else [None] * len(df)
+    splits = (
+        [normalise_split(s, str(path)) if s != "" else None for s in df["split"]] if has_split else [None] * len(df)
+    )
     return {k: (str(lbl), s) for k, lbl, s in zip(keys, df["label"], splits)}, kind, has_split
 
 
@@ -102,7 +104,9 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
     for bag in bags:
         if kind == "path":
             if bag.paths is None:
-                raise ValueError(f"{path} labels patches by path but bag {bag.slide_id} has no paths (it came from a slide manifest; use slide_id,x,y)")
+                raise ValueError(
+                    f"{path} labels patches by path but bag {bag.slide_id} has no paths (it came from a slide manifest; use slide_id,x,y)"
+                )
             root = bag.attrs.get("data_root", "")
             keys = []
             for p in bag.paths:
@@ -124,10 +128,16 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
             clusters.append(bag.clusters[rows])
         slides += [bag.slide_id] * len(rows)
     if not feats:
-        raise ValueError(f"no patch of the feature bags is labelled in {path} (keys by {kind}); check the paths/coordinates")
+        raise ValueError(
+            f"no patch of the feature bags is labelled in {path} (keys by {kind}); check the paths/coordinates"
+        )
     split_arr = np.asarray(splits, dtype=object) if has_split and all(s is not None for s in splits) else None
     return PatchTable(
-        features=np.concatenate(feats), labels=np.asarray(labels), split=split_arr,
-        clusters=np.concatenate(clusters) if have_clusters else None, slide_ids=np.asarray(slides),
-        unmatched_labels=len(table) - len(matched), unlabelled_patches=unlabelled,
+        features=np.concatenate(feats),
+        labels=np.asarray(labels),
+        split=split_arr,
+        clusters=np.concatenate(clusters) if have_clusters else None,
+        slide_ids=np.asarray(slides),
+        unmatched_labels=len(table) - len(matched),
+        unlabelled_patches=unlabelled,
     )

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .mil.data import BagDataset, stratified_split
-from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
-from ..utils.atomic import atomic_write_json, atomic_write_text
-from .clustering import evaluate_clustering, kmeans
-from .cluster_map import save_cluster_map
 from ..formats.feature_bags import FeatureBag, load_bags, safe_name
+from ..utils.atomic import atomic_write_json, atomic_write_text
+from .cluster_map import save_cluster_map
+from .clustering import evaluate_clustering, kmeans
 from .knn import knn_evaluate
 from .labels import join_patch_labels, read_slide_labels
+from .mil.data import BagDataset, stratified_split
+from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
 from .plots import plot_cluster_sizes, plot_roc
 from .report import render_markdown
 
@@ -90,10 +90,16 @@ def _json_safe(obj: Any) -> Any:
 def _summary(bags: list[FeatureBag], features: Path) -> dict:
     first = bags[0]
     return {
-        "features": str(features), "num_slides": len(bags), "num_patches": int(sum(len(b) for b in bags)),
-        "feature_dim": int(first.features.shape[1]), "num_clusters": int(first.probs.shape[1]) if first.probs is not None else 0,
-        "method": first.attrs.get("method", ""), "arch": first.attrs.get("arch", ""), "checkpoint": first.attrs.get("checkpoint", ""),
-        "with_coords": int(sum(b.coords is not None for b in bags)), "dtype": str(first.features.dtype),
+        "features": str(features),
+        "num_slides": len(bags),
+        "num_patches": int(sum(len(b) for b in bags)),
+        "feature_dim": int(first.features.shape[1]),
+        "num_clusters": int(first.probs.shape[1]) if first.probs is not None else 0,
+        "method": first.attrs.get("method", ""),
+        "arch": first.attrs.get("arch", ""),
+        "checkpoint": first.attrs.get("checkpoint", ""),
+        "with_coords": int(sum(b.coords is not None for b in bags)),
+        "dtype": str(first.features.dtype),
     }
 
 
@@ -101,7 +107,12 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
     table = read_slide_labels(labels_csv)
     labelled = [b for b in bags if b.slide_id in table]
     missing_bags = sorted(set(table) - {b.slide_id for b in bags})
-    info: dict[str, Any] = {"labelled_slides": len(labelled), "unlabelled_bags": len(bags) - len(labelled), "labels_without_bag": missing_bags[:50], "num_labels_without_bag": len(missing_bags)}
+    info: dict[str, Any] = {
+        "labelled_slides": len(labelled),
+        "unlabelled_bags": len(bags) - len(labelled),
+        "labels_without_bag": missing_bags[:50],
+        "num_labels_without_bag": len(missing_bags),
+    }
     if not labelled:
         results["skipped"]["mil"] = f"no bag's slide_id appears in {labels_csv}"
         return
@@ -109,7 +120,12 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
     if len(classes) < 2:
         results["skipped"]["mil"] = f"{labels_csv} has a single class {classes}; slide classification needs two"
         return
-    ds = BagDataset([torch.from_numpy(np.asarray(b.features)) for b in labelled], torch.tensor([classes.index(table[b.slide_id][0]) for b in labelled]), [b.slide_id for b in labelled], classes)
+    ds = BagDataset(
+        [torch.from_numpy(np.asarray(b.features)) for b in labelled],
+        torch.tensor([classes.index(table[b.slide_id][0]) for b in labelled]),
+        [b.slide_id for b in labelled],
+        classes,
+    )
     splits = [table[b.slide_id][1] for b in labelled]
     if all(s is not None for s in splits):
         test_idx = [i for i, s in enumerate(splits) if s == "test"]
@@ -117,15 +133,24 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
         info["split"] = f"from the split column of {labels_csv}"
     elif all(s is None for s in splits):
         train_idx, test_idx = stratified_split(ds.labels.numpy(), cfg.test_fraction, cfg.seed)
-        info["split"] = f"no split column: stratified seeded (seed {cfg.seed}) {1 - cfg.test_fraction:.0%}/{cfg.test_fraction:.0%} train/test split, made once before any training"
+        info["split"] = (
+            f"no split column: stratified seeded (seed {cfg.seed}) {1 - cfg.test_fraction:.0%}/{cfg.test_fraction:.0%} train/test split, made once before any training"
+        )
     else:
         raise ValueError(f"{labels_csv}: give a split for every labelled slide or for none")
     if not len(test_idx) or not len(train_idx):
-        results["skipped"]["mil"] = f"{labels_csv} has {len(train_idx)} training and {len(test_idx)} test slides; both are needed"
+        results["skipped"]["mil"] = (
+            f"{labels_csv} has {len(train_idx)} training and {len(test_idx)} test slides; both are needed"
+        )
         return
     train, test = ds.subset(train_idx), ds.subset(test_idx)
-    info.update(train_slides=len(train), test_slides=len(test), class_counts_train={c: int((train.labels == i).sum()) for i, c in enumerate(classes)},
-                class_counts_test={c: int((test.labels == i).sum()) for i, c in enumerate(classes)}, test_slide_ids=list(test.slide_ids))
+    info.update(
+        train_slides=len(train),
+        test_slides=len(test),
+        class_counts_train={c: int((train.labels == i).sum()) for i, c in enumerate(classes)},
+        class_counts_test={c: int((test.labels == i).sum()) for i, c in enumerate(classes)},
+        test_slide_ids=list(test.slide_ids),
+    )
     mil = run_protocol(train, HeldOutTestSet(test), cfg.mil, cfg.mil_models)
     for name, res in mil["models"].items():
         res["roc_png"] = plot_roc(name, res["runs"], classes, out / f"roc_{name}.png").name
@@ -135,18 +160,40 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
 def _patch_evaluations(bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict) -> None:
     table = join_patch_labels(bags, patch_csv)
     k_head = int(bags[0].probs.shape[1]) if bags[0].probs is not None else None
-    results["patch_labels"] = {"labelled_patches": int(len(table.labels)), "classes": _sorted_classes(list(table.labels)),
-                               "unlabelled_patches": table.unlabelled_patches, "labels_without_patch": table.unmatched_labels}
-    results["clustering"] = evaluate_clustering(table.features, table.labels, table.clusters, num_clusters=k_head, k=cfg.kmeans_k, seed=cfg.seed, normalize=cfg.kmeans_normalize)
+    results["patch_labels"] = {
+        "labelled_patches": int(len(table.labels)),
+        "classes": _sorted_classes(list(table.labels)),
+        "unlabelled_patches": table.unlabelled_patches,
+        "labels_without_patch": table.unmatched_labels,
+    }
+    results["clustering"] = evaluate_clustering(
+        table.features,
+        table.labels,
+        table.clusters,
+        num_clusters=k_head,
+        k=cfg.kmeans_k,
+        seed=cfg.seed,
+        normalize=cfg.kmeans_normalize,
+    )
     if table.split is None:
         results["skipped"]["knn"] = f"{patch_csv} has no split column (train/test) for every labelled patch"
         return
     tr, te = table.split == "train", table.split == "test"
     if not tr.any() or not te.any():
-        results["skipped"]["knn"] = f"{patch_csv} needs both train and test patches (has {int(tr.sum())} and {int(te.sum())})"
+        results["skipped"]["knn"] = (
+            f"{patch_csv} needs both train and test patches (has {int(tr.sum())} and {int(te.sum())})"
+        )
         return
-    results["knn"] = knn_evaluate(table.features[tr], table.labels[tr], table.features[te], table.labels[te], query_chunk=cfg.knn_query_chunk,
-                                  train_chunk=cfg.knn_train_chunk, device=cfg.device, progress=cfg.progress)
+    results["knn"] = knn_evaluate(
+        table.features[tr],
+        table.labels[tr],
+        table.features[te],
+        table.labels[te],
+        query_chunk=cfg.knn_query_chunk,
+        train_chunk=cfg.knn_train_chunk,
+        device=cfg.device,
+        progress=cfg.progress,
+    )
 
 
 def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: dict) -> None:
@@ -158,41 +205,83 @@ def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: d
         return
     source = "assigner argmax"
     if any(b.clusters is None for b in with_coords):
-        labels, impl = kmeans(np.concatenate([b.features for b in with_coords]), cfg.map_kmeans_k, seed=cfg.seed, normalize=cfg.kmeans_normalize)
+        labels, impl = kmeans(
+            np.concatenate([b.features for b in with_coords]),
+            cfg.map_kmeans_k,
+            seed=cfg.seed,
+            normalize=cfg.kmeans_normalize,
+        )
         parts = np.split(labels, np.cumsum([len(b) for b in with_coords])[:-1])
         source = f"K-means (K = {cfg.map_kmeans_k}, {impl}): the features have no assigner"
     else:
         parts = [b.clusters for b in with_coords]
     maps, failed = [], []
-    for bag, clusters in tqdm(list(zip(with_coords, parts)), desc="cluster maps", disable=not cfg.progress, leave=False):
+    for bag, clusters in tqdm(
+        list(zip(with_coords, parts)), desc="cluster maps", disable=not cfg.progress, leave=False
+    ):
         name = safe_name(bag.slide_id)
         annotation = None
         if cfg.annotations is not None:
-            annotation = next((p for ext in (".png", ".jpg", ".tif", ".tiff") if (p := Path(cfg.annotations) / f"{name}{ext}").is_file()), None)
+            annotation = next(
+                (
+                    p
+                    for ext in (".png", ".jpg", ".tif", ".tiff")
+                    if (p := Path(cfg.annotations) / f"{name}{ext}").is_file()
+                ),
+                None,
+            )
         try:
-            maps.append({"slide_id": bag.slide_id, **save_cluster_map(out / "maps" / f"{name}.png", bag.coords, clusters, {**bag.attrs, "slide_id": bag.slide_id},
-                                                                        annotation=annotation, max_size=cfg.map_size)})
+            maps.append(
+                {
+                    "slide_id": bag.slide_id,
+                    **save_cluster_map(
+                        out / "maps" / f"{name}.png",
+                        bag.coords,
+                        clusters,
+                        {**bag.attrs, "slide_id": bag.slide_id},
+                        annotation=annotation,
+                        max_size=cfg.map_size,
+                    ),
+                }
+            )
             maps[-1]["png"] = f"maps/{name}.png"
         except Exception as error:  # one slide's map must not stop the report
             failed.append({"slide_id": bag.slide_id, "error": f"{type(error).__name__}: {error}"})
     results["cluster_maps"] = {"clusters_from": source, "maps": maps, "failed": failed}
 
 
-def run_evaluation(features: str | Path, out: str | Path, *, labels: str | Path | None = None, patch_labels: str | Path | None = None, cfg: EvalConfig | None = None) -> dict:
+def run_evaluation(
+    features: str | Path,
+    out: str | Path,
+    *,
+    labels: str | Path | None = None,
+    patch_labels: str | Path | None = None,
+    cfg: EvalConfig | None = None,
+) -> dict:
     """Evaluate the bags in ``features``; write report.md, report.json and figures into ``out``."""
     cfg = cfg or EvalConfig()
     features, out = Path(features), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bags = load_bags(features)
-    results: dict[str, Any] = {"inputs": _summary(bags, features), "implementations": IMPLEMENTATIONS, "skipped": {},
-                               "config": {k: v for k, v in asdict(cfg).items() if k not in ("mil", "progress")}}
+    results: dict[str, Any] = {
+        "inputs": _summary(bags, features),
+        "implementations": IMPLEMENTATIONS,
+        "skipped": {},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("mil", "progress")},
+    }
     results["config"]["mil"] = {k: v for k, v in asdict(cfg.mil).items() if k != "progress"}
     if all(b.clusters is not None for b in bags):
         ids, counts = np.unique(np.concatenate([b.clusters for b in bags]), return_counts=True)
         sizes = {int(i): int(c) for i, c in zip(ids, counts)}
-        results["cluster_sizes"] = {"clusters_used": len(sizes), "sizes": sizes, "png": plot_cluster_sizes(sizes, out / "cluster_sizes.png").name}
+        results["cluster_sizes"] = {
+            "clusters_used": len(sizes),
+            "sizes": sizes,
+            "png": plot_cluster_sizes(sizes, out / "cluster_sizes.png").name,
+        }
     else:
-        results["skipped"]["cluster_sizes"] = "the features have no assigner clusters (SimSiam/BYOL or a plain backbone)"
+        results["skipped"]["cluster_sizes"] = (
+            "the features have no assigner clusters (SimSiam/BYOL or a plain backbone)"
+        )
     if patch_labels is not None:
         _patch_evaluations(bags, Path(patch_labels), cfg, results)
     else:

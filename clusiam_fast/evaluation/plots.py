@@ -64,7 +64,7 @@ def plot_roc(model: str, runs: list[dict], classes: list[str], path: str | Path)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.legend(fontsize=7, loc="lower right")
-    for ax in axes.ravel()[len(shown):]:
+    for ax in axes.ravel()[len(shown) :]:
         ax.set_axis_off()
     fig.tight_layout()
     return _save(fig, path)

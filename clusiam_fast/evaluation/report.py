@@ -16,48 +16,130 @@ def _ms(d: dict | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in r) + " |" for r in rows
+    ]
 
 
 def render_markdown(r: dict) -> str:
     """The report: inputs, Table 1 (clustering), KNN, Tables 2-4 (MIL), figures, what was skipped."""
     inp = r["inputs"]
-    lines = ["# clusiam_fast evaluation report", "",
-             f"Features: `{inp['features']}` ({inp['method'] or 'unknown method'}, {inp['arch'] or '?'}; checkpoint `{inp['checkpoint']}`)", "",
-             *_table(["slides", "patches", "feature dim", "assigner K", "slides with coordinates", "stored dtype"],
-                     [[inp["num_slides"], inp["num_patches"], inp["feature_dim"], inp["num_clusters"] or "none", inp["with_coords"], inp["dtype"]]]), ""]
+    lines = [
+        "# clusiam_fast evaluation report",
+        "",
+        f"Features: `{inp['features']}` ({inp['method'] or 'unknown method'}, {inp['arch'] or '?'}; checkpoint `{inp['checkpoint']}`)",
+        "",
+        *_table(
+            ["slides", "patches", "feature dim", "assigner K", "slides with coordinates", "stored dtype"],
+            [
+                [
+                    inp["num_slides"],
+                    inp["num_patches"],
+                    inp["feature_dim"],
+                    inp["num_clusters"] or "none",
+                    inp["with_coords"],
+                    inp["dtype"],
+                ]
+            ],
+        ),
+        "",
+    ]
 
     if "clustering" in r:
         pl = r["patch_labels"]
-        lines += ["## Clustering vs patch labels (paper Table 1)", "",
-                  f"{pl['labelled_patches']} labelled patches, classes {pl['classes']}; {pl['unlabelled_patches']} patches without a label.", "",
-                  *_table(["Method", "K", "Clusters used", "Rand index", "Adjusted Rand index", "NMI", "Implementation"],
-                          [[c["method"], c["k"], c["clusters_used"], _f(c["rand_index"]), _f(c["adjusted_rand_index"]), _f(c["nmi"]), c["implementation"]] for c in r["clustering"]]), ""]
+        lines += [
+            "## Clustering vs patch labels (paper Table 1)",
+            "",
+            f"{pl['labelled_patches']} labelled patches, classes {pl['classes']}; {pl['unlabelled_patches']} patches without a label.",
+            "",
+            *_table(
+                ["Method", "K", "Clusters used", "Rand index", "Adjusted Rand index", "NMI", "Implementation"],
+                [
+                    [
+                        c["method"],
+                        c["k"],
+                        c["clusters_used"],
+                        _f(c["rand_index"]),
+                        _f(c["adjusted_rand_index"]),
+                        _f(c["nmi"]),
+                        c["implementation"],
+                    ]
+                    for c in r["clustering"]
+                ],
+            ),
+            "",
+        ]
     if "knn" in r:
         k = r["knn"]
-        lines += ["## Patch KNN (top-1 cosine, train -> test)", "", *_table(["train patches", "test patches", "macro F1", "accuracy"], [[k["n_train"], k["n_test"], _f(k["f1_macro"]), _f(k["accuracy"])]]), ""]
+        lines += [
+            "## Patch KNN (top-1 cosine, train -> test)",
+            "",
+            *_table(
+                ["train patches", "test patches", "macro F1", "accuracy"],
+                [[k["n_train"], k["n_test"], _f(k["f1_macro"]), _f(k["accuracy"])]],
+            ),
+            "",
+        ]
     if "mil" in r:
         m = r["mil"]
         classes = m["classes"]
         cfg = m["config"]
-        lines += ["## Slide classification (paper Tables 2-4)", "",
-                  f"{m['train_slides']} training slides (class counts {m['class_counts_train']}), {m['test_slides']} test slides ({m['class_counts_test']}); split: {m['split']}.",
-                  f"Protocol: grid lr {list(cfg['lrs'])} x weight decay {list(cfg['weight_decays'])}, {cfg['epochs']} epochs ({cfg['warmup_epochs']} warm-up, then cosine), "
-                  f"optimiser {cfg['optimizer']}, batch {cfg['batch_size']} bags; stratified seeded {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} train/validation split "
-                  f"of the training slides; best validation checkpoint (by {cfg['select_metric']}) evaluated once on the test slides; seeds {list(cfg['seeds'])}; mean ± sample std over seeds.", "",
-                  *_table(["Model", "Accuracy"] + [f"AUC ({c})" for c in classes] + ["macro AUC"],
-                          [[name, _ms(res["summary"]["accuracy"])] + [_ms(res["summary"]["auc"][c]) for c in classes] + [_ms(res["summary"]["auc_macro"])] for name, res in m["models"].items()]), "",
-                  "Per seed (selection made on validation data only):", "",
-                  *_table(["Model", "seed", "lr", "weight decay", "epoch", "val macro AUC", "test accuracy", "test macro AUC"],
-                          [[name, run["seed"], run["lr"], run["weight_decay"], run["epoch"], _f(run["val"]["auc_macro"]), _f(run["test"]["metrics"]["accuracy"]), _f(run["test"]["metrics"]["auc_macro"])]
-                           for name, res in m["models"].items() for run in res["runs"]]), ""]
+        lines += [
+            "## Slide classification (paper Tables 2-4)",
+            "",
+            f"{m['train_slides']} training slides (class counts {m['class_counts_train']}), {m['test_slides']} test slides ({m['class_counts_test']}); split: {m['split']}.",
+            f"Protocol: grid lr {list(cfg['lrs'])} x weight decay {list(cfg['weight_decays'])}, {cfg['epochs']} epochs ({cfg['warmup_epochs']} warm-up, then cosine), "
+            f"optimiser {cfg['optimizer']}, batch {cfg['batch_size']} bags; stratified seeded {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} train/validation split "
+            f"of the training slides; best validation checkpoint (by {cfg['select_metric']}) evaluated once on the test slides; seeds {list(cfg['seeds'])}; mean ± sample std over seeds.",
+            "",
+            *_table(
+                ["Model", "Accuracy"] + [f"AUC ({c})" for c in classes] + ["macro AUC"],
+                [
+                    [name, _ms(res["summary"]["accuracy"])]
+                    + [_ms(res["summary"]["auc"][c]) for c in classes]
+                    + [_ms(res["summary"]["auc_macro"])]
+                    for name, res in m["models"].items()
+                ],
+            ),
+            "",
+            "Per seed (selection made on validation data only):",
+            "",
+            *_table(
+                ["Model", "seed", "lr", "weight decay", "epoch", "val macro AUC", "test accuracy", "test macro AUC"],
+                [
+                    [
+                        name,
+                        run["seed"],
+                        run["lr"],
+                        run["weight_decay"],
+                        run["epoch"],
+                        _f(run["val"]["auc_macro"]),
+                        _f(run["test"]["metrics"]["accuracy"]),
+                        _f(run["test"]["metrics"]["auc_macro"]),
+                    ]
+                    for name, res in m["models"].items()
+                    for run in res["runs"]
+                ],
+            ),
+            "",
+        ]
         lines += [f"![ROC {name}]({res['roc_png']})" for name, res in m["models"].items()] + [""]
     if "cluster_sizes" in r:
-        lines += ["## Cluster sizes", "", f"{r['cluster_sizes']['clusters_used']} clusters used.", "", f"![cluster sizes]({r['cluster_sizes']['png']})", ""]
+        lines += [
+            "## Cluster sizes",
+            "",
+            f"{r['cluster_sizes']['clusters_used']} clusters used.",
+            "",
+            f"![cluster sizes]({r['cluster_sizes']['png']})",
+            "",
+        ]
     if "cluster_maps" in r:
         cm = r["cluster_maps"]
         lines += ["## Cluster maps", "", f"Clusters from: {cm['clusters_from']}.", ""]
-        lines += [f"### {mp['slide_id']}\n\n{mp['patches']} patches, {mp['clusters']} clusters, thumbnail from {mp['thumbnail']}.\n\n![{mp['slide_id']}]({mp['png']})\n" for mp in cm["maps"]]
+        lines += [
+            f"### {mp['slide_id']}\n\n{mp['patches']} patches, {mp['clusters']} clusters, thumbnail from {mp['thumbnail']}.\n\n![{mp['slide_id']}]({mp['png']})\n"
+            for mp in cm["maps"]
+        ]
         lines += [f"- map of {f['slide_id']} failed: {f['error']}" for f in cm["failed"]] + [""]
     if r.get("skipped"):
         lines += ["## Not run", ""] + [f"- {k}: {v}" for k, v in r["skipped"].items()] + [""]

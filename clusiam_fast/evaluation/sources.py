@@ -15,9 +15,10 @@ name and dropped from its bag instead of stopping the run (see :func:`collate_pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from torch import Tensor
 
 from ..data.patch_folder import find_images, load_rgb
 from ..data.resolve import resolve_data
-from ..formats.manifest import read_manifest
 from ..data.tolerant import TolerantDataset
+from ..formats.manifest import read_manifest
 
 
 @dataclass
@@ -67,7 +68,9 @@ def _image_of(ds: Any, i: int) -> Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def collate_patches(items: list[tuple[Tensor | None, int, str | None]]) -> tuple[Tensor | None, Tensor, list[tuple[int, str]]]:
+def collate_patches(
+    items: list[tuple[Tensor | None, int, str | None]],
+) -> tuple[Tensor | None, Tensor, list[tuple[int, str]]]:
     """Stack the good patches; return (images or None, their indices, [(index, error)] of failures)."""
     good = [(x, i) for x, i, err in items if err is None]
     failed = [(i, err) for _, i, err in items if err is not None]
@@ -110,7 +113,17 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
 
 def _manifest_attrs(row: dict[str, Any], manifest: Path) -> dict[str, Any]:
     attrs: dict[str, Any] = {"source": "manifest", "manifest": str(manifest.resolve())}
-    for key in ("slide_path", "mpp", "target_mpp", "patch_size", "read_level", "read_size", "backend", "thumbnail", "h5_path"):
+    for key in (
+        "slide_path",
+        "mpp",
+        "target_mpp",
+        "patch_size",
+        "read_level",
+        "read_size",
+        "backend",
+        "thumbnail",
+        "h5_path",
+    ):
         if row.get(key) not in ("", None):
             attrs[key] = row[key]
     return attrs
@@ -132,7 +145,9 @@ def manifest_source(manifest: str | Path, transform: Callable) -> PatchSource:
         slides.append(SlideEntry(slide_id, start, start + len(coords), coords=coords, attrs=attrs))
         start += len(coords)
     if start != len(inner):
-        raise RuntimeError(f"{manifest}: the slide dataset has {len(inner)} patches but its slides list {start} coordinates")
+        raise RuntimeError(
+            f"{manifest}: the slide dataset has {len(inner)} patches but its slides list {start} coordinates"
+        )
 
     return PatchSource("manifest", TolerantDataset(inner, _image_of), slides, manifest.parent)
 

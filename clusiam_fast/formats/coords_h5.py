@@ -37,7 +37,9 @@ def write_coords_h5(path: str | Path, coords: np.ndarray, attrs: dict[str, Any])
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            dataset = f.create_dataset("coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2))
+            dataset = f.create_dataset(
+                "coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2)
+            )
             for key, value in attrs.items():
                 dataset.attrs[key] = value
     return path

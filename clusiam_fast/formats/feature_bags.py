@@ -88,7 +88,9 @@ def read_bag(path: str | Path) -> FeatureBag:
     try:
         with h5py.File(path, "r") as f:
             if "features" not in f:
-                raise ValueError(f"{path} has no 'features' dataset; is it a feature bag written by clusiam_fast.extract?")
+                raise ValueError(
+                    f"{path} has no 'features' dataset; is it a feature bag written by clusiam_fast.extract?"
+                )
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
             return FeatureBag(
                 slide_id=str(attrs.pop("slide_id", path.stem)),
@@ -96,7 +98,9 @@ def read_bag(path: str | Path) -> FeatureBag:
                 probs=f["probs"][()] if "probs" in f else None,
                 clusters=f["clusters"][()].astype(np.int64) if "clusters" in f else None,
                 coords=f["coords"][()] if "coords" in f else None,
-                paths=[p.decode() if isinstance(p, bytes) else str(p) for p in f["paths"][()]] if "paths" in f else None,
+                paths=[p.decode() if isinstance(p, bytes) else str(p) for p in f["paths"][()]]
+                if "paths" in f
+                else None,
                 attrs=attrs,
                 path=path,
             )
@@ -130,7 +134,9 @@ def bag_files(features: str | Path) -> list[Path]:
     else:
         files = sorted((root / "bags").glob("*.h5")) or sorted(root.glob("*.h5"))
     if not files:
-        raise FileNotFoundError(f"no feature bags (*.h5) found in {root}; run `python -m clusiam_fast.extract CHECKPOINT DATA --out {root}` first")
+        raise FileNotFoundError(
+            f"no feature bags (*.h5) found in {root}; run `python -m clusiam_fast.extract CHECKPOINT DATA --out {root}` first"
+        )
     return files
 
 

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..utils.atomic import atomic_write_text
 
 COLUMNS = (
-    "slide_id", "slide_path", "h5_path", "num_patches", "mpp", "target_mpp",
-    "patch_size", "read_level", "read_size", "backend", "thumbnail",
+    "slide_id",
+    "slide_path",
+    "h5_path",
+    "num_patches",
+    "mpp",
+    "target_mpp",
+    "patch_size",
+    "read_level",
+    "read_size",
+    "backend",
+    "thumbnail",
 )
 _INT = {"num_patches", "patch_size", "read_level", "read_size"}
 _FLOAT = {"mpp", "target_mpp"}

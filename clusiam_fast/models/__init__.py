@@ -16,18 +16,45 @@ from .base import MethodSpec, SelfSupervisedModel
 from .byol import BYOL
 from .clubyol import CluBYOL
 from .clusiam import CluSiam
-from .weights import backbone_state_dict, export_backbone, load_checkpoint, read_checkpoint
 from .factory import (
-    CLUSTER_METHODS, METHOD_DEFAULTS, METHOD_SPECS, METHODS, MOMENTUM_METHODS, build_model, method_spec, model_config,
+    CLUSTER_METHODS,
+    METHOD_DEFAULTS,
+    METHOD_SPECS,
+    METHODS,
+    MOMENTUM_METHODS,
+    build_model,
+    method_spec,
+    model_config,
     unwrap,
 )
 from .heads import Block, mlp
 from .outputs import PairOutput
 from .simsiam import SimSiam
+from .weights import backbone_state_dict, export_backbone, load_checkpoint, read_checkpoint
 
 __all__ = [
-    "ARCHS", "BYOL", "Block", "CLUSTER_METHODS", "CluBYOL", "CluSiam", "METHODS", "METHOD_DEFAULTS", "METHOD_SPECS",
-    "MOMENTUM_METHODS", "MethodSpec", "PairOutput", "SelfSupervisedModel", "SimSiam", "backbone_state_dict",
-    "build_backbone", "build_model", "export_backbone", "load_checkpoint", "method_spec", "mlp", "model_config",
-    "read_checkpoint", "unwrap",
+    "ARCHS",
+    "BYOL",
+    "Block",
+    "CLUSTER_METHODS",
+    "CluBYOL",
+    "CluSiam",
+    "METHODS",
+    "METHOD_DEFAULTS",
+    "METHOD_SPECS",
+    "MOMENTUM_METHODS",
+    "MethodSpec",
+    "PairOutput",
+    "SelfSupervisedModel",
+    "SimSiam",
+    "backbone_state_dict",
+    "build_backbone",
+    "build_model",
+    "export_backbone",
+    "load_checkpoint",
+    "method_spec",
+    "mlp",
+    "model_config",
+    "read_checkpoint",
+    "unwrap",
 ]

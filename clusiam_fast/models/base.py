@@ -5,9 +5,10 @@ Also :class:`MethodSpec`, the per-method defaults each method file declares next
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn

@@ -17,9 +17,14 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec
 CLUSTER_METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.clusters)
 MOMENTUM_METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.uses_ema)
 # Keys of a checkpoint's config that define the architecture (everything build_model takes).
-MODEL_KEYS = ("method", "arch", "num_clusters", "projector_end", "zero_init_residual", *sorted(
-    {k for d in METHOD_DEFAULTS.values() for k in d}
-))
+MODEL_KEYS = (
+    "method",
+    "arch",
+    "num_clusters",
+    "projector_end",
+    "zero_init_residual",
+    *sorted({k for d in METHOD_DEFAULTS.values() for k in d}),
+)
 
 
 def method_spec(name: str) -> MethodSpec:

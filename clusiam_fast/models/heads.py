@@ -6,8 +6,9 @@ The SimSiam projector, the predictor and the cluster head are each a few
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from torch import nn
 

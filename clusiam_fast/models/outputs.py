@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -28,5 +28,5 @@ class PairOutput(NamedTuple):
     p2: torch.Tensor
     t1: torch.Tensor
     t2: torch.Tensor
-    a1: Optional[torch.Tensor] = None
-    a2: Optional[torch.Tensor] = None
+    a1: torch.Tensor | None = None
+    a2: torch.Tensor | None = None

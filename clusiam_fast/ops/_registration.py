@@ -89,6 +89,4 @@ def _centroid_loss_backward(ctx, grad_loss, grad_chat, grad_inv_snorm, grad_csum
     return torch.ops.clusiam.centroid_loss_backward(grad_loss, chat, inv_snorm, csum, counts), None, None
 
 
-torch.library.register_autograd(
-    "clusiam::centroid_loss", _centroid_loss_backward, setup_context=_centroid_loss_setup
-)
+torch.library.register_autograd("clusiam::centroid_loss", _centroid_loss_backward, setup_context=_centroid_loss_setup)

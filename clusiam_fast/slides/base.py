@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -188,7 +188,7 @@ class SlideReader(ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release the file; the reader cannot be used afterwards."""
 
-    def __enter__(self) -> "SlideReader":
+    def __enter__(self) -> SlideReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,16 +12,14 @@ import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..utils.deps import require
-
 from .base import SlideError, SlideReader, as_size
 from .mpp import aperio_mpp, tiff_mpp
-
 
 _QUIET_OPENS = 1  # CuImage constructions still to run silenced (see _cucim)
 
@@ -140,8 +138,14 @@ class CuCIMReader(SlideReader):
             first = level_xy // (tw, th)
             last = (level_xy + (w - 1, h - 1)) // (tw, th)
             touches = int(np.prod(last - first + 1, axis=1).sum())
-            tiles = sorted({(tx, ty) for (fx, fy), (lx, ly) in zip(first, last)
-                            for ty in range(fy, ly + 1) for tx in range(fx, lx + 1)})
+            tiles = sorted(
+                {
+                    (tx, ty)
+                    for (fx, fy), (lx, ly) in zip(first, last)
+                    for ty in range(fy, ly + 1)
+                    for tx in range(fx, lx + 1)
+                }
+            )
             if len(tiles) * 4 <= touches * 3:  # sharing saves at least a quarter of the decoding
                 return self._cut_from_tiles(level_xy, tiles, level, w, h, tw, th, workers)
         batches = self._image.read_region(

@@ -28,7 +28,17 @@ BACKENDS = ("cucim", "openslide", "tifffile")
 
 #: File endings taken as slides when a folder is scanned (a file named explicitly is always tried).
 SLIDE_EXTENSIONS = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".qptiff",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".qptiff",
 )
 
 #: Largest per-channel difference accepted between cuCIM and tifffile on the probe region.

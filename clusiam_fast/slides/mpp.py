@@ -18,15 +18,25 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 PLAUSIBLE_MPP = (0.01, 50.0)
 
 _UNIT_TO_UM = {
-    "pm": 1e-6, "nm": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "micrometer": 1.0,
-    "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4, "angstrom": 1e-4,
+    "pm": 1e-6,
+    "nm": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "micrometer": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "Å": 1e-4,
+    "angstrom": 1e-4,
 }
 
 

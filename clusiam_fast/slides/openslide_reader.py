@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-
 from .base import SlideError, SlideReader, as_size
 from .mpp import openslide_mpp, tiff_mpp
 

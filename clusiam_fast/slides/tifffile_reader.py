@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-
 from .base import SlideError, SlideReader
 from .mpp import tiff_mpp
 
@@ -128,7 +127,9 @@ class TiffFileReader(SlideReader):
                 # overlap of this tile with the region, in level coordinates
                 x0, x1 = max(lx, tx * tw), min(lx + width, tx * tw + tw)
                 y0, y1 = max(ly, ty * th), min(ly + height, ty * th + th)
-                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = tile[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
+                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = tile[
+                    y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw
+                ]
         return out
 
     def close(self) -> None:

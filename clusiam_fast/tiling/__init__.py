@@ -7,10 +7,10 @@ The CLI is ``python -m clusiam_fast.tile`` (see its docstring); the library func
 >>> print(report.summary())
 """
 
-from .grid import ReadPlan, grid_coords, plan_read
 from ..formats.coords_h5 import CLAM_ATTRS, read_coords_h5, write_coords_h5
 from ..formats.manifest import COLUMNS as MANIFEST_COLUMNS
 from ..formats.manifest import read_manifest, write_manifest
+from .grid import ReadPlan, grid_coords, plan_read
 from .pipeline import (
     NoTissueError,
     SlideFailure,

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from ..slides import SlideReader, patch_image
-
 from .grid import ReadPlan
 
 FORMATS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {"compress_level": 1})}
@@ -41,7 +40,9 @@ def export_tiles(
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         coords = np.asarray(coords, np.int64).reshape(-1, 2)
-        batches = reader.read_regions(coords, plan.level, plan.read_size, num_workers=num_workers, batch_size=batch_size)
+        batches = reader.read_regions(
+            coords, plan.level, plan.read_size, num_workers=num_workers, batch_size=batch_size
+        )
 
         def save(item: tuple[np.ndarray, np.ndarray]) -> None:
             region, (x, y) = item

@@ -13,8 +13,8 @@ are ``ceil(level_xy * level_downsample)``, which floor back to the same level pi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -88,6 +88,8 @@ def patch_boxes(coords: np.ndarray, footprint: float, downsample: tuple[float, f
     return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
 
 
-def mask_downsample(level0_size: tuple[int, int], footprint: float, px_per_patch: int = 16, max_side: int = 4096) -> float:
+def mask_downsample(
+    level0_size: tuple[int, int], footprint: float, px_per_patch: int = 16, max_side: int = 4096
+) -> float:
     """Downsample of the tissue mask: >= ``px_per_patch`` mask px across a patch, side <= ``max_side``."""
     return max(1.0, footprint / px_per_patch, max(level0_size) / max_side)

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from ..slides import SLIDE_EXTENSIONS, SlideError, open_slide, slide_id_from_path
-
-from .export import FORMATS, export_tiles
-from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from ..formats.coords_h5 import write_coords_h5
 from ..formats.manifest import write_manifest
+from ..slides import SLIDE_EXTENSIONS, SlideError, open_slide, slide_id_from_path
+from .export import FORMATS, export_tiles
+from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
 
@@ -108,7 +108,8 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideFai
         path = Path(item).expanduser()
         if path.is_dir() and path.suffix.lower() != ".mrxs":
             found = sorted(
-                p for p in path.iterdir()
+                p
+                for p in path.iterdir()
                 if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(SLIDE_EXTENSIONS)
             )
             if not found:
@@ -121,7 +122,9 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideFai
     return [p.resolve() for p in slides], missing
 
 
-def tile_slide(path: str | Path, out_dir: str | Path, config: TileConfig = TileConfig(), slide_id: str | None = None) -> dict[str, Any]:
+def tile_slide(
+    path: str | Path, out_dir: str | Path, config: TileConfig = TileConfig(), slide_id: str | None = None
+) -> dict[str, Any]:
     """Tile one slide into ``out_dir``; returns its manifest row. Raises on any problem."""
     path = Path(path).resolve()
     out_dir = Path(out_dir)
@@ -156,7 +159,9 @@ def tile_slide(path: str | Path, out_dir: str | Path, config: TileConfig = TileC
             )
 
         if config.save_tiles != "none":
-            export_tiles(reader, coords, plan, out_dir / "tiles" / slide_id, slide_id, config.save_tiles, config.read_threads)
+            export_tiles(
+                reader, coords, plan, out_dir / "tiles" / slide_id, slide_id, config.save_tiles, config.read_threads
+            )
 
         thumbnail = Path("thumbnails") / f"{slide_id}.png"
         title = (
@@ -232,7 +237,9 @@ def tile_slides(
     for path in paths:
         slide_id = slide_id_from_path(path)
         if slide_id in owner:
-            failures.append(SlideFailure(path, f"slide id {slide_id!r} is already used by {owner[slide_id]}; rename one"))
+            failures.append(
+                SlideFailure(path, f"slide id {slide_id!r} is already used by {owner[slide_id]}; rename one")
+            )
             continue
         owner[slide_id] = path
         jobs.append((path, slide_id))

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.atomic import atomic_path
-
 from .grid import patch_boxes
 
 

@@ -12,6 +12,15 @@ from .objective import LossTerms, invariance_loss, training_loss
 from .step import TrainStep, autocast_context, resolve_amp_dtype
 
 __all__ = [
-    "CollapseWarning", "LossTerms", "NonFiniteLossError", "TrainConfig", "TrainResult", "TrainStep",
-    "autocast_context", "invariance_loss", "resolve_amp_dtype", "train", "training_loss",
+    "CollapseWarning",
+    "LossTerms",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "TrainStep",
+    "autocast_context",
+    "invariance_loss",
+    "resolve_amp_dtype",
+    "train",
+    "training_loss",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..models import ARCHS, CLUSTER_METHODS, METHODS, method_spec
 
@@ -18,34 +18,34 @@ class TrainConfig:
     field names match the CLI flags (``--num-clusters`` -> ``num_clusters``).
     """
 
-    data: Optional[str] = None
+    data: str | None = None
     out: str = "runs/train"
     # model
     method: str = "clusiam"
     arch: str = "resnet18"
     num_clusters: int = 100
     projector_end: str = "bn"
-    out_dim: Optional[int] = None
-    proj_hidden: Optional[int] = None
-    pred_hidden: Optional[int] = None
-    pred_first_bias: Optional[bool] = None
-    cluster_hidden: Optional[int] = None
-    ema_momentum: Optional[float] = None
+    out_dim: int | None = None
+    proj_hidden: int | None = None
+    pred_hidden: int | None = None
+    pred_first_bias: bool | None = None
+    cluster_hidden: int | None = None
+    ema_momentum: float | None = None
     zero_init_residual: bool = True
     # loss
-    alpha: Optional[float] = None
+    alpha: float | None = None
     tau: float = 1.0
     gumbel: bool = True
     inv_reduction: str = "sum"
     cluster_loss_impl: str = "auto"
     # optimisation
     epochs: int = 50
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     batch_size: int = 512
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    fix_pred_lr: Optional[bool] = None
+    fix_pred_lr: bool | None = None
     # data
     crop_size: int = 224
     workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))
@@ -66,19 +66,19 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
-    export_backbone: Optional[str] = None
+    export_backbone: str | None = None
     collapse_warn: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict, ignoring keys this version does not know (old checkpoints)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with the method's defaults filled in and every value checked."""
         cfg = dataclasses.replace(self)
         cfg._check_choices()
@@ -101,13 +101,20 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         choices = {
-            "method": METHODS, "arch": ARCHS, "projector_end": ("bn", "linear"), "inv_reduction": ("sum", "mean"),
-            "cluster_loss_impl": ("auto", "fused", "reference"), "loader": ("torch", "dali"),
-            "device": ("auto", "cpu", "cuda"), "amp_dtype": ("auto", "bf16", "fp16"),
+            "method": METHODS,
+            "arch": ARCHS,
+            "projector_end": ("bn", "linear"),
+            "inv_reduction": ("sum", "mean"),
+            "cluster_loss_impl": ("auto", "fused", "reference"),
+            "loader": ("torch", "dali"),
+            "device": ("auto", "cpu", "cuda"),
+            "amp_dtype": ("auto", "bf16", "fp16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ValueError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+                raise ValueError(
+                    f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}"
+                )
 
     def _check_values(self) -> None:
         def need(ok: bool, flag: str, what: str) -> None:
@@ -116,7 +123,9 @@ class TrainConfig:
 
         need(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
         if not self.has_clusters and self.alpha != 0.0:
-            raise ValueError(f"--alpha weighs the cluster loss of clusiam / clubyol; {self.method} has none (got {self.alpha})")
+            raise ValueError(
+                f"--alpha weighs the cluster loss of clusiam / clubyol; {self.method} has none (got {self.alpha})"
+            )
         need(self.num_clusters >= 1, "num-clusters", "must be >= 1")
         need(self.tau > 0, "tau", "must be > 0")
         need(self.epochs >= 0, "epochs", "must be >= 0")

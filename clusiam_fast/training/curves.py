@@ -9,8 +9,15 @@ from ..utils.atomic import atomic_path
 from ..utils.deps import require
 
 
-def plot_training(epochs: list[dict[str, Any]], steps: list[dict[str, Any]], path: Path, *, title: str = "",
-                  collapse_warn: float | None = None, num_clusters: int | None = None) -> Path:
+def plot_training(
+    epochs: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    path: Path,
+    *,
+    title: str = "",
+    collapse_warn: float | None = None,
+    num_clusters: int | None = None,
+) -> Path:
     """Draw the four panels from the logged rows and write the PNG atomically."""
     require("matplotlib", "matplotlib", "the training plot")
     import matplotlib
@@ -55,8 +62,11 @@ def plot_training(epochs: list[dict[str, Any]], steps: list[dict[str, Any]], pat
     if collapse_warn is not None:
         a_col.axhline(collapse_warn, color="tab:red", lw=0.8, ls="--", label="warning level")
         a_col.legend(fontsize=8)
-    a_col.set(title="collapse monitor: std(normalised z) * sqrt(dim)  (1 healthy, 0 collapsed)", xlabel="epoch",
-              ylim=(0, max([1.1, *ys]) if ys else 1.1))
+    a_col.set(
+        title="collapse monitor: std(normalised z) * sqrt(dim)  (1 healthy, 0 collapsed)",
+        xlabel="epoch",
+        ylim=(0, max([1.1, *ys]) if ys else 1.1),
+    )
     a_col.title.set_fontsize(9)
 
     xs, ys = series(steps, "lr")

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,9 @@ def resolve_source(data: str | os.PathLike) -> DataSource:
     if arg.kind == "folder":
         files = list(arg.files)
         digest = hashlib.sha1("\n".join(str(f.relative_to(arg.path)) for f in files).encode()).hexdigest()
-        return DataSource("folder", arg.path, PatchFolder(files), files, f"folder:{arg.path.resolve()}:{len(files)}:{digest}")
+        return DataSource(
+            "folder", arg.path, PatchFolder(files), files, f"folder:{arg.path.resolve()}:{len(files)}:{digest}"
+        )
     try:
         from ..data.slide_dataset import SlidePatchDataset
     except ImportError as error:
@@ -93,7 +96,9 @@ class ResumableSampler(Sampler):
     ``(index, sample_seed)``; ``set_epoch(epoch, skip)`` starts after ``skip`` batches."""
 
     def __init__(self, size: int, *, batch_size: int, seed: int, rank: int, world: int) -> None:
-        self.inner = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.inner = DistributedSampler(
+            range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.batch_size, self.seed, self.epoch, self.skip = batch_size, seed, 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -101,7 +106,7 @@ class ResumableSampler(Sampler):
         self.inner.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(self.inner)[self.skip * self.batch_size:]
+        indices = list(self.inner)[self.skip * self.batch_size :]
         seeds = sample_seeds(self.seed, self.epoch, indices).tolist()
         return zip(indices, seeds)
 
@@ -166,7 +171,9 @@ class TorchTrainLoader:
 
     def __init__(self, source: DataSource, cfg: TrainConfig, ctx: DistContext, mean, std, per_rank_batch: int) -> None:
         transform = TwoViews(paper_augmentation(cfg.crop_size, mean, std))
-        self.sampler = ResumableSampler(len(source), batch_size=per_rank_batch, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
+        self.sampler = ResumableSampler(
+            len(source), batch_size=per_rank_batch, seed=cfg.seed, rank=ctx.rank, world=ctx.world
+        )
         self.loader = DataLoader(
             TwoViewDataset(source.dataset, transform),
             batch_size=per_rank_batch,
@@ -216,9 +223,17 @@ class DaliTrainLoader:
         src = [str(f) for f in source.files] if source.files is not None else str(source.path)
         try:
             self.loader = build_dali_loader(
-                src, batch_size=per_rank_batch, crop_size=cfg.crop_size, mean=list(mean), std=list(std),
-                device="gpu" if ctx.device.type == "cuda" else "cpu", seed=cfg.seed, shard_id=ctx.rank,
-                num_shards=ctx.world, num_threads=max(cfg.workers, 1), drop_last=True,
+                src,
+                batch_size=per_rank_batch,
+                crop_size=cfg.crop_size,
+                mean=list(mean),
+                std=list(std),
+                device="gpu" if ctx.device.type == "cuda" else "cpu",
+                seed=cfg.seed,
+                shard_id=ctx.rank,
+                num_shards=ctx.world,
+                num_threads=max(cfg.workers, 1),
+                drop_last=True,
             )
         except ImportError as error:
             raise RuntimeError(f"--loader dali: {error}; or use --loader torch") from error
@@ -238,7 +253,7 @@ class DaliTrainLoader:
 
     def pop_skipped(self) -> list[str]:
         skipped = getattr(self.loader, "skipped", [])
-        new, self._reported = skipped[self._reported:], len(skipped)
+        new, self._reported = skipped[self._reported :], len(skipped)
         return [f"{name} ({reason})" for name, reason in new]
 
 

@@ -12,9 +12,10 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -26,11 +27,11 @@ from ..utils.atomic import atomic_write_json
 from ..utils.threads import torch_threads
 from .checkpoint import CHECKPOINT, restore_rank_state, save_checkpoint
 from .config import TrainConfig
+from .curves import plot_training
 from .ddp import DistContext, cleanup_distributed, setup_distributed
 from .loader import build_train_loader, resolve_source
 from .monitors import EpochMeter
 from .norm_stats import load_or_compute_stats
-from .curves import plot_training
 from .records import RunRecords
 from .schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
 from .step import TrainStep, resolve_amp_dtype
@@ -128,8 +129,10 @@ class _Trainer:
         ckpt = read_checkpoint(self.ckpt_path)
         _check_resumable(ckpt, cfg, self.ckpt_path)
         if ckpt.get("world_size", 1) != self.ctx.world:
-            self.log(f"--resume: the checkpoint was written by {ckpt.get('world_size')} process(es), this run has "
-                     f"{self.ctx.world}: the data order differs from an uninterrupted run")
+            self.log(
+                f"--resume: the checkpoint was written by {ckpt.get('world_size')} process(es), this run has "
+                f"{self.ctx.world}: the data order differs from an uninterrupted run"
+            )
         return ckpt
 
     def setup(self) -> None:
@@ -141,13 +144,21 @@ class _Trainer:
         if ckpt is not None:
             self.norm_stats = ckpt["norm_stats"]  # the model was trained with these: keep them
             if self.norm_stats.get("fingerprint") != self.source.fingerprint:
-                self.log(f"--resume: DATA {self.source.path} is not the data the checkpoint was trained on; "
-                         "continuing with the checkpoint's normalisation statistics")
+                self.log(
+                    f"--resume: DATA {self.source.path} is not the data the checkpoint was trained on; "
+                    "continuing with the checkpoint's normalisation statistics"
+                )
         else:
             stats = None
             if ctx.is_main:
-                stats = load_or_compute_stats(self.out, self.source, max_images=cfg.max_stat_images, seed=cfg.seed,
-                                              workers=cfg.workers, progress=cfg.progress)
+                stats = load_or_compute_stats(
+                    self.out,
+                    self.source,
+                    max_images=cfg.max_stat_images,
+                    seed=cfg.seed,
+                    workers=cfg.workers,
+                    progress=cfg.progress,
+                )
             self.norm_stats = ctx.broadcast_object(stats)
         mean, std = self.norm_stats["mean"], self.norm_stats["std"]
 
@@ -159,15 +170,19 @@ class _Trainer:
             if ctx.distributed and ctx.device.type == "cuda":
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             elif ctx.distributed and ctx.is_main:
-                warnings.warn("--sync-bn: PyTorch's SyncBatchNorm runs only on GPUs; ignored on the CPU "
-                              "(each process normalises over its own part of the batch)")
+                warnings.warn(
+                    "--sync-bn: PyTorch's SyncBatchNorm runs only on GPUs; ignored on the CPU "
+                    "(each process normalises over its own part of the batch)",
+                    stacklevel=2,
+                )
         model.to(ctx.device)
         if ctx.device.type == "cuda" and cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.raw_model = model
         self.model = (
             DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-            if ctx.distributed else model
+            if ctx.distributed
+            else model
         )
 
         self.loader = build_train_loader(self.source, cfg, ctx, mean, std)
@@ -184,8 +199,9 @@ class _Trainer:
         self.generator.manual_seed(cfg.seed + 1_000_003 * (ctx.rank + 1))
         fp16 = resolve_amp_dtype(cfg, ctx.device) == torch.float16
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)  # only float16 needs loss scaling
-        self.trainstep = TrainStep(self.model, self.optimizer, self.scaler, cfg, ctx.device, self.generator,
-                                   ctx.distributed)
+        self.trainstep = TrainStep(
+            self.model, self.optimizer, self.scaler, cfg, ctx.device, self.generator, ctx.distributed
+        )
         self.meter = EpochMeter(model.num_clusters, ctx.device)
         self.records = RunRecords(self.out, tensorboard=cfg.tensorboard, enabled=ctx.is_main)
 
@@ -198,28 +214,48 @@ class _Trainer:
             self.epoch, self.epoch_step, self.step = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]
             if self.epoch_step >= self.steps_per_epoch:  # written at the very end of an epoch
                 self.epoch, self.epoch_step = self.epoch + 1, 0
-            self.log(f"resumed {self.ckpt_path}: {self.epoch} epoch(s) and {self.epoch_step} step(s) of epoch "
-                     f"{self.epoch + 1} done (step {self.step})")
+            self.log(
+                f"resumed {self.ckpt_path}: {self.epoch} epoch(s) and {self.epoch_step} step(s) of epoch "
+                f"{self.epoch + 1} done (step {self.step})"
+            )
         if ctx.is_main:
             atomic_write_json(self.out / "train_config.json", dataclasses.asdict(cfg))
         self.records.start(self.step)
 
     def _describe(self) -> str:
         cfg, ctx = self.cfg, self.ctx
-        amp = f"autocast {str(self.trainstep.amp_dtype).replace('torch.', '')}" if self.trainstep.amp_dtype else "float32"
-        alpha = f", alpha {cfg.alpha}, K {cfg.num_clusters}, gumbel {'on' if cfg.gumbel else 'off'}" if cfg.has_clusters else ""
-        return (f"{cfg.method} {cfg.arch}{alpha} | {len(self.source)} patches ({self.source.kind} {self.source.path}) | "
-                f"batch {cfg.batch_size} over {ctx.world} process(es) on {ctx.device}, {amp} | crop {cfg.crop_size} | "
-                f"lr {self.init_lr:.4g} cosine over {self.total_steps} steps | {self.steps_per_epoch} steps/epoch, "
-                f"{cfg.epochs} epochs | loader {cfg.loader}")
+        amp = (
+            f"autocast {str(self.trainstep.amp_dtype).replace('torch.', '')}" if self.trainstep.amp_dtype else "float32"
+        )
+        alpha = (
+            f", alpha {cfg.alpha}, K {cfg.num_clusters}, gumbel {'on' if cfg.gumbel else 'off'}"
+            if cfg.has_clusters
+            else ""
+        )
+        return (
+            f"{cfg.method} {cfg.arch}{alpha} | {len(self.source)} patches ({self.source.kind} {self.source.path}) | "
+            f"batch {cfg.batch_size} over {ctx.world} process(es) on {ctx.device}, {amp} | crop {cfg.crop_size} | "
+            f"lr {self.init_lr:.4g} cosine over {self.total_steps} steps | {self.steps_per_epoch} steps/epoch, "
+            f"{cfg.epochs} epochs | loader {cfg.loader}"
+        )
 
     # ---------------------------------------------------------------- saving
     def save(self, complete: bool, keep: bool = False) -> None:
         save_checkpoint(
-            self.out, self.ctx, model=self.raw_model, optimizer=self.optimizer, scaler=self.scaler,
-            config={**dataclasses.asdict(self.cfg), "resume": False, "overwrite": False}, epoch=self.epoch, epoch_step=self.epoch_step,
-            step=self.step, generator=self.generator, meter=self.meter, records=self.records.state_dict(),
-            norm_stats=self.norm_stats, complete=complete,
+            self.out,
+            self.ctx,
+            model=self.raw_model,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            config={**dataclasses.asdict(self.cfg), "resume": False, "overwrite": False},
+            epoch=self.epoch,
+            epoch_step=self.epoch_step,
+            step=self.step,
+            generator=self.generator,
+            meter=self.meter,
+            records=self.records.state_dict(),
+            norm_stats=self.norm_stats,
+            complete=complete,
             keep_as=f"epoch_{self.epoch:04d}.pt" if keep else None,
         )
 
@@ -228,9 +264,14 @@ class _Trainer:
             return
         self.records.write()
         try:
-            plot_training(self.records.epochs, self.records.steps, self.out / "training.png",
-                          title=f"{self.cfg.method} - {self.out}", collapse_warn=self.cfg.collapse_warn,
-                          num_clusters=self.cfg.num_clusters if self.cfg.has_clusters else None)
+            plot_training(
+                self.records.epochs,
+                self.records.steps,
+                self.out / "training.png",
+                title=f"{self.cfg.method} - {self.out}",
+                collapse_warn=self.cfg.collapse_warn,
+                num_clusters=self.cfg.num_clusters if self.cfg.has_clusters else None,
+            )
         except ImportError as error:  # matplotlib is optional for training
             self.log(f"training.png skipped: {error}")
 
@@ -253,8 +294,14 @@ class _Trainer:
         if self.epoch_step == 0:
             self.meter.reset()
         self.model.train()
-        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (ctx.is_main and cfg.progress), dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.epoch_step,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (ctx.is_main and cfg.progress),
+            dynamic_ncols=True,
+            leave=True,
+        )
         start, images, reason, lr = time.perf_counter(), 0, "epoch", self.init_lr
         for view1, view2 in self.loader:
             lr = cosine_lr(self.init_lr, self.step, self.total_steps)
@@ -280,7 +327,9 @@ class _Trainer:
                 postfix = {"loss": means["loss"], "inv": means["inv_loss"]}
                 if cfg.has_clusters:
                     postfix["clu"] = means["cluster_loss"]
-                bar.set_postfix({**{k: f"{v:.4f}" for k, v in postfix.items()}, "lr": f"{lr:.3g}", "img/s": f"{rate:.0f}"})
+                bar.set_postfix(
+                    {**{k: f"{v:.4f}" for k, v in postfix.items()}, "lr": f"{lr:.3g}", "img/s": f"{rate:.0f}"}
+                )
                 if stop_any:
                     reason = "interrupted"
                     break
@@ -301,19 +350,34 @@ class _Trainer:
     def _finish_epoch(self, epoch: int, lr: float, rate: float, elapsed: float) -> None:
         row = self.meter.summary(self.ctx)
         if not all(torch.isfinite(torch.tensor([row[k] for k in ("loss", "inv_loss", "cluster_loss")]))):
-            raise self._non_finite(f"the end of epoch {epoch + 1}", {k: row[k] for k in ("loss", "inv_loss", "cluster_loss")})
-        skipped = self.ctx.all_reduce_sum(torch.tensor([self.meter.skipped], dtype=torch.float64, device=self.ctx.device))
-        row.update(epoch=epoch + 1, step=self.step, lr=lr, images_per_s=rate, epoch_time_s=elapsed,
-                   skipped_images=int(skipped.item()))
+            raise self._non_finite(
+                f"the end of epoch {epoch + 1}", {k: row[k] for k in ("loss", "inv_loss", "cluster_loss")}
+            )
+        skipped = self.ctx.all_reduce_sum(
+            torch.tensor([self.meter.skipped], dtype=torch.float64, device=self.ctx.device)
+        )
+        row.update(
+            epoch=epoch + 1,
+            step=self.step,
+            lr=lr,
+            images_per_s=rate,
+            epoch_time_s=elapsed,
+            skipped_images=int(skipped.item()),
+        )
         if not self.cfg.has_clusters:
             row["cluster_loss"] = None
         self.records.add_epoch(row)
         self.epoch, self.epoch_step = epoch + 1, 0
-        clusters = (f", active clusters {row['active_clusters']} (gumbel {row['active_clusters_gumbel']})"
-                    if self.cfg.has_clusters else "")
-        self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} (inv {row['inv_loss']:.4f}"
-                 + (f", cluster {row['cluster_loss']:.4f}" if self.cfg.has_clusters else "")
-                 + f"){clusters}, collapse monitor {row['collapse_std']:.3f}, {rate:.1f} images/s")
+        clusters = (
+            f", active clusters {row['active_clusters']} (gumbel {row['active_clusters_gumbel']})"
+            if self.cfg.has_clusters
+            else ""
+        )
+        self.log(
+            f"epoch {epoch + 1}: loss {row['loss']:.4f} (inv {row['inv_loss']:.4f}"
+            + (f", cluster {row['cluster_loss']:.4f}" if self.cfg.has_clusters else "")
+            + f"){clusters}, collapse monitor {row['collapse_std']:.3f}, {rate:.1f} images/s"
+        )
         self._check_collapse(row["collapse_std"], epoch + 1)
 
     def _check_collapse(self, value: float, epoch: int) -> None:
@@ -324,7 +388,10 @@ class _Trainer:
             warnings.warn(
                 f"epoch {epoch}: collapse monitor std(normalised z)*sqrt(dim) = {value:.3f} (best {self._best_collapse:.3f}, "
                 f"warning level {self.cfg.collapse_warn}); the projections are losing their spread. Consider an "
-                f"earlier checkpoint (--keep-every), a lower --lr or a larger batch.", CollapseWarning, stacklevel=2)
+                f"earlier checkpoint (--keep-every), a lower --lr or a larger batch.",
+                CollapseWarning,
+                stacklevel=2,
+            )
 
     # ---------------------------------------------------------------- the job
     def run(self) -> TrainResult:
@@ -369,15 +436,18 @@ class _Trainer:
         what = {
             "complete": f"training complete ({self.epoch} epochs, {self.step} steps)",
             "interrupted": f"interrupted at epoch {self.epoch + 1}, step {self.step}: checkpoint saved; "
-                           "run the same command with --resume to continue exactly",
+            "run the same command with --resume to continue exactly",
             "max_steps": f"stopped at --max-steps {self.cfg.max_steps} (epoch {self.epoch + 1}, step {self.step}); "
-                         "--resume with a larger --max-steps continues",
+            "--resume with a larger --max-steps continues",
         }[status]
-        lines = [what, f"outputs in {self.out}/:",
-                 f"  {CHECKPOINT}  model + optimiser + RNG state (load with clusiam_fast.models.load_checkpoint)",
-                 "  log.csv, steps.csv  per-epoch and per-step losses, lr, active clusters, collapse monitor, images/s",
-                 "  training.png  loss curves, active clusters, collapse monitor, lr",
-                 "  norm_stats.json, train_config.json"]
+        lines = [
+            what,
+            f"outputs in {self.out}/:",
+            f"  {CHECKPOINT}  model + optimiser + RNG state (load with clusiam_fast.models.load_checkpoint)",
+            "  log.csv, steps.csv  per-epoch and per-step losses, lr, active clusters, collapse monitor, images/s",
+            "  training.png  loss curves, active clusters, collapse monitor, lr",
+            "  norm_stats.json, train_config.json",
+        ]
         if backbone is not None:
             lines.append(f"backbone (torchvision state_dict, no fc): {backbone}")
         elif self.cfg.export_backbone:

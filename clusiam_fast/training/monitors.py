@@ -76,13 +76,19 @@ class EpochMeter:
         row: dict[str, float] = {name: packed[i].item() / count for i, name in enumerate(TERMS)}
         k = self.num_clusters or 0
         if k:
-            row["active_clusters"] = int((packed[5:5 + k] > 0).sum())
-            row["active_clusters_gumbel"] = int((packed[5 + k:] > 0).sum())
+            row["active_clusters"] = int((packed[5 : 5 + k] > 0).sum())
+            row["active_clusters_gumbel"] = int((packed[5 + k :] > 0).sum())
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums.cpu(), "window": self.window.cpu(), "hist": self.hist.cpu(),
-                "hist_noisy": self.hist_noisy.cpu(), "images": self.images, "skipped": self.skipped}
+        return {
+            "sums": self.sums.cpu(),
+            "window": self.window.cpu(),
+            "hist": self.hist.cpu(),
+            "hist_noisy": self.hist_noisy.cpu(),
+            "images": self.images,
+            "skipped": self.skipped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("sums", "window", "hist", "hist_noisy"):

@@ -13,14 +13,13 @@ in the SimSiam paper's ``0.5 * (D(p1, z2) + D(p2, z1))``.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from ..ops import cluster_loss, sample_gumbel
 from ..models.outputs import PairOutput
-
+from ..ops import cluster_loss, sample_gumbel
 
 
 class LossTerms(NamedTuple):
@@ -29,8 +28,8 @@ class LossTerms(NamedTuple):
     total: torch.Tensor
     invariance: torch.Tensor
     cluster: torch.Tensor
-    assign: Optional[torch.Tensor] = None  # (2N,) argmax of the logits
-    assign_noisy: Optional[torch.Tensor] = None  # (2N,) argmax of logits + Gumbel noise (what the loss used)
+    assign: torch.Tensor | None = None  # (2N,) argmax of the logits
+    assign_noisy: torch.Tensor | None = None  # (2N,) argmax of logits + Gumbel noise (what the loss used)
 
 
 def invariance_loss(out: PairOutput, form: str = "simsiam", reduction: str = "sum") -> torch.Tensor:

@@ -16,8 +16,18 @@ from typing import Any
 from ..utils.atomic import atomic_write_text
 
 EPOCH_FIELDS = (
-    "epoch", "step", "lr", "loss", "inv_loss", "cluster_loss", "active_clusters", "active_clusters_gumbel",
-    "collapse_std", "images_per_s", "skipped_images", "epoch_time_s",
+    "epoch",
+    "step",
+    "lr",
+    "loss",
+    "inv_loss",
+    "cluster_loss",
+    "active_clusters",
+    "active_clusters_gumbel",
+    "collapse_std",
+    "images_per_s",
+    "skipped_images",
+    "epoch_time_s",
 )
 STEP_FIELDS = ("step", "epoch", "lr", "loss", "inv_loss", "cluster_loss")
 

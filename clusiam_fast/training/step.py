@@ -11,8 +11,8 @@ import torch
 
 from ..models import method_spec, unwrap
 from .config import TrainConfig
-from .objective import LossTerms, training_loss
 from .monitors import collapse_std
+from .objective import LossTerms, training_loss
 
 
 def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -42,8 +42,16 @@ class TrainStep:
     cluster centroids over the global batch (``process_group="default"``).
     """
 
-    def __init__(self, model, optimizer, scaler, cfg: TrainConfig, device: torch.device,
-                 generator: torch.Generator | None, distributed: bool = False) -> None:
+    def __init__(
+        self,
+        model,
+        optimizer,
+        scaler,
+        cfg: TrainConfig,
+        device: torch.device,
+        generator: torch.Generator | None,
+        distributed: bool = False,
+    ) -> None:
         self.model, self.optimizer, self.scaler, self.cfg, self.device = model, optimizer, scaler, cfg, device
         self.generator = generator
         self.amp_dtype = resolve_amp_dtype(cfg, device)
@@ -64,8 +72,15 @@ class TrainStep:
             out = self.model(x1, x2)
         # Outside autocast: the invariance and cluster losses run in float32.
         terms = training_loss(
-            out, form=self.form, alpha=self.cfg.alpha, reduction=self.cfg.inv_reduction, tau=self.cfg.tau,
-            gumbel=self.cfg.gumbel, generator=self.generator, impl=self.cfg.cluster_loss_impl, process_group=self.group,
+            out,
+            form=self.form,
+            alpha=self.cfg.alpha,
+            reduction=self.cfg.inv_reduction,
+            tau=self.cfg.tau,
+            gumbel=self.cfg.gumbel,
+            generator=self.generator,
+            impl=self.cfg.cluster_loss_impl,
+            process_group=self.group,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()

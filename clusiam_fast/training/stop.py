@@ -24,10 +24,13 @@ class StopSignal:
             raise KeyboardInterrupt
         self.requested = True
         name = signal.Signals(signum).name
-        print(f"\n{name} received: saving a checkpoint after this step (press Ctrl-C again to abort without saving)",
-              file=sys.stderr, flush=True)
+        print(
+            f"\n{name} received: saving a checkpoint after this step (press Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -11,11 +11,26 @@ from .bags import MILOutput, masked_max, masked_softmax, pad_bags
 from .data import BagDataset, key_instance_bags, stratified_split
 from .dsmil import DSMIL
 from .maxpool import MaxPoolMIL
-from .registry import MIL_MODELS, build_mil
 from .protocol import HeldOutTestSet, MILConfig, Selection, predict, run_protocol, select_model, warmup_cosine
+from .registry import MIL_MODELS, build_mil
 
 __all__ = [
-    "BagDataset", "DSMIL", "key_instance_bags", "HeldOutTestSet", "MILConfig", "MILOutput", "MIL_MODELS", "MaxPoolMIL", "Selection",
-    "build_mil", "masked_max", "masked_softmax", "pad_bags", "predict", "run_protocol", "select_model",
-    "stratified_split", "warmup_cosine",
+    "BagDataset",
+    "DSMIL",
+    "key_instance_bags",
+    "HeldOutTestSet",
+    "MILConfig",
+    "MILOutput",
+    "MIL_MODELS",
+    "MaxPoolMIL",
+    "Selection",
+    "build_mil",
+    "masked_max",
+    "masked_softmax",
+    "pad_bags",
+    "predict",
+    "run_protocol",
+    "select_model",
+    "stratified_split",
+    "warmup_cosine",
 ]

@@ -74,7 +74,9 @@ def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(filled, dim=1)
 
 
-def pad_bags(bags: list[Tensor], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+def pad_bags(
+    bags: list[Tensor], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
     """Stack bags of shape (N_i, F) into a zero-padded (B, max N_i, F) tensor and its mask."""
     if not bags:
         raise ValueError("pad_bags needs at least one bag")

@@ -7,8 +7,8 @@ to float32 on the way to the model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,17 +29,27 @@ class BagDataset:
     def __post_init__(self) -> None:
         self.labels = torch.as_tensor(self.labels, dtype=torch.long)
         if not (len(self.features) == len(self.labels) == len(self.slide_ids)):
-            raise ValueError(f"{len(self.features)} bags, {len(self.labels)} labels and {len(self.slide_ids)} slide ids differ")
+            raise ValueError(
+                f"{len(self.features)} bags, {len(self.labels)} labels and {len(self.slide_ids)} slide ids differ"
+            )
         if not self.classes:
             self.classes = [str(c) for c in range(int(self.labels.max()) + 1 if len(self.labels) else 0)]
         for sid, bag in zip(self.slide_ids, self.features):
             if bag.dim() != 2 or bag.shape[0] == 0:
-                raise ValueError(f"bag of slide {sid!r} must be a non-empty (instances, features) tensor, got {tuple(bag.shape)}")
+                raise ValueError(
+                    f"bag of slide {sid!r} must be a non-empty (instances, features) tensor, got {tuple(bag.shape)}"
+                )
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
             raise ValueError(f"labels must lie in [0, {len(self.classes)}), got {self.labels.unique().tolist()}")
 
     @classmethod
-    def from_arrays(cls, bags: Sequence, labels: Sequence[int], slide_ids: Sequence[str] | None = None, classes: Sequence[str] | None = None) -> "BagDataset":
+    def from_arrays(
+        cls,
+        bags: Sequence,
+        labels: Sequence[int],
+        slide_ids: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> BagDataset:
         """Build from numpy arrays or tensors (kept in their dtype, not copied when possible)."""
         feats = [torch.as_tensor(np.asarray(b)) if not isinstance(b, Tensor) else b for b in bags]
         ids = list(slide_ids) if slide_ids is not None else [f"bag{i}" for i in range(len(feats))]
@@ -56,11 +66,20 @@ class BagDataset:
     def feature_dim(self) -> int:
         return int(self.features[0].shape[1])
 
-    def subset(self, indices: Sequence[int]) -> "BagDataset":
+    def subset(self, indices: Sequence[int]) -> BagDataset:
         idx = [int(i) for i in indices]
-        return BagDataset([self.features[i] for i in idx], self.labels[idx], [self.slide_ids[i] for i in idx], list(self.classes))
+        return BagDataset(
+            [self.features[i] for i in idx], self.labels[idx], [self.slide_ids[i] for i in idx], list(self.classes)
+        )
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Yield (x (B, N, F) float32, mask (B, N), labels (B,)) padded batches."""
         order = torch.randperm(len(self), generator=generator).tolist() if shuffle else list(range(len(self)))
         for start in range(0, len(order), batch_size):
@@ -86,7 +105,15 @@ def stratified_split(labels: Sequence[int] | Tensor, fraction: float, seed: int)
     return np.sort(keep), np.sort(held)
 
 
-def key_instance_bags(negatives: np.ndarray, keys: np.ndarray, num_bags: int, *, bag_size: tuple[int, int] = (6, 10), num_keys: tuple[int, int] = (1, 3), seed: int = 0) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
+def key_instance_bags(
+    negatives: np.ndarray,
+    keys: np.ndarray,
+    num_bags: int,
+    *,
+    bag_size: tuple[int, int] = (6, 10),
+    num_keys: tuple[int, int] = (1, 3),
+    seed: int = 0,
+) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
     """Bags drawn from instance features: a bag is positive iff it holds a key instance.
 
     Every other bag is positive, with ``num_keys`` (inclusive range) key instances

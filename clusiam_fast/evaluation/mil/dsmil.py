@@ -64,10 +64,16 @@ class DSMIL(nn.Module):
         self.input_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.instance_classifier = nn.Linear(in_dim, scored)
         if nonlinear_query:
-            self.query = nn.Sequential(nn.Linear(in_dim, query_dim), nn.ReLU(inplace=True), nn.Linear(query_dim, query_dim), nn.Tanh())
+            self.query = nn.Sequential(
+                nn.Linear(in_dim, query_dim), nn.ReLU(inplace=True), nn.Linear(query_dim, query_dim), nn.Tanh()
+            )
         else:
             self.query = nn.Linear(in_dim, query_dim)
-        self.value = nn.Sequential(nn.Dropout(dropout_v), nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True)) if passing_v else nn.Identity()
+        self.value = (
+            nn.Sequential(nn.Dropout(dropout_v), nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True))
+            if passing_v
+            else nn.Identity()
+        )
         # One logit per class from the whole (C, F) bag embedding, as DSMIL's Conv1d.
         self.bag_classifier = nn.Conv1d(scored, scored, kernel_size=in_dim)
 
@@ -85,7 +91,9 @@ class DSMIL(nn.Module):
         embedding = torch.bmm(attention.transpose(1, 2), values)  # (B, C', F)
         bag_logits = self.bag_classifier(embedding).squeeze(-1)  # (B, C')
         if self.negative_class:
-            instance_logits, max_logits, bag_logits = (prepend_negative(t) for t in (instance_logits, max_logits, bag_logits))
+            instance_logits, max_logits, bag_logits = (
+                prepend_negative(t) for t in (instance_logits, max_logits, bag_logits)
+            )
             attention, critical = prepend_negative(attention), prepend_negative(critical, -1)
 
         return MILOutput(
@@ -101,4 +109,6 @@ class DSMIL(nn.Module):
     def loss(self, out: MILOutput, labels: Tensor) -> Tensor:
         """The paper's dual-stream loss: mean of the two streams' bag losses."""
         assert out.bag_logits is not None
-        return 0.5 * F.cross_entropy(out.bag_logits.float(), labels) + 0.5 * F.cross_entropy(out.max_logits.float(), labels)
+        return 0.5 * F.cross_entropy(out.bag_logits.float(), labels) + 0.5 * F.cross_entropy(
+            out.max_logits.float(), labels
+        )

@@ -31,7 +31,14 @@ class MaxPoolMIL(nn.Module):
         negative_class: class 0 is the negative class with a fixed zero logit (default False).
     """
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: int | None = None, dropout: float = 0.0, negative_class: bool = False) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden: int | None = None,
+        dropout: float = 0.0,
+        negative_class: bool = False,
+    ) -> None:
         super().__init__()
         self.negative_class = use_negative_class(num_classes, negative_class)
         self.num_classes = num_classes

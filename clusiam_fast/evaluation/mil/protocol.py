@@ -29,15 +29,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import classification_metrics, mean_std
 from ...utils.threads import torch_threads
+from ..metrics import classification_metrics, mean_std
 from .data import BagDataset, stratified_split
 from .registry import build_mil
 
@@ -68,7 +69,9 @@ class MILConfig:
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {self.epochs}, {self.warmup_epochs}")
+            raise ValueError(
+                f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {self.epochs}, {self.warmup_epochs}"
+            )
 
 
 @dataclass
@@ -141,15 +144,21 @@ def _score(metrics: dict, loss: float, select_metric: str) -> tuple[float, float
     if select_metric == "loss":
         return (-loss, 0.0)
     auc = metrics["auc_macro"] if not math.isnan(metrics["auc_macro"]) else metrics["accuracy"]
-    value = {"auc_acc": 0.5 * (auc + metrics["accuracy"]), "auc_macro": auc, "accuracy": metrics["accuracy"]}[select_metric]
+    value = {"auc_acc": 0.5 * (auc + metrics["accuracy"]), "auc_macro": auc, "accuracy": metrics["accuracy"]}[
+        select_metric
+    ]
     return (value, -loss)
 
 
-def train_candidate(model_name: str, train: BagDataset, val: BagDataset, lr: float, wd: float, cfg: MILConfig, seed: int, bar=None) -> dict:
+def train_candidate(
+    model_name: str, train: BagDataset, val: BagDataset, lr: float, wd: float, cfg: MILConfig, seed: int, bar=None
+) -> dict:
     """Train one grid point; return its best-validation epoch, metrics and weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_mil(model_name, train.feature_dim, train.num_classes, **cfg.model_options.get(model_name, {})).to(cfg.device)
+        model = build_mil(model_name, train.feature_dim, train.num_classes, **cfg.model_options.get(model_name, {})).to(
+            cfg.device
+        )
     optimizer = _optimizer(cfg.optimizer, model.parameters(), lr, wd)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
@@ -169,10 +178,24 @@ def train_candidate(model_name: str, train: BagDataset, val: BagDataset, lr: flo
             train_loss += float(loss.detach()) * len(y)
         probs, val_loss = predict(model, val, max(cfg.batch_size, 8), cfg.device)
         metrics = classification_metrics(val.labels.numpy(), probs, val.classes)
-        history.append({"epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss, "val_accuracy": metrics["accuracy"], "val_auc_macro": metrics["auc_macro"]})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss / len(train),
+                "val_loss": val_loss,
+                "val_accuracy": metrics["accuracy"],
+                "val_auc_macro": metrics["auc_macro"],
+            }
+        )
         score = _score(metrics, val_loss, cfg.select_metric)
         if best is None or score > best["score"]:
-            best = {"score": score, "epoch": epoch, "val_metrics": metrics, "val_loss": val_loss, "state_dict": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
+            best = {
+                "score": score,
+                "epoch": epoch,
+                "val_metrics": metrics,
+                "val_loss": val_loss,
+                "state_dict": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+            }
         if bar is not None:
             bar.update(1)
     assert best is not None
@@ -188,20 +211,45 @@ def select_model(model_name: str, train_slides: BagDataset, cfg: MILConfig, seed
     train, val = train_slides.subset(keep), train_slides.subset(held)
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
     best, summary = None, []
-    with _cpu_threads(cfg, train_slides), tqdm(total=len(grid) * cfg.epochs, desc=f"{model_name} seed {seed}", disable=not cfg.progress, leave=False) as bar:
+    with (
+        _cpu_threads(cfg, train_slides),
+        tqdm(
+            total=len(grid) * cfg.epochs, desc=f"{model_name} seed {seed}", disable=not cfg.progress, leave=False
+        ) as bar,
+    ):
         for lr, wd in grid:
             cand = train_candidate(model_name, train, val, lr, wd, cfg, seed, bar)
-            summary.append({"lr": lr, "weight_decay": wd, "best_epoch": cand["epoch"], "val_loss": cand["val_loss"], "val_accuracy": cand["val_metrics"]["accuracy"], "val_auc_macro": cand["val_metrics"]["auc_macro"], "history": cand["history"]})
+            summary.append(
+                {
+                    "lr": lr,
+                    "weight_decay": wd,
+                    "best_epoch": cand["epoch"],
+                    "val_loss": cand["val_loss"],
+                    "val_accuracy": cand["val_metrics"]["accuracy"],
+                    "val_auc_macro": cand["val_metrics"]["auc_macro"],
+                    "history": cand["history"],
+                }
+            )
             if best is None or cand["score"] > best[2]["score"]:
                 best = (lr, wd, cand)
             bar.set_postfix(best_lr=best[0], best_wd=best[1], val=f"{best[2]['score'][0]:.3f}")
     assert best is not None
     lr, wd, cand = best
     return Selection(
-        model_name=model_name, seed=seed, lr=lr, weight_decay=wd, epoch=cand["epoch"], val_metrics=cand["val_metrics"],
-        val_loss=cand["val_loss"], state_dict=cand["state_dict"], in_dim=train_slides.feature_dim, classes=list(train_slides.classes),
-        model_options=dict(cfg.model_options.get(model_name, {})), grid=summary,
-        train_slides=list(train.slide_ids), val_slides=list(val.slide_ids),
+        model_name=model_name,
+        seed=seed,
+        lr=lr,
+        weight_decay=wd,
+        epoch=cand["epoch"],
+        val_metrics=cand["val_metrics"],
+        val_loss=cand["val_loss"],
+        state_dict=cand["state_dict"],
+        in_dim=train_slides.feature_dim,
+        classes=list(train_slides.classes),
+        model_options=dict(cfg.model_options.get(model_name, {})),
+        grid=summary,
+        train_slides=list(train.slide_ids),
+        val_slides=list(val.slide_ids),
     )
 
 
@@ -228,33 +276,54 @@ class HeldOutTestSet:
         if key in self._evaluated:
             raise RuntimeError(f"the test set was already used for {key}; it is evaluated once per selection")
         if list(selection.classes) != list(self.__bags.classes):
-            raise ValueError(f"selection classes {selection.classes} differ from the test classes {self.__bags.classes}")
+            raise ValueError(
+                f"selection classes {selection.classes} differ from the test classes {self.__bags.classes}"
+            )
         self._evaluated.add(key)
         self.evaluations += 1
         model = selection.build().to(device)
         probs, loss = predict(model, self.__bags, batch_size, device)
         metrics = classification_metrics(self.__bags.labels.numpy(), probs, self.__bags.classes)
         metrics["loss"] = loss
-        return {"metrics": metrics, "slide_ids": list(self.__bags.slide_ids), "labels": self.__bags.labels.tolist(), "probs": probs.tolist()}
+        return {
+            "metrics": metrics,
+            "slide_ids": list(self.__bags.slide_ids),
+            "labels": self.__bags.labels.tolist(),
+            "probs": probs.tolist(),
+        }
 
 
-def run_protocol(train_slides: BagDataset, test: HeldOutTestSet, cfg: MILConfig, models: Sequence[str] = ("maxpool", "dsmil")) -> dict:
+def run_protocol(
+    train_slides: BagDataset, test: HeldOutTestSet, cfg: MILConfig, models: Sequence[str] = ("maxpool", "dsmil")
+) -> dict:
     """Select on training slides, test once, for every model and seed; summarise over seeds."""
     if not isinstance(test, HeldOutTestSet):
         raise TypeError("pass the test slides wrapped in HeldOutTestSet so they stay sealed during selection")
     if list(train_slides.classes) != test.classes:
         raise ValueError(f"training classes {train_slides.classes} differ from test classes {test.classes}")
-    results: dict[str, Any] = {"config": {k: v for k, v in asdict(cfg).items() if k != "progress"}, "classes": list(train_slides.classes), "models": {}}
+    results: dict[str, Any] = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "classes": list(train_slides.classes),
+        "models": {},
+    }
     for name in models:
         runs = []
         for seed in cfg.seeds:
             selection = select_model(name, train_slides, cfg, seed)
             tested = test.evaluate(selection, cfg.device)
-            runs.append({
-                "seed": seed, "lr": selection.lr, "weight_decay": selection.weight_decay, "epoch": selection.epoch,
-                "val": selection.val_metrics, "val_loss": selection.val_loss, "grid": selection.grid,
-                "val_slides": selection.val_slides, "test": tested,
-            })
+            runs.append(
+                {
+                    "seed": seed,
+                    "lr": selection.lr,
+                    "weight_decay": selection.weight_decay,
+                    "epoch": selection.epoch,
+                    "val": selection.val_metrics,
+                    "val_loss": selection.val_loss,
+                    "grid": selection.grid,
+                    "val_slides": selection.val_slides,
+                    "test": tested,
+                }
+            )
         metrics = [r["test"]["metrics"] for r in runs]
         summary = {
             "accuracy": mean_std([m["accuracy"] for m in metrics]),
