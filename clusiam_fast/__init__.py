@@ -18,8 +18,24 @@ walks every import and fails on one that runs against it)::
 - CLI modules (``train``, ``tile``, ``extract``, ``evaluate``, ``shards``): argparse only.
 """
 
-from . import reference
-from .ops import ClusterLoss, cluster_loss, fused_available
+
+from importlib import import_module
 
 __all__ = ["ClusterLoss", "cluster_loss", "fused_available", "reference"]
 __version__ = "0.1.0"
+
+# Loaded on first use, so that torch-free paths (``--help``, the tiler) do not import torch.
+_LAZY = {"ClusterLoss": ".ops", "cluster_loss": ".ops", "fused_available": ".ops", "reference": ".reference"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'clusiam_fast' has no attribute {name!r}")
+    module = import_module(_LAZY[name], __name__)
+    value = module if name == "reference" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

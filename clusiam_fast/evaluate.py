@@ -24,9 +24,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .evaluation.mil.protocol import MILConfig
-from .evaluation.pipeline import EvalConfig, run_evaluation
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -118,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~clusiam_fast.evaluation.pipeline.EvalConfig` of the command line."""
     import torch
+
+    from .evaluation.mil.protocol import MILConfig
+    from .evaluation.pipeline import EvalConfig
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     mil = MILConfig(
@@ -155,12 +156,20 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .evaluation.pipeline import run_evaluation
+
     try:
         cfg = config_from_args(args)
         results = run_evaluation(args.features, args.out, labels=args.labels, patch_labels=args.patch_labels, cfg=cfg)
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
+    from .evaluation.report import slide_label_lines
+
+    for line in slide_label_lines(results):
+        print(line)
+    if "mil" in results:
+        print(f"MIL classes: {', '.join(f'{i}: {c}' for i, c in enumerate(results['mil']['classes']))}")
     done = [k for k in ("clustering", "knn", "mil", "cluster_maps") if k in results]
     print(
         f"wrote {args.out / 'report.md'} ({', '.join(done) or 'summary only'}); not run: {', '.join(results['skipped']) or 'nothing'}"

@@ -23,7 +23,18 @@ Output format (one "bag" per slide)::
 
 The HDF5 files are CLAM-compatible feature files (``features``, ``coords``). An
 unreadable patch is reported by name and left out of its bag; a slide whose patches
-all fail gets no bag and is listed under ``failed_slides``; neither stops the run.
+all fail gets no bag and is listed under ``failed_slides``; a slide of the manifest
+whose file is missing (look elsewhere with ``--slide-dir``) is skipped and listed under
+``missing_slides``; none of them stops the run (the exit status is then 1).
+
+Patch sizes: without ``--resize``/``--crop``, a DATA folder (or manifest) mixing patch
+sizes is resized to the checkpoint's training size (``crop_size`` of its config; the
+first patch's size for a plain state_dict), and extract.json (``size_note``) and the
+console say so.
+
+Checkpoints with NaN/Inf weights are refused (exit status 2), as are ``--mean/--std``
+that cannot be statistics of [0, 1] pixels (non-finite, std <= 0, values > 1 which
+suggest 0-255 units).
 
 Normalisation (must match training): ``--mean/--std``, else the statistics stored in
 the trainer checkpoint (``norm_stats``, or ``mean``/``std`` in its config), else
@@ -62,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resize",
         type=int,
         default=None,
-        help="resize patches (shorter side) to this many px first (default: as read)",
+        help="resize patches (shorter side) to this many px first (default: as read; mixed sizes: to the "
+        "checkpoint's training size)",
     )
     p.add_argument("--crop", type=int, default=None, help="then centre-crop to this many px (default: none)")
     p.add_argument(
@@ -75,33 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--std", type=float, nargs=3, default=None, help="normalisation std R G B (default: from the checkpoint)"
     )
+    p.add_argument(
+        "--slide-dir",
+        type=Path,
+        default=None,
+        help="folder to look in for manifest slides that are not at their recorded paths (slides moved)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
     from .evaluation.extraction import extract
 
     try:
-        summary = extract(
-            args.checkpoint,
-            args.data,
-            args.out,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            fp16=args.fp16,
-            device=args.device,
-            amp=not args.no_amp,
-            resize=args.resize,
-            crop=args.crop,
-            mean=args.mean,
-            std=args.std,
-            progress=not args.quiet,
-        )
+        with warnings.catch_warnings():  # said once below, from the summary
+            warnings.filterwarnings("ignore", message="patches come in")
+            warnings.filterwarnings("ignore", message=".* slides are missing and are skipped")
+            summary = extract(
+                args.checkpoint,
+                args.data,
+                args.out,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                fp16=args.fp16,
+                device=args.device,
+                amp=not args.no_amp,
+                resize=args.resize,
+                crop=args.crop,
+                mean=args.mean,
+                std=args.std,
+                progress=not args.quiet,
+                slide_dir=args.slide_dir,
+            )
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
+    if summary.get("size_note"):
+        print(f"extract: {summary['size_note']}", file=sys.stderr)
+    for missing in summary.get("missing_slides", []):
+        print(f"extract: skipped missing slide {missing['slide_id']}: {missing['reason']}", file=sys.stderr)
     print(
         f"wrote {summary['num_slides']} bags ({summary['num_patches']} patches, {summary['feature_dim']}-d, "
         f"{summary['num_clusters']} clusters) to {args.out} at {summary['patches_per_second']:.0f} patches/s"
@@ -111,8 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{summary['num_failed_patches']} patches and {len(summary['failed_slides'])} slides failed; see {args.out / 'extract.json'}",
             file=sys.stderr,
         )
-        return 1 if summary["failed_slides"] else 0
-    return 0
+    if summary.get("missing_slides"):
+        print(
+            f"{len(summary['missing_slides'])} slides of the manifest are missing (listed under missing_slides in "
+            f"{args.out / 'extract.json'}); pass --slide-dir FOLDER if they moved",
+            file=sys.stderr,
+        )
+    return 1 if summary["failed_slides"] or summary.get("missing_slides") else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Usage::
     python -m clusiam_fast.tile SLIDE_OR_DIR... --out DIR [--mpp 0.5] [--patch-size 224]
         [--stride 224] [--min-tissue 0.5] [--slide-mpp X]
         [--backend auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
+        [--on-corrupt-tile fail|skip] [--decode-device cpu|cuda]
 
 For every slide (files named, or the slide files of a folder: .svs .tif .tiff .ndpi .vms
 .vmu .scn .mrxs .svslide .bif .qptiff, not recursive) it
@@ -30,17 +31,25 @@ For every slide (files named, or the slide files of a folder: .svs .tif .tiff .n
    ``DIR/thumbnails/<slide_id>.png`` (tissue tinted green, kept patches as blue squares)
    and, with ``--save-tiles``, ``DIR/tiles/<slide_id>/<slide_id>_<x>_<y>.<ext>``.
 
-``DIR/manifest.csv`` lists the slides tiled in this run (columns slide_id, slide_path,
+``DIR/manifest.csv`` lists the slides tiled into DIR (columns slide_id, slide_path,
 h5_path, num_patches, mpp, target_mpp, patch_size, read_level, read_size, backend,
-thumbnail). Train on it directly, no tile files needed: ``python -m clusiam_fast.train
+thumbnail, corrupt_patches). Tiling into a DIR that has a manifest merges into it: slides
+of earlier runs stay listed, a slide tiled again gets its row replaced. Train on it directly, no tile files needed: ``python -m clusiam_fast.train
 DIR/manifest.csv`` (patches are read on the fly by
 ``clusiam_fast.data.slide_dataset.SlidePatchDataset``, which also loads CLAM h5 files made
 elsewhere).
 
+Damaged tile data (zeroed or truncated JPEG / JPEG 2000 tiles, which cuCIM would silently
+decode as black or gray; see ``clusiam_fast/slides/integrity.py``) fails the slide with an
+error naming the level-0 region; ``--on-corrupt-tile skip`` instead drops the patches lying
+on it and reports how many per slide (summary, manifest ``corrupt_patches``).
+``--decode-device cuda`` decodes the ``--save-tiles`` patches on the GPU (cuCIM's cuslide2 /
+nvImageCodec; needs cuCIM and a visible GPU).
+
 Slides run in ``--workers`` parallel processes with a progress bar. A slide that cannot be
 tiled (unreadable, corrupt, unknown format, no mpp, no tissue) is reported by file name as
 soon as it fails and in the summary; the others go on; the exit status is 1 if any slide
-failed (2 for bad arguments). Files are written under temporary names and renamed when
+failed (2 for bad arguments). The tiler does not import torch. Files are written under temporary names and renamed when
 complete, and a slide's h5 file is written last.
 """
 
@@ -51,7 +60,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
+# the tiling pipeline (numpy, readers) is imported in main(), so that --help answers at once
 
 
 def _positive(kind: type):
@@ -127,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="also write every patch as an image file under DIR/tiles/<slide_id>/",
     )
+    parser.add_argument(
+        "--on-corrupt-tile",
+        choices=("fail", "skip"),
+        default="fail",
+        help="on damaged tile data: fail the slide (naming the region), or drop the patches on it and count them",
+    )
+    parser.add_argument(
+        "--decode-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where --save-tiles decodes patch pixels; cuda needs cuCIM (cuslide2) and a visible GPU",
+    )
     return parser
 
 
@@ -134,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some slide failed, 2 bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
+
     try:
         config = TileConfig(
             target_mpp=args.mpp,
@@ -143,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             slide_mpp=args.slide_mpp,
             backend=args.backend,
             save_tiles=args.save_tiles,
+            on_corrupt_tile=args.on_corrupt_tile,
+            decode_device=args.decode_device,
         )
         report = tile_slides(args.slides, args.out, config, workers=args.workers)
     except (ValueError, FileNotFoundError) as error:

@@ -7,18 +7,34 @@ A thin layer over :func:`clusiam_fast.training.train`. Examples::
     python -m clusiam_fast.train tiles/manifest.csv --out runs/x --method clubyol
     torchrun --nproc_per_node 2 -m clusiam_fast.train patches/ --out runs/ddp --sync-bn
     python -m clusiam_fast.train --out runs/clusiam --resume            # continue exactly where it stopped
+
+Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint (one line on
+stderr), 3 the loss or the weights became NaN / inf (the last good checkpoint is left as it was),
+4 --out is a file, not a folder, 130 interrupted (Ctrl-C / SIGTERM; checkpoint saved).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from .training.config import TrainConfig
+from .training.config import NonFiniteLossError, OutPathError, TrainConfig  # torch-free: --help answers fast
 
 D = TrainConfig()  # the defaults quoted in --help
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is not inf or nan (argparse names the flag in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,18 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--pred-hidden", type=int, metavar="N", help="predictor hidden size (default 512; 4096 for clubyol/byol)"
     )
     g.add_argument(
-        "--ema-momentum", type=float, metavar="X", help="clubyol/byol target EMA momentum (default 0.99, as published)"
+        "--ema-momentum",
+        type=finite_float,
+        metavar="X",
+        help="clubyol/byol target EMA momentum (default 0.99, as published)",
     )
 
     g = p.add_argument_group("loss")
     g.add_argument(
         "--alpha",
-        type=float,
+        type=finite_float,
         metavar="X",
         help="loss = (1-alpha)*invariance + alpha*cluster; default 0.5 clusiam, 0.9 clubyol; 1.0 = cluster loss only",
     )
     g.add_argument(
-        "--tau", type=float, metavar="X", help=f"Gumbel-softmax temperature of the cluster loss (default {D.tau})"
+        "--tau",
+        type=finite_float,
+        metavar="X",
+        help=f"Gumbel-softmax temperature of the cluster loss (default {D.tau})",
     )
     g.add_argument(
         "--no-gumbel",
@@ -120,12 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--lr",
-        type=float,
+        type=finite_float,
         metavar="X",
         help=f"base lr; the run uses lr*batch/256 with cosine decay per step (default {D.lr})",
     )
-    g.add_argument("--momentum", type=float, metavar="X", help=f"SGD momentum (default {D.momentum})")
-    g.add_argument("--weight-decay", type=float, metavar="X", help=f"SGD weight decay (default {D.weight_decay})")
+    g.add_argument("--momentum", type=finite_float, metavar="X", help=f"SGD momentum (default {D.momentum})")
+    g.add_argument(
+        "--weight-decay", type=finite_float, metavar="X", help=f"SGD weight decay (default {D.weight_decay})"
+    )
     g.add_argument(
         "--fix-pred-lr",
         action=argparse.BooleanOptionalAction,
@@ -161,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         "scaler; losses and normalisations stay float32",
     )
     g.add_argument("--amp-dtype", choices=["auto", "bf16", "fp16"], help="autocast dtype with --amp (default auto)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads (default: torch's default, about one per core); independent of --workers, "
+        "so CPU results do not depend on the loader",
+    )
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
     g.add_argument(
         "--no-channels-last",
@@ -206,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     g.add_argument(
         "--collapse-warn",
-        type=float,
+        type=finite_float,
         metavar="X",
         help=f"warn when the collapse monitor falls below this or to half its best (default {D.collapse_warn})",
     )
@@ -220,17 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse the command line into a TrainConfig: defaults < --demo settings < saved config (--resume) < flags."""
-    from .data.demo import DEMO_DEFAULTS
-
     args = vars(build_parser().parse_args(argv))
     demo = args.pop("demo", False)
     values: dict = {}
     out = Path(args["out"])
+    if out.exists() and not out.is_dir():
+        raise OutPathError(f"--out {out} is a file, not a folder: choose a folder for the run's outputs")
     if args.get("resume") and (out / "checkpoint.pt").is_file():
-        from .models import read_checkpoint
+        from .training.checkpoint import read_resume_checkpoint
 
-        values.update(read_checkpoint(out / "checkpoint.pt")["config"])
+        saved = read_resume_checkpoint(out / "checkpoint.pt")["config"]
+        if "method" in args and saved.get("method", args["method"]) != args["method"]:
+            raise ValueError(
+                f"--resume: {out / 'checkpoint.pt'} was trained with --method {saved['method']}, this run asks "
+                f"for --method {args['method']}; the method defines the model: leave --method out to continue "
+                f"that run, or train {args['method']} in another --out"
+            )
+        values.update(saved)
     elif demo:
+        from .data.demo import DEMO_DEFAULTS
+
         values.update(DEMO_DEFAULTS, overwrite=True)
     if demo and "data" not in args and not values.get("data"):
         from .data.demo import make_demo_patches
@@ -245,14 +285,20 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training import NonFiniteLossError, train
-
-    cfg = config_from_args(argv)
+    """The CLI; returns the exit status listed in the module docstring (argparse errors exit 2 itself)."""
     try:
+        cfg = config_from_args(argv)
+        from .training import train  # torch: only after the arguments parsed
+
         result = train(cfg)
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except OutPathError as error:
+        if os.environ.get("CLUSIAM_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 4
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError) as error:
         if os.environ.get("CLUSIAM_DEBUG"):
             raise

@@ -11,7 +11,12 @@
   ``slide_paths[slide_id]`` (a dict keyed by slide id = h5 file stem, or a list parallel
   to the h5 files); the ``slide_path`` attribute our tiler stores; a file named
   ``<slide_id>.<slide extension>`` in ``slide_dir``, the h5 file's folder or its parent.
-  A slide that cannot be found is an error naming the h5 file and the places searched.
+
+A slide whose file is missing (or cannot be found) is skipped with one warning naming it
+(and, for h5 input, the places searched); ``dataset.missing_slides`` lists them
+(``slide_id``, ``slide_path``, ``h5_path``, ``reason``) so callers can report them. Only
+when every slide is missing is it an error. A slide file that cannot be opened is tried
+once per process: its later patches fail at once with the same error.
 
 Items are ``transform(PIL RGB image output_size x output_size)`` (the PIL image itself
 when ``transform`` is None), or ``(item, (slide_index, x, y))`` with ``return_coords``
@@ -27,6 +32,7 @@ by the backend's batched multi-threaded reader.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,10 +115,22 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         self.read_threads = read_threads
         self.max_open_slides = max(1, max_open_slides)
         h5_files = _h5_files(manifest_or_h5_list)
+        self.missing_slides: list[dict[str, str]] = []
         if h5_files is None:
-            self.slides = self._from_manifest(resolve_data(manifest_or_h5_list).path, slide_dir)
+            self.slides = self._from_manifest(resolve_data(manifest_or_h5_list).path, slide_dir, self.missing_slides)
         else:
-            self.slides = self._from_h5(h5_files, slide_paths, slide_dir)
+            self.slides = self._from_h5(h5_files, slide_paths, slide_dir, self.missing_slides)
+        if self.missing_slides:
+            reasons = [m["reason"] for m in self.missing_slides]
+            if not self.slides:
+                detail = reasons[0] if len(reasons) == 1 else f"{len(reasons)} slides, e.g. {reasons[0]}"
+                raise FileNotFoundError(f"every slide is missing: {detail}")
+            more = f" and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+            warnings.warn(
+                f"{len(reasons)} of {len(reasons) + len(self.slides)} slides are missing and are skipped: "
+                f"{'; '.join(reasons[:3])}{more}",
+                stacklevel=2,
+            )
         installed = set(available_backends())
         for info in self.slides:
             if backend is not None:
@@ -126,11 +144,12 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         if not len(self.slides) or self._ends[-1] == 0:
             raise ValueError(f"{manifest_or_h5_list}: no patches to read (no slides, or no coordinates in them)")
         self._readers: OrderedDict[int, SlideReader] = OrderedDict()
+        self._open_errors: dict[int, str] = {}
         self._pid = os.getpid()
 
     # -- construction ----------------------------------------------------------------------
     @staticmethod
-    def _from_manifest(path: Path, slide_dir: str | os.PathLike | None) -> list[SlideInfo]:
+    def _from_manifest(path: Path, slide_dir: str | os.PathLike | None, missing: list[dict]) -> list[SlideInfo]:
         from ..formats.coords_h5 import read_coords_h5
         from ..formats.manifest import read_manifest
 
@@ -142,10 +161,17 @@ class SlidePatchDataset(torch.utils.data.Dataset):
             if not slide.exists() and slide_dir is not None and (Path(slide_dir) / slide.name).exists():
                 slide = Path(slide_dir) / slide.name
             if not slide.exists():
-                raise FileNotFoundError(
-                    f"{path}: slide {row['slide_path']} of {row['slide_id']} does not exist; "
-                    "pass slide_dir=FOLDER if the slides moved"
+                looked = f" (nor {Path(slide_dir) / slide.name})" if slide_dir is not None else ""
+                missing.append(
+                    {
+                        "slide_id": str(row["slide_id"]),
+                        "slide_path": str(row["slide_path"]),
+                        "h5_path": str(row.get("h5_path", "")),
+                        "reason": f"{path}: slide {row['slide_path']} of {row['slide_id']} does not exist{looked}; "
+                        "pass slide_dir=FOLDER (--slide-dir) if the slides moved",
+                    }
                 )
+                continue
             coords, attrs = read_coords_h5(row["h5_path"])
             slides.append(
                 SlideInfo(
@@ -164,7 +190,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         return slides
 
     @staticmethod
-    def _from_h5(files: list[Path], slide_paths: Any, slide_dir: Any) -> list[SlideInfo]:
+    def _from_h5(files: list[Path], slide_paths: Any, slide_dir: Any, missing: list[dict]) -> list[SlideInfo]:
         from ..formats.coords_h5 import read_coords_h5
 
         if slide_paths is not None and not isinstance(slide_paths, Mapping):
@@ -182,9 +208,23 @@ class SlidePatchDataset(torch.utils.data.Dataset):
             elif attrs.get("slide_path") and Path(attrs["slide_path"]).exists():
                 slide = Path(attrs["slide_path"])
             else:
-                slide = _find_slide(slide_id, h5_path, slide_dir)
+                try:
+                    slide = _find_slide(slide_id, h5_path, slide_dir)
+                except FileNotFoundError as error:
+                    missing.append(
+                        {"slide_id": slide_id, "slide_path": "", "h5_path": str(h5_path), "reason": str(error)}
+                    )
+                    continue
             if not slide.exists():
-                raise FileNotFoundError(f"{h5_path}: its slide {slide} does not exist")
+                missing.append(
+                    {
+                        "slide_id": slide_id,
+                        "slide_path": str(slide),
+                        "h5_path": str(h5_path),
+                        "reason": f"{h5_path}: its slide {slide} does not exist",
+                    }
+                )
+                continue
             slides.append(
                 SlideInfo(
                     slide_id=slide_id,
@@ -220,11 +260,18 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         """The open reader of a slide in this process (opened on first use)."""
         if self._pid != os.getpid():  # forked worker: never share the parent's file handles
             self._readers = OrderedDict()
+            self._open_errors = {}
             self._pid = os.getpid()
         reader = self._readers.get(slide_index)
         if reader is None:
             info = self.slides[slide_index]
-            reader = open_slide(info.path, info.backend)
+            if slide_index in self._open_errors:  # tried once already: do not reopen per patch
+                raise OSError(self._open_errors[slide_index])
+            try:
+                reader = open_slide(info.path, info.backend)
+            except Exception as error:
+                self._open_errors[slide_index] = f"cannot open slide {info.path}: {type(error).__name__}: {error}"
+                raise OSError(self._open_errors[slide_index]) from error
             self._readers[slide_index] = reader
             while len(self._readers) > self.max_open_slides:
                 self._readers.popitem(last=False)[1].close()
@@ -269,6 +316,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_readers"] = OrderedDict()  # readers never travel; each process opens its own
+        state["_open_errors"] = {}
         return state
 
     def __repr__(self) -> str:

@@ -99,12 +99,29 @@ def _load_any(path: Path) -> Any:
         raise ValueError(f"cannot read checkpoint {path} ({type(error).__name__}: {error})") from error
 
 
+def check_finite_weights(state: dict[str, Any], source: str | Path) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run) in one line naming the file and how many."""
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor) and v.is_floating_point()}
+    bad = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(
+            f"checkpoint {source}: {len(bad)} of {len(tensors)} weight tensors hold NaN or Inf values "
+            f"(e.g. {', '.join(bad[:3])}); the training run diverged there, use an earlier checkpoint"
+        )
+
+
 def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:
-    """Load a trainer checkpoint or an exported ResNet backbone as an eval-mode :class:`Encoder`."""
+    """Load a trainer checkpoint or an exported ResNet backbone as an eval-mode :class:`Encoder`.
+
+    Weights with NaN or Inf values are refused (:func:`check_finite_weights`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     obj = _load_any(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        check_finite_weights(obj["model"], path)
+    elif isinstance(obj, dict):
+        check_finite_weights(obj, path)
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
         from ..models import load_checkpoint
 

@@ -8,6 +8,7 @@ are documented in :mod:`clusiam_fast.extract`; the bag schema is
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -52,6 +53,26 @@ def resolve_normalisation(
         stacklevel=2,
     )
     return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet (fallback)"
+
+
+def check_normalisation(mean: Sequence[float], std: Sequence[float], origin: str) -> None:
+    """Refuse statistics that cannot be right for [0, 1] pixels, saying what is wrong (and where they came from)."""
+    for name, values in (("mean", mean), ("std", std)):
+        values = list(values)
+        if len(values) != 3:
+            raise ValueError(f"normalisation {name} from {origin} needs 3 values (R G B), got {len(values)}: {values}")
+        bad = [v for v in values if not isinstance(v, (int, float)) or not math.isfinite(float(v))]
+        if bad:
+            raise ValueError(f"normalisation {name} from {origin} has non-finite values: {values}")
+        if any(float(v) > 1 for v in values):
+            raise ValueError(
+                f"normalisation {name} from {origin} is {values}: values > 1 suggest 0-255 pixel units; "
+                f"give them for pixels in [0, 1] (divided by 255: {[round(float(v) / 255, 4) for v in values]})"
+            )
+    if any(float(v) <= 0 for v in std):
+        raise ValueError(f"normalisation std from {origin} is {list(std)}: every std must be > 0")
+    if any(float(v) < 0 for v in mean):
+        raise ValueError(f"normalisation mean from {origin} is {list(mean)}: a mean of [0, 1] pixels lies in [0, 1]")
 
 
 def build_transform(mean: Sequence[float], std: Sequence[float], resize: int | None = None, crop: int | None = None):
@@ -121,10 +142,12 @@ class _BagWriter:
         parts = self.parts.pop(k, [])
         failures = self.failed.pop(k, [])
         if not parts:
+            errors = {f["error"] for f in failures}
+            same = f": {next(iter(errors))}" if len(errors) == 1 else ""  # e.g. the slide file cannot be opened
             self.failed_slides.append(
                 {
                     "slide_id": slide.slide_id,
-                    "reason": f"all {slide.stop - slide.start} patches failed",
+                    "reason": f"all {slide.stop - slide.start} patches failed{same}",
                     "num_failed": len(failures),
                     "failures": failures[:20],
                 }
@@ -174,15 +197,28 @@ def extract(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     progress: bool = True,
+    slide_dir: str | Path | None = None,
 ) -> dict:
-    """Write one feature bag per slide of ``data`` into ``out``; return the summary (extract.json)."""
+    """Write one feature bag per slide of ``data`` into ``out``; return the summary (extract.json).
+
+    Mixed patch sizes (without ``resize``/``crop``): every patch is resized to the
+    checkpoint's training size (``crop_size`` of its config; the first patch's size for a
+    plain state_dict) and the summary says so (``size_note``, ``patch_sizes``, ``fit_size``).
+    Slides missing from a manifest are skipped and listed (``missing_slides``).
+    """
     checkpoint, out = Path(checkpoint), Path(out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if (mean is None) != (std is None):
+        raise ValueError("give both --mean and --std, or neither")
+    if mean is not None:
+        check_normalisation(mean, std, "the command line (--mean/--std)")
     encoder = load_encoder(checkpoint).to(device)
     if device.startswith("cuda"):
         encoder = encoder.to(memory_format=torch.channels_last)
     mean, std, norm_origin = resolve_normalisation(encoder, checkpoint, mean, std)
-    source = open_source(data, build_transform(mean, std, resize, crop))
+    check_normalisation(mean, std, norm_origin)
+    source = open_source(data, build_transform(mean, std, resize, crop), slide_dir=slide_dir)
+    fit_size, size_note = _fit_sizes(source, encoder, resize, crop)
     use_amp = amp and device.startswith("cuda")
     dtype = np.float16 if fp16 else np.float32
     attrs = {
@@ -217,12 +253,37 @@ def extract(
         "mean": list(mean),
         "std": list(std),
         "normalisation_from": norm_origin,
+        "patch_sizes": {f"{w}x{h}": v for (w, h), v in sorted(source.sizes.items())},
+        "fit_size": fit_size,
+        "size_note": size_note,
+        "missing_slides": source.missing_slides,
         **writer.totals(),
         "seconds": seconds,
         "patches_per_second": done / max(seconds, 1e-9),
     }
     atomic_write_json(out / "extract.json", summary)
     return summary
+
+
+def _fit_sizes(source: PatchSource, encoder: Encoder, resize: int | None, crop: int | None) -> tuple[int | None, str]:
+    """Give mixed-size patches one size (see :func:`extract`); returns (size or None, what was done)."""
+    if len(source.sizes) <= 1:
+        return None, ""
+    if resize or crop:
+        return None, f"patches come in {len(source.sizes)} sizes ({source.describe_sizes()}); --resize/--crop given"
+    trained = encoder.config.get("crop_size")
+    if trained:
+        size, why = int(trained), "the checkpoint's training crop_size"
+    else:
+        w, h = next(iter(source.sizes))  # sizes are listed in patch order: the first is the first patch's
+        size, why = max(w, h), "the size of the first patch; the checkpoint does not record its training size"
+    source.fit(size)
+    note = (
+        f"patches come in {len(source.sizes)} sizes ({source.describe_sizes()}); every patch was resized to "
+        f"{size}x{size} px ({why}); pass --resize N [--crop N] to choose another size"
+    )
+    warnings.warn(note, stacklevel=3)
+    return size, note
 
 
 def _run(

@@ -8,11 +8,25 @@ own validation split of the training slides).
 extracted DATA folder, or absolute, or a unique file name) or ``slide_id,x,y``
 (level-0 coordinates of tiler patches); optionally ``split`` (``train``/``test``) for
 the patch KNN.
+
+Both tables are checked the same way (rows are named by their line in the file, the
+header being line 1):
+
+- labels are normalised: surrounding whitespace is dropped and numbers are written one
+  way (``1``, `` 1.0`` and ``1.00`` are all class ``1``; ``0.50`` is ``0.5``), so the
+  same class spelt two ways is one class;
+- a blank label means "unlabelled": the row is skipped with one warning that names its
+  line(s) (a table may list slides not diagnosed yet) -- it never becomes a class "";
+- a key (slide, or patch) listed twice with the same label and split is kept once with a
+  warning; listed with different labels (or splits) it is an error naming the key, both
+  labels and their lines, and the file -- never "the last row wins".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +56,102 @@ def normalise_split(value: str, source: str) -> str:
     raise ValueError(f"{source}: split must be train or test (val/valid count as train), got {value!r}")
 
 
-def read_slide_labels(path: str | Path) -> dict[str, tuple[str, str | None]]:
-    """slide_id -> (label, split or None)."""
+def normalise_label(value: object) -> str:
+    """A label as one spelling: stripped; integral numbers without a fraction (``1.0`` -> ``1``)."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    if number.is_integer():
+        return str(int(number))
+    return repr(number)
+
+
+@dataclass
+class LabelTable:
+    """Rows of a label table after the checks of the module docstring."""
+
+    labels: dict  # key -> (label, split or None)
+    blank_rows: list[int] = field(default_factory=list)  # file lines with a blank label (skipped)
+    duplicate_rows: list[int] = field(default_factory=list)  # file lines repeating an earlier row exactly
+
+
+def _shown(key: object) -> str:
+    return "@".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
+
+
+def _lines(lines: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(n) for n in lines[:limit])
+    return shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def _build_table(path: str | Path, what: str, keys: list, labels: list, splits: list) -> LabelTable:
+    """key -> (label, split), refusing conflicting duplicates (see the module docstring)."""
+    table = LabelTable(labels={})
+    first_line: dict = {}
+    conflicts: list[str] = []
+    for row, (key, raw, split) in enumerate(zip(keys, labels, splits)):
+        line = row + 2  # header is line 1
+        label = normalise_label(raw)
+        if label == "":
+            table.blank_rows.append(line)
+            continue
+        if key in table.labels:
+            if table.labels[key] == (label, split):
+                table.duplicate_rows.append(line)
+                continue
+            old_label, old_split = table.labels[key]
+            if old_label != label:
+                conflicts.append(
+                    f"{what} {_shown(key)} is labelled {old_label!r} (line {first_line[key]}) and {label!r} (line {line})"
+                )
+            else:
+                conflicts.append(
+                    f"{what} {_shown(key)} is in split {old_split!r} (line {first_line[key]}) and {split!r} (line {line})"
+                )
+            continue
+        table.labels[key] = (label, split)
+        first_line[key] = line
+    if conflicts:
+        more = f"; and {len(conflicts) - 5} more conflicts" if len(conflicts) > 5 else ""
+        raise ValueError(f"{path}: conflicting labels: {'; '.join(conflicts[:5])}{more}; give each {what} one label")
+    if table.blank_rows:
+        warnings.warn(
+            f"{path}: {len(table.blank_rows)} rows with a blank label skipped as unlabelled (lines {_lines(table.blank_rows)})",
+            stacklevel=3,
+        )
+    if table.duplicate_rows:
+        warnings.warn(
+            f"{path}: {len(table.duplicate_rows)} rows repeat an earlier row exactly and were ignored (lines {_lines(table.duplicate_rows)})",
+            stacklevel=3,
+        )
+    return table
+
+
+def read_slide_table(path: str | Path) -> LabelTable:
+    """slides.csv checked (see the module docstring): ``table.labels`` is slide_id -> (label, split or None)."""
     df = _read_csv(path, "slide labels")
     missing = {"slide_id", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"{path} needs columns slide_id,label[,split]; missing {sorted(missing)}")
     has_split = "split" in df.columns
-    out = {}
-    for row in df.itertuples(index=False):
-        split = normalise_split(row.split, str(path)) if has_split and row.split != "" else None
-        out[str(row.slide_id)] = (str(row.label), split)
-    return out
+    ids = [str(v).strip() for v in df["slide_id"]]
+    blank_ids = [i + 2 for i, v in enumerate(ids) if v == ""]
+    if blank_ids:
+        raise ValueError(f"{path}: blank slide_id on line(s) {_lines(blank_ids)}; every row needs a slide_id")
+    splits = [
+        normalise_split(v, f"{path} line {i + 2}") if str(v).strip() != "" else None
+        for i, v in enumerate(df["split"] if has_split else [""] * len(df))
+    ]
+    return _build_table(path, "slide", ids, list(df["label"]), splits)
+
+
+def read_slide_labels(path: str | Path) -> dict[str, tuple[str, str | None]]:
+    """slide_id -> (label, split or None); see :func:`read_slide_table` for the checks."""
+    return read_slide_table(path).labels
 
 
 @dataclass
@@ -77,16 +175,17 @@ def read_patch_labels(path: str | Path) -> tuple[dict, str, bool]:
     has_split = "split" in df.columns
     if "path" in df.columns:
         kind = "path"
-        keys = [str(p).replace("\\", "/") for p in df["path"]]
+        keys = [str(p).strip().replace("\\", "/") for p in df["path"]]
     elif {"slide_id", "x", "y"} <= set(df.columns):
         kind = "coords"
-        keys = [(str(s), int(float(x)), int(float(y))) for s, x, y in zip(df["slide_id"], df["x"], df["y"])]
+        keys = [(str(s).strip(), int(float(x)), int(float(y))) for s, x, y in zip(df["slide_id"], df["x"], df["y"])]
     else:
         raise ValueError(f"{path} needs either a path column or slide_id,x,y columns besides label")
-    splits = (
-        [normalise_split(s, str(path)) if s != "" else None for s in df["split"]] if has_split else [None] * len(df)
-    )
-    return {k: (str(lbl), s) for k, lbl, s in zip(keys, df["label"], splits)}, kind, has_split
+    splits = [
+        normalise_split(v, f"{path} line {i + 2}") if str(v).strip() != "" else None
+        for i, v in enumerate(df["split"] if has_split else [""] * len(df))
+    ]
+    return _build_table(path, "patch", keys, list(df["label"]), splits).labels, kind, has_split
 
 
 def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:

@@ -25,7 +25,7 @@ from ..utils.atomic import atomic_write_json, atomic_write_text
 from .cluster_map import save_cluster_map
 from .clustering import evaluate_clustering, kmeans
 from .knn import knn_evaluate
-from .labels import join_patch_labels, read_slide_labels
+from .labels import join_patch_labels, read_slide_table
 from .mil.data import BagDataset, stratified_split
 from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
 from .plots import plot_cluster_sizes, plot_roc
@@ -104,21 +104,37 @@ def _summary(bags: list[FeatureBag], features: Path) -> dict:
 
 
 def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalConfig, out: Path, results: dict) -> None:
-    table = read_slide_labels(labels_csv)
+    checked = read_slide_table(labels_csv)
+    table = checked.labels
     labelled = [b for b in bags if b.slide_id in table]
+    unlabelled = sorted(b.slide_id for b in bags if b.slide_id not in table)
     missing_bags = sorted(set(table) - {b.slide_id for b in bags})
     info: dict[str, Any] = {
+        "labels_file": str(labels_csv),
         "labelled_slides": len(labelled),
-        "unlabelled_bags": len(bags) - len(labelled),
+        "unlabelled_bags": len(unlabelled),
+        "unlabelled_bag_ids": unlabelled[:50],
         "labels_without_bag": missing_bags[:50],
         "num_labels_without_bag": len(missing_bags),
+        "blank_label_lines": checked.blank_rows,
+        "duplicate_lines": checked.duplicate_rows,
+        "class_counts": {
+            c: sum(table[b.slide_id][0] == c for b in labelled)
+            for c in _sorted_classes([table[b.slide_id][0] for b in labelled])
+        },
     }
+    results["slide_labels"] = info
     if not labelled:
-        results["skipped"]["mil"] = f"no bag's slide_id appears in {labels_csv}"
+        results["skipped"]["mil"] = (
+            f"no bag's slide_id appears in {labels_csv} ({len(bags)} bags, e.g. {unlabelled[0]!r}; "
+            f"{len(table)} labelled slides, e.g. {next(iter(table), '')!r})"
+        )
         return
     classes = _sorted_classes([table[b.slide_id][0] for b in labelled])
     if len(classes) < 2:
-        results["skipped"]["mil"] = f"{labels_csv} has a single class {classes}; slide classification needs two"
+        results["skipped"]["mil"] = (
+            f"the {len(labelled)} labelled bags all have class {classes[0]!r} in {labels_csv}; slide classification needs two"
+        )
         return
     ds = BagDataset(
         [torch.from_numpy(np.asarray(b.features)) for b in labelled],

@@ -21,6 +21,29 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     ]
 
 
+def slide_label_lines(r: dict) -> list[str]:
+    """What the slide labels covered, by class name, and why MIL did not run (report and console)."""
+    sl = r.get("slide_labels")
+    if not sl:
+        return []
+    counts = ", ".join(f"{c} ({n})" for c, n in sl["class_counts"].items()) or "none"
+    lines = [
+        f"Slide labels {sl['labels_file']}: {sl['labelled_slides']} bags labelled, classes {counts}.",
+        f"{sl['unlabelled_bags']} bags have no label"
+        + (f" (e.g. {', '.join(sl['unlabelled_bag_ids'][:5])})" if sl["unlabelled_bags"] else "")
+        + f"; {sl['num_labels_without_bag']} labels have no bag"
+        + (f" (e.g. {', '.join(sl['labels_without_bag'][:5])})" if sl["num_labels_without_bag"] else "")
+        + ".",
+    ]
+    if sl.get("blank_label_lines"):
+        lines.append(f"{len(sl['blank_label_lines'])} rows with a blank label were skipped as unlabelled.")
+    if sl.get("duplicate_lines"):
+        lines.append(f"{len(sl['duplicate_lines'])} rows repeating an earlier row were ignored.")
+    if "mil" in r.get("skipped", {}):
+        lines.append(f"MIL did not run: {r['skipped']['mil']}.")
+    return lines
+
+
 def render_markdown(r: dict) -> str:
     """The report: inputs, Table 1 (clustering), KNN, Tables 2-4 (MIL), figures, what was skipped."""
     inp = r["inputs"]
@@ -45,6 +68,8 @@ def render_markdown(r: dict) -> str:
         "",
     ]
 
+    if r.get("slide_labels"):
+        lines += ["## Slide labels", "", *(f"- {line}" for line in slide_label_lines(r)), ""]
     if "clustering" in r:
         pl = r["patch_labels"]
         lines += [
@@ -87,6 +112,7 @@ def render_markdown(r: dict) -> str:
         lines += [
             "## Slide classification (paper Tables 2-4)",
             "",
+            f"Classes (model output index: name): {', '.join(f'{i}: {c}' for i, c in enumerate(classes))}.",
             f"{m['train_slides']} training slides (class counts {m['class_counts_train']}), {m['test_slides']} test slides ({m['class_counts_test']}); split: {m['split']}.",
             f"Protocol: grid lr {list(cfg['lrs'])} x weight decay {list(cfg['weight_decays'])}, {cfg['epochs']} epochs ({cfg['warmup_epochs']} warm-up, then cosine), "
             f"optimiser {cfg['optimizer']}, batch {cfg['batch_size']} bags; stratified seeded {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} train/validation split "

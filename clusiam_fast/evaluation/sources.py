@@ -11,6 +11,11 @@ contiguous index range. What a bag is:
 
 Items are ``(tensor | None, index, error | None)``: an unreadable patch is reported by
 name and dropped from its bag instead of stopping the run (see :func:`collate_patches`).
+
+Patch sizes: ``source.sizes`` maps each (width, height) to how many patches have it and
+one example (image headers of a folder; output sizes of a manifest's slides), and
+``source.fit(size)`` makes every patch ``size`` x ``size`` before the transform, so that
+folders mixing 224 px and 256 px patches can be stacked into batches.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ..data.patch_folder import find_images, load_rgb
@@ -48,6 +54,15 @@ class PatchSource:
     dataset: torch.utils.data.Dataset
     slides: list[SlideEntry]
     root: Path
+    sizes: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    missing_slides: list[dict[str, str]] = field(default_factory=list)
+    fit: Callable[[int], None] = lambda size: None
+
+    def describe_sizes(self) -> str:
+        """``224x224: 3 patches, e.g. a.png; 256x256: 2 patches, e.g. b.png``."""
+        return "; ".join(
+            f"{w}x{h}: {v['count']} patches, e.g. {v['example']}" for (w, h), v in sorted(self.sizes.items())
+        )
 
     def item_name(self, index: int) -> str:
         """A human-readable name of patch ``index`` (file path or slide@x,y)."""
@@ -74,6 +89,12 @@ def collate_patches(
     """Stack the good patches; return (images or None, their indices, [(index, error)] of failures)."""
     good = [(x, i) for x, i, err in items if err is None]
     failed = [(i, err) for _, i, err in items if err is not None]
+    shapes = sorted({tuple(x.shape) for x, _ in good})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"patches of different sizes in one batch ({' and '.join('x'.join(map(str, s)) for s in shapes)}); "
+            "pass --resize N --crop N to give every patch one size"
+        )
     images = torch.stack([x for x, _ in good]) if good else None
     return images, torch.tensor([i for _, i in good], dtype=torch.long), failed
 
@@ -81,12 +102,46 @@ def collate_patches(
 class _ImageFiles(torch.utils.data.Dataset):
     def __init__(self, paths: list[Path], transform: Callable) -> None:
         self.paths, self.transform = paths, transform
+        self.size: int | None = None  # every image resized to size x size first (mixed patch sizes)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
-        return self.transform(load_rgb(self.paths[index]))
+        img = load_rgb(self.paths[index])
+        if self.size is not None and img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), Image.BILINEAR)
+        return self.transform(img)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the header (no decoding), or None when it cannot be read (reported later)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagewidth), int(page.imagelength)
+        except Exception:
+            return None
+
+
+def image_sizes(paths: list[Path], names: list[str], threads: int = 8) -> dict[tuple[int, int], dict[str, Any]]:
+    """(width, height) -> {count, example} over the image headers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        found = list(pool.map(_image_size, paths, chunksize=64))
+    sizes: dict[tuple[int, int], dict[str, Any]] = {}
+    for size, name in zip(found, names):
+        if size is not None:
+            entry = sizes.setdefault(size, {"count": 0, "example": name})
+            entry["count"] += 1
+    return sizes
 
 
 def folder_source(root: str | Path, transform: Callable) -> PatchSource:
@@ -103,8 +158,13 @@ def folder_source(root: str | Path, transform: Callable) -> PatchSource:
             slides.append(SlideEntry(bag, i, i, paths=[], attrs={"source": "folder", "data_root": str(root.resolve())}))
         slides[-1].stop = i + 1
         slides[-1].paths.append(r.as_posix())
-    dataset = TolerantDataset(_ImageFiles(images, transform))
-    return PatchSource("folder", dataset, slides, root)
+    files = _ImageFiles(images, transform)
+
+    def fit(size: int) -> None:
+        files.size = int(size)
+
+    sizes = image_sizes(images, [r.as_posix() for r in rel])
+    return PatchSource("folder", TolerantDataset(files), slides, root, sizes=sizes, fit=fit)
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
@@ -129,13 +189,16 @@ def _manifest_attrs(row: dict[str, Any], manifest: Path) -> dict[str, Any]:
     return attrs
 
 
-def manifest_source(manifest: str | Path, transform: Callable) -> PatchSource:
-    """Patches read on the fly from the slides of a tiler ``manifest.csv``."""
+def manifest_source(manifest: str | Path, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
+    """Patches read on the fly from the slides of a tiler ``manifest.csv``.
+
+    ``slide_dir``: where to look for slides that are no longer at the manifest's paths.
+    Slides that are missing anyway are skipped (``source.missing_slides``)."""
     manifest = Path(manifest)
     from ..data.slide_dataset import SlidePatchDataset
 
     rows = {row["slide_id"]: row for row in read_manifest(manifest)}
-    inner = SlidePatchDataset(str(manifest), transform=transform, return_coords=False)
+    inner = SlidePatchDataset(str(manifest), transform=transform, return_coords=False, slide_dir=slide_dir)
     slides: list[SlideEntry] = []
     start = 0
     for info in inner.slides:
@@ -149,12 +212,35 @@ def manifest_source(manifest: str | Path, transform: Callable) -> PatchSource:
             f"{manifest}: the slide dataset has {len(inner)} patches but its slides list {start} coordinates"
         )
 
-    return PatchSource("manifest", TolerantDataset(inner, _image_of), slides, manifest.parent)
+    sizes: dict[tuple[int, int], dict[str, Any]] = {}
+    for info, entry in zip(inner.slides, slides):
+        size = sizes.setdefault(
+            (info.output_size, info.output_size), {"count": 0, "example": f"slide {entry.slide_id}"}
+        )
+        size["count"] += entry.stop - entry.start
+
+    def fit(size: int) -> None:
+        for info in inner.slides:
+            info.output_size = int(size)
+
+    return PatchSource(
+        "manifest",
+        TolerantDataset(inner, _image_of),
+        slides,
+        manifest.parent,
+        sizes=sizes,
+        missing_slides=list(inner.missing_slides),
+        fit=fit,
+    )
 
 
-def open_source(data: str | Path, transform: Callable) -> PatchSource:
+def open_source(data: str | Path, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
     """A tiler manifest (a .csv file, or a folder holding manifest.csv) or an image folder."""
     arg = resolve_data(data, accept=("folder", "manifest"))
     if arg.kind == "manifest":
-        return manifest_source(arg.path, transform)
+        return manifest_source(arg.path, transform, slide_dir=slide_dir)
+    if slide_dir is not None:
+        import warnings
+
+        warnings.warn(f"slide_dir {slide_dir} is ignored: {data} is a folder of images, not a manifest", stacklevel=2)
     return folder_source(arg.path, transform)

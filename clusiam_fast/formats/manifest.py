@@ -3,7 +3,11 @@
 Columns, in order: ``slide_id, slide_path`` (absolute), ``h5_path`` (relative to the
 manifest's folder), ``num_patches, mpp`` (level 0), ``target_mpp, patch_size`` (output px),
 ``read_level, read_size`` (px read at ``read_level`` before resizing to ``patch_size``),
-``backend``, ``thumbnail`` (relative path of the QA PNG).
+``backend``, ``thumbnail`` (relative path of the QA PNG), ``corrupt_patches`` (patches
+dropped on damaged tile data with ``--on-corrupt-tile skip``; empty in older manifests).
+
+:func:`merge_manifest` is what the tiler writes: rows of an existing manifest stay, rows of
+slides tiled again are replaced.
 """
 
 from __future__ import annotations
@@ -28,20 +32,40 @@ COLUMNS = (
     "read_size",
     "backend",
     "thumbnail",
+    "corrupt_patches",
 )
-_INT = {"num_patches", "patch_size", "read_level", "read_size"}
+_INT = {"num_patches", "patch_size", "read_level", "read_size", "corrupt_patches"}
 _FLOAT = {"mpp", "target_mpp"}
 
 
 def write_manifest(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write the rows (dicts with every column) atomically."""
+    """Write the rows atomically (dicts with the columns; a missing one is left empty)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: row[key] for key in COLUMNS})
+        writer.writerow({key: row.get(key, "") for key in COLUMNS})
     atomic_write_text(path, buffer.getvalue())
     return Path(path)
+
+
+def merge_manifest(path: str | Path, rows: Iterable[dict[str, Any]]) -> tuple[Path, int]:
+    """Write ``rows`` into the manifest at ``path``, keeping its other slides; returns (path, rows kept).
+
+    Rows are matched on ``slide_id``: an existing row of a slide in ``rows`` is replaced, the
+    others stay (as written: paths relative to the folder), before the new ones.
+    """
+    rows = list(rows)
+    path = Path(path)
+    new_ids = {str(row["slide_id"]) for row in rows}
+    old: list[dict[str, Any]] = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if "slide_id" not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: exists but is not a tiler manifest; not overwriting it")
+            old = [row for row in reader if row.get("slide_id") not in new_ids]
+    return write_manifest(path, old + rows), len(old)
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
@@ -58,7 +82,8 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
         for line, row in enumerate(reader, start=2):
             try:
                 for key in _INT & row.keys():
-                    row[key] = int(row[key])
+                    optional = key == "corrupt_patches" and row[key] in ("", None)  # older manifests
+                    row[key] = 0 if optional else int(row[key])
                 for key in _FLOAT & row.keys():
                     row[key] = float(row[key])
             except ValueError as error:

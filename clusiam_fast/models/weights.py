@@ -28,7 +28,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # truncated / not a torch file
-        raise ValueError(f"checkpoint {path} could not be read ({type(error).__name__}: {error})") from error
+        first = (str(error).strip().splitlines() or [""])[0]  # torch's C++ errors append a stack trace
+        raise ValueError(
+            f"checkpoint {path} could not be read ({type(error).__name__}: {first}): it is damaged or not a checkpoint"
+        ) from error
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(
             f"checkpoint {path} is not a clusiam_fast checkpoint (expected a dict with 'model' and 'config'); "

@@ -6,6 +6,9 @@ RGB uint8 regions. Region locations are always level-0 (x, y), as in OpenSlide a
 sizes are in pixels of the level read. Pixels outside the image come back white
 (background), whatever the backend.
 
+Damaged tile data under a read raises :class:`CorruptTileError` naming the slide and the
+level-0 region, whatever the backend (see ``integrity.py`` for how it is found).
+
 Readers hold open file handles and native objects (cuCIM's do not pickle): open one per
 process, lazily, where it is used (see ``SlidePatchDataset``).
 """
@@ -17,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +35,21 @@ class MissingMppError(SlideError):
     """The slide's metadata has no pixel size and none was given."""
 
 
+class CorruptTileError(SlideError):
+    """Tile data of the slide is damaged where a read needs it (see ``integrity.py``).
+
+    ``region`` is the read's level-0 (x, y, width, height); ``level`` the pyramid level read.
+    """
+
+    def __init__(self, message: str, region: Sequence[int] = (0, 0, 0, 0), level: int = 0) -> None:
+        super().__init__(message)
+        self.region = tuple(int(v) for v in region)
+        self.level = int(level)
+
+    def __reduce__(self):  # crosses process boundaries with its fields
+        return type(self), (str(self), self.region, self.level)
+
+
 def as_size(size: int | Sequence[int]) -> tuple[int, int]:
     """``224`` or ``(w, h)`` -> ``(w, h)``."""
     if isinstance(size, (int, np.integer)):
@@ -43,12 +62,58 @@ class SlideReader(ABC):
     """Base class of the cuCIM, OpenSlide and tifffile readers."""
 
     backend: str = ""
+    #: the backend returns filler instead of raising on undecodable tiles (cuCIM): check its pixels too
+    hides_decode_errors: bool = False
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.level_dimensions: tuple[tuple[int, int], ...] = ()
         self.level_downsamples: tuple[float, ...] = ()
         self.mpp_info: MppInfo | None = None
+        self._tiles: Any = False  # TiffTileIndex | None once looked up; False: not yet
+
+    # -- tile data integrity (integrity.py) ------------------------------------------------
+    @property
+    def tile_index(self):
+        """The :class:`~.integrity.TiffTileIndex` of the file, or None (not a tiled TIFF)."""
+        if self._tiles is False:
+            from .integrity import TiffTileIndex
+
+            self._tiles = TiffTileIndex.open(self.path, self.level_dimensions) if self.level_dimensions else None
+        return self._tiles
+
+    def check_region(
+        self, location: Sequence[int], level: int, size: int | Sequence[int], pixels: np.ndarray | None = None
+    ) -> None:
+        """Raise :class:`CorruptTileError` when tile data under the region is damaged.
+
+        The compressed tiles are checked (cheap, cached per tile); with ``pixels`` (the region
+        as read), filler-looking parts are also decoded directly. Pixels outside the level are ignored.
+        """
+        index = self.tile_index
+        if index is None or not index.covers(level):
+            return
+        from .integrity import corrupt_error
+
+        w, h = as_size(size)
+        ds = self.level_downsamples[level]
+        lx, ly = math.floor(int(location[0]) / ds), math.floor(int(location[1]) / ds)
+        found = index.check(level, lx, ly, w, h, pixels)
+        if found is not None:
+            region = (int(location[0]), int(location[1]), round(w * ds), round(h * ds))
+            raise corrupt_error(self.path, region, level, *found)
+
+    def find_corrupt(
+        self, locations: Sequence[Sequence[int]] | np.ndarray, level: int, size: int | Sequence[int]
+    ) -> list[tuple[int, CorruptTileError]]:
+        """(position, error) of the regions whose compressed tile data is damaged, without decoding them."""
+        bad = []
+        for i, xy in enumerate(np.asarray(locations, dtype=np.int64).reshape(-1, 2)):
+            try:
+                self.check_region(xy, level, size)
+            except CorruptTileError as error:
+                bad.append((i, error))
+        return bad
 
     # -- geometry and metadata -------------------------------------------------------------
     @property
@@ -104,12 +169,20 @@ class SlideReader(ABC):
         lx, ly = math.floor(x / ds), math.floor(y / ds)
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
         if x0 == lx and y0 == ly and x1 == lx + w and y1 == ly + h:
-            return self._read(x, y, level, w, h)
+            return self._read_checked(x, y, level, w, h)
         out = np.full((h, w, 3), 255, np.uint8)
         if x1 > x0 and y1 > y0:
-            inside = self._read(math.ceil(x0 * ds), math.ceil(y0 * ds), level, x1 - x0, y1 - y0)
+            inside = self._read_checked(math.ceil(x0 * ds), math.ceil(y0 * ds), level, x1 - x0, y1 - y0)
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = inside
         return out
+
+    def _read_checked(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """``_read`` between the tile checks: compressed tiles before, filler-looking pixels after."""
+        self.check_region((x, y), level, (width, height))
+        pixels = self._read(x, y, level, width, height)
+        if self.hides_decode_errors:
+            self.check_region((x, y), level, (width, height), pixels)
+        return pixels
 
     def inside(self, location: Sequence[int], level: int, size: int | Sequence[int]) -> bool:
         """True when the region lies entirely inside ``level``."""
@@ -156,10 +229,14 @@ class SlideReader(ABC):
         batches = list(self.read_regions(locations, level, (w, h), num_workers=num_workers, batch_size=batch_size))
         return np.concatenate(batches) if batches else np.zeros((0, h, w, 3), np.uint8)
 
-    def thumbnail(self, downsample: float, chunk: int = 4096) -> tuple[np.ndarray, tuple[float, float]]:
+    def thumbnail(
+        self, downsample: float, chunk: int = 4096, corrupt: list[CorruptTileError] | None = None
+    ) -> tuple[np.ndarray, tuple[float, float]]:
         """The whole slide at about ``downsample`` x level 0, read from the best level in chunks.
 
-        Returns the RGB image and its exact (x, y) downsample relative to level 0.
+        Returns the RGB image and its exact (x, y) downsample relative to level 0. Damaged tile
+        data raises :class:`CorruptTileError`; with a ``corrupt`` list, the damaged parts
+        (tile-sized blocks of a failing chunk) are left white and their errors appended to it.
         """
         from PIL import Image
 
@@ -178,15 +255,48 @@ class SlideReader(ABC):
                 ox1, oy1 = round((lx + cw) * fx), round((ly + ch) * fy)
                 if ox1 <= ox0 or oy1 <= oy0:
                     continue
-                region = self.read_region((math.ceil(lx * ds), math.ceil(ly * ds)), level, (cw, ch))
+                location = (math.ceil(lx * ds), math.ceil(ly * ds))
+                if corrupt is None:
+                    region = self.read_region(location, level, (cw, ch))
+                else:
+                    region = self._read_around_corruption(location, level, (cw, ch), corrupt)
                 if (ox1 - ox0, oy1 - oy0) != (cw, ch):
                     region = np.asarray(Image.fromarray(region).resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR))
                 out[oy0:oy1, ox0:ox1] = region
         return out, (w0 / out_w, h0 / out_h)
 
+    def _read_around_corruption(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], corrupt: list[CorruptTileError]
+    ) -> np.ndarray:
+        """``read_region``, or on damaged data the region read in tile-sized blocks, damaged ones white."""
+        try:
+            return self.read_region(location, level, size)
+        except CorruptTileError:
+            pass
+        index = self.tile_index
+        bw, bh = index.tile_size(level) if index is not None and index.covers(level) else (256, 256)
+        ds = self.level_downsamples[level]
+        lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
+        w, h = size
+        out = np.full((h, w, 3), 255, np.uint8)
+        # blocks aligned on the level's tile grid, so a damaged tile spoils only its own block
+        for by in range((ly // bh) * bh, ly + h, bh):
+            for bx in range((lx // bw) * bw, lx + w, bw):
+                x0, y0, x1, y1 = max(bx, lx), max(by, ly), min(bx + bw, lx + w), min(by + bh, ly + h)
+                try:
+                    block = self.read_region((math.ceil(x0 * ds), math.ceil(y0 * ds)), level, (x1 - x0, y1 - y0))
+                except CorruptTileError as error:
+                    corrupt.append(error)
+                    continue
+                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block
+        return out
+
     # -- lifetime --------------------------------------------------------------------------
-    def close(self) -> None:  # noqa: B027 - optional for backends
+    def close(self) -> None:
         """Release the file; the reader cannot be used afterwards."""
+        if self._tiles:
+            self._tiles.close()
+        self._tiles = None
 
     def __enter__(self) -> SlideReader:
         return self

@@ -4,6 +4,14 @@ Batches use cuCIM's multi-location ``read_region`` (its own worker threads decod
 parallel), on the distinct TIFF tiles when neighbouring patches share them. The pixel size comes from the file's metadata (see ``mpp.py``), never from
 ``CuImage.spacing()``, which reports 1.0 for SVS. ``CuImage`` objects do not pickle: open
 a reader per process.
+
+``device="cuda"`` (``CuCIMReader(path, device="cuda")``) decodes on the GPU: cuCIM 26.x's
+``cuslide2`` plugin (nvImageCodec; switched on here with ``ENABLE_CUSLIDE2=1`` before cuCIM is
+first imported, the old ``cuslide`` plugin being deprecated) and ``read_region(...,
+device="cuda")``. :meth:`CuCIMReader.read_regions_cuda` then yields torch CUDA tensors made
+from cuCIM's ``__cuda_array_interface__`` without a host copy (see ``slides.patches.read_patches``).
+The numpy methods (``read_region``, ``read_regions``) still decode on the CPU. GPU reads get
+the compressed-tile checks of ``integrity.py`` but not the filler check, which needs host pixels.
 """
 
 from __future__ import annotations
@@ -42,7 +50,25 @@ def _native_output_silenced():
             os.close(fd)
 
 
-def _open_cuimage(path: Path):
+def cuda_visible() -> str | None:
+    """None when a CUDA GPU is visible, else why not (CuPy asked first, then torch)."""
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        return None if count > 0 else "CuPy sees no CUDA device"
+    except ImportError:
+        pass
+    except Exception as error:  # no driver, CUDA_VISIBLE_DEVICES="" ...
+        return f"CuPy: {type(error).__name__}: {error}"
+    try:
+        import torch
+    except ImportError:
+        return "neither CuPy nor torch is installed"
+    return None if torch.cuda.is_available() else "torch.cuda.is_available() is False"
+
+
+def _open_cuimage(path: Path, gpu: bool = False):
     """``cucim.CuImage(path)``, keeping cuFile's start-up noise out of the output.
 
     On machines without a GPU driver, cuCIM's GPUDirect-Storage layer (libcufile, loaded
@@ -54,6 +80,8 @@ def _open_cuimage(path: Path):
     global _QUIET_OPENS
     if "cucim" not in sys.modules:
         os.environ.setdefault("CUFILE_LOGFILE_PATH", os.devnull)
+        if gpu:
+            os.environ.setdefault("ENABLE_CUSLIDE2", "1")  # nvImageCodec GPU decoding (cuCIM >= 25.x)
         with _native_output_silenced():
             require("cucim", "cucim-cu13", "reading slides with cuCIM")
     import cucim
@@ -69,11 +97,19 @@ class CuCIMReader(SlideReader):
     """Reads through ``cucim.CuImage`` (on the CPU here; cuCIM can decode on a GPU too)."""
 
     backend = "cucim"
+    hides_decode_errors = True  # undecodable tiles come back black / gray, with a message on fd 2
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
         super().__init__(path)
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"{self.path.name}: device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            why = cuda_visible()
+            if why is not None:
+                raise SlideError(f"{self.path.name}: device='cuda' asked for, but no CUDA GPU is visible ({why})")
+        self.device = device
         try:
-            self._image = _open_cuimage(self.path)
+            self._image = _open_cuimage(self.path, gpu=device == "cuda")
         except ImportError:
             raise
         except Exception as error:
@@ -121,14 +157,19 @@ class CuCIMReader(SlideReader):
             return
         for start in range(0, len(locs), batch_size):
             chunk = locs[start : start + batch_size]
+            for xy in chunk:
+                self.check_region(xy, level, (w, h))
             try:
-                yield self._read_batch(chunk, level, w, h, max(1, num_workers))
+                batch = self._read_batch(chunk, level, w, h, max(1, num_workers))
             except SlideError:
                 raise
             except Exception as error:
                 raise SlideError(
                     f"{self.path.name}: cuCIM batched read failed ({type(error).__name__}: {error})"
                 ) from error
+            for xy, pixels in zip(chunk, batch):
+                self.check_region(xy, level, (w, h), pixels)
+            yield batch
 
     def _read_batch(self, locs: np.ndarray, level: int, w: int, h: int, workers: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -170,5 +211,46 @@ class CuCIMReader(SlideReader):
                     ]
         return out
 
+    def read_regions_cuda(
+        self,
+        locations: Sequence[Sequence[int]] | np.ndarray,
+        level: int,
+        size: int | Sequence[int],
+        *,
+        num_workers: int = 2,
+        batch_size: int = 64,
+    ):
+        """Batches (B, h, w, 3) uint8 torch tensors on the GPU, decoded there (needs ``device="cuda"``).
+
+        Regions must lie inside the level (GPU reads get no white padding).
+        """
+        import torch
+
+        if self.device != "cuda":
+            raise SlideError(f"{self.path.name}: GPU reads need CuCIMReader(path, device='cuda')")
+        w, h = as_size(size)
+        locs = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        for xy in locs:
+            if not self.inside(xy, level, (w, h)):
+                raise SlideError(f"{self.path.name}: region at {tuple(xy)} crosses the border of level {level}")
+            self.check_region(xy, level, (w, h))
+        for start in range(0, len(locs), batch_size):
+            chunk = [(int(x), int(y)) for x, y in locs[start : start + batch_size]]
+            try:
+                if len(chunk) == 1:
+                    batches = [self._image.read_region(chunk[0], (w, h), level, device="cuda")]
+                else:
+                    batches = self._image.read_region(
+                        chunk, (w, h), level, device="cuda", num_workers=max(1, num_workers), batch_size=len(chunk)
+                    )
+                tensors = [torch.as_tensor(b, device="cuda") for b in batches]
+            except Exception as error:
+                raise SlideError(
+                    f"{self.path.name}: cuCIM GPU read failed ({type(error).__name__}: {error})"
+                ) from error
+            tensors = [t.reshape(-1, h, w, t.shape[-1])[..., :3] for t in tensors]
+            yield torch.cat(tensors).contiguous() if len(tensors) > 1 else tensors[0].contiguous()
+
     def close(self) -> None:
         self._image.close()
+        super().close()

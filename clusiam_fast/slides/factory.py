@@ -128,13 +128,39 @@ def check_cucim_colours(reader: SlideReader) -> None:
         )
 
 
-def open_slide(path: str | Path, backend: str = "auto", *, slide_mpp: float | None = None) -> SlideReader:
+def check_decode_device(device: str, backend: str = "auto", flag: str = "--decode-device") -> None:
+    """ValueError unless ``device`` can be used with ``backend``: cuda needs cuCIM and a visible GPU."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"{flag} must be cpu or cuda, got {device!r}")
+    if device == "cpu":
+        return
+    if backend not in ("auto", "cucim"):
+        raise ValueError(
+            f"{flag} cuda decodes with cuCIM; it cannot be used with backend {backend!r} "
+            "(use --backend cucim or auto, or --decode-device cpu)"
+        )
+    if importlib.util.find_spec("cucim") is None:
+        raise ValueError(f"{flag} cuda needs cuCIM (pip install cucim-cu13)")
+    from .cucim_reader import cuda_visible
+
+    why = cuda_visible()
+    if why is not None:
+        raise ValueError(f"{flag} cuda: no CUDA GPU is visible ({why}); use {flag} cpu")
+
+
+def open_slide(
+    path: str | Path, backend: str = "auto", *, slide_mpp: float | None = None, device: str = "cpu"
+) -> SlideReader:
     """Open ``path`` with ``backend`` (``auto``, ``cucim``, ``openslide`` or ``tifffile``).
 
     ``slide_mpp`` is the level-0 microns per pixel to use when the metadata has none
-    (the CLI's ``--slide-mpp``); a value in the metadata always wins.
+    (the CLI's ``--slide-mpp``); a value in the metadata always wins. ``device="cuda"``
+    opens it with cuCIM decoding on the GPU (cuCIM required: an error says so otherwise).
     """
     path = Path(path)
+    check_decode_device(device, backend, "device")
+    if device == "cuda":
+        return _open_for_gpu(path, backend, slide_mpp)
     if not path.exists():
         raise SlideError(f"{path}: no such file")
     if path.is_dir() and path.suffix.lower() != ".mrxs":
@@ -173,3 +199,25 @@ def open_slide(path: str | Path, backend: str = "auto", *, slide_mpp: float | No
             reader.mpp_info = MppInfo(float(slide_mpp), float(slide_mpp), "--slide-mpp")
         return reader
     raise SlideError(f"{path.name}: unknown, unsupported or corrupt slide file ({'; '.join(errors)})")
+
+
+def _open_for_gpu(path: Path, backend: str, slide_mpp: float | None) -> SlideReader:
+    """``open_slide`` for ``device="cuda"``: cuCIM only, refused where auto would not pick cuCIM."""
+    vendor = detect_vendor(path)
+    if backend == "auto" and "cucim" not in _auto_order(vendor):
+        raise SlideError(
+            f"{path.name}: GPU decoding needs the cuCIM backend, which does not read this format "
+            f"({vendor or 'not an OpenSlide format'}); decode it on the CPU (--decode-device cpu)"
+        )
+    from .cucim_reader import CuCIMReader
+
+    reader = CuCIMReader(path, device="cuda")
+    if vendor not in ("aperio", "philips"):
+        try:
+            check_cucim_colours(reader)
+        except SlideError as error:
+            reader.close()
+            raise SlideError(f"{error}; GPU decoding needs cuCIM, so decode this file on the CPU") from error
+    if reader.mpp_info is None and slide_mpp is not None:
+        reader.mpp_info = MppInfo(float(slide_mpp), float(slide_mpp), "--slide-mpp")
+    return reader

@@ -1,4 +1,9 @@
-"""OpenSlide backend: every vendor format OpenSlide knows (SVS, NDPI, MRXS, SCN, ...)."""
+"""OpenSlide backend: every vendor format OpenSlide knows (SVS, NDPI, MRXS, SCN, ...).
+
+OpenSlide raises on undecodable tile data (libjpeg warnings included) and then refuses every
+later call on that handle; a failed read is turned into :class:`CorruptTileError` naming the
+region, and the slide is reopened so that other regions can still be read.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-from .base import SlideError, SlideReader, as_size
+from .base import CorruptTileError, SlideError, SlideReader, as_size
 from .mpp import openslide_mpp, tiff_mpp
 
 
@@ -43,14 +48,35 @@ class OpenSlideReader(SlideReader):
         w, h = as_size(size)
         if not 0 <= level < self.level_count:
             raise ValueError(f"{self.path.name}: level {level} does not exist (levels 0..{self.level_count - 1})")
-        return self._read(int(location[0]), int(location[1]), level, w, h)
+        return self._read_checked(int(location[0]), int(location[1]), level, w, h)
 
     def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         try:
             image = self._slide.read_region((x, y), level, (width, height))
         except Exception as error:
-            raise SlideError(f"{self.path.name}: OpenSlide read failed at ({x}, {y}) level {level}: {error}") from error
+            from .integrity import region_text
+
+            self._reopen()
+            ds = self.level_downsamples[level]
+            region = (x, y, round(width * ds), round(height * ds))
+            raise CorruptTileError(
+                f"{self.path.name}: OpenSlide read failed, corrupt tile data? reading {region_text(region, level)}: "
+                f"{error}",
+                region,
+                level,
+            ) from error
         return rgba_to_rgb_white(np.asarray(image))
+
+    def _reopen(self) -> None:
+        """A new handle: OpenSlide's is unusable after an error."""
+        import openslide
+
+        try:
+            self._slide.close()
+        except Exception:
+            pass
+        self._slide = openslide.OpenSlide(str(self.path))
 
     def close(self) -> None:
         self._slide.close()
+        super().close()

@@ -3,6 +3,8 @@
 Regions are assembled from the TIFF's tiles (or strips), each decoded once by imagecodecs
 and kept in a small LRU cache, so neighbouring patches do not decode a tile twice. File
 reads are serialised by a lock; decoding runs in parallel threads (it releases the GIL).
+imagecodecs returns gray for JPEG data cut short without an error: the tile checks of
+``integrity.py`` run before each read, and decode errors become :class:`CorruptTileError`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-from .base import SlideError, SlideReader
+from .base import CorruptTileError, SlideError, SlideReader
 from .mpp import tiff_mpp
 
 
@@ -115,6 +117,23 @@ class TiffFileReader(SlideReader):
         return int(min(page.rowsperstrip, page.shape[0])), int(page.shape[1])
 
     def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        try:
+            return self._assemble(x, y, level, width, height)
+        except CorruptTileError:
+            raise
+        except SlideError as error:
+            from .integrity import region_text
+
+            ds = self.level_downsamples[level]
+            region = (x, y, round(width * ds), round(height * ds))
+            raise CorruptTileError(
+                f"{self.path.name}: corrupt tile data reading {region_text(region, level)}: "
+                f"{str(error).removeprefix(self.path.name + ': ')}",
+                region,
+                level,
+            ) from error
+
+    def _assemble(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         page = self._pages[level]
         ds = self.level_downsamples[level]
         lx, ly = math.floor(x / ds), math.floor(y / ds)
@@ -134,3 +153,4 @@ class TiffFileReader(SlideReader):
 
     def close(self) -> None:
         self._tif.close()
+        super().close()

@@ -2,20 +2,25 @@
 
 :func:`tile_slide` does one slide and raises on any problem; :func:`tile_slides` runs many
 (in parallel processes), turns each slide's error into a reported failure, and writes the
-manifest of the slides that succeeded. Every output file is written under a temporary name
+manifest of the slides that succeeded (merged into the folder's existing manifest). Every output file is written under a temporary name
 and renamed when complete; a slide's h5 file is written last, so a slide with an h5 file
 has all its outputs.
 
 Output folder::
 
-    OUT/manifest.csv                 one row per tiled slide (tiling/manifest.py)
-    OUT/patches/<slide_id>.h5        CLAM coordinates (tiling/h5.py)
+    OUT/manifest.csv                 one row per tiled slide (formats/manifest.py)
+    OUT/patches/<slide_id>.h5        CLAM coordinates (formats/coords_h5.py)
     OUT/thumbnails/<slide_id>.png    QA picture (tiling/thumbnail.py)
     OUT/tiles/<slide_id>/*.jpg|png   only with save_tiles (tiling/export.py)
+
+Damaged tile data (found as ``slides/integrity.py`` explains) fails the slide with an error
+naming the level-0 region; with ``on_corrupt_tile="skip"`` the patches on it are dropped,
+counted in the manifest (``corrupt_patches``), the h5 attributes and the summary.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import sys
 from collections.abc import Iterable
@@ -28,8 +33,15 @@ from typing import Any
 import numpy as np
 
 from ..formats.coords_h5 import write_coords_h5
-from ..formats.manifest import write_manifest
-from ..slides import SLIDE_EXTENSIONS, SlideError, open_slide, slide_id_from_path
+from ..formats.manifest import merge_manifest
+from ..slides import (
+    SLIDE_EXTENSIONS,
+    CorruptTileError,
+    SlideError,
+    check_decode_device,
+    open_slide,
+    slide_id_from_path,
+)
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
@@ -54,8 +66,14 @@ class TileConfig:
     read_threads: int = 2
     tissue: TissueParams = field(default_factory=TissueParams)
     qa_max_side: int = 1024
+    on_corrupt_tile: str = "fail"  # fail | skip (drop the patches on damaged tile data, counted)
+    decode_device: str = "cpu"  # cpu | cuda: where --save-tiles decodes patch pixels (cuda: cuCIM)
 
     def __post_init__(self) -> None:
+        if self.on_corrupt_tile not in ("fail", "skip"):
+            raise ValueError(f"--on-corrupt-tile must be fail or skip, got {self.on_corrupt_tile!r}")
+        if self.decode_device != "cpu":
+            check_decode_device(self.decode_device, self.backend)
         if not 0.0 <= self.min_tissue <= 1.0:
             raise ValueError(f"--min-tissue must be within [0, 1], got {self.min_tissue}")
         if self.save_tiles != "none" and self.save_tiles not in FORMATS:
@@ -81,6 +99,7 @@ class TilingReport:
     rows: list[dict[str, Any]]
     failures: list[SlideFailure]
     manifest: Path
+    kept: int = 0  # rows of earlier runs kept in the merged manifest
 
     @property
     def ok(self) -> bool:
@@ -90,6 +109,12 @@ class TilingReport:
         total = len(self.rows) + len(self.failures)
         patches = sum(int(r["num_patches"]) for r in self.rows)
         lines = [f"tiled {len(self.rows)} of {total} slides ({patches} patches) -> {self.manifest}"]
+        dropped = [r for r in self.rows if int(r.get("corrupt_patches") or 0)]
+        if dropped:
+            lines.append(f"{len(dropped)} slide(s) with patches dropped on corrupt tile data (--on-corrupt-tile skip):")
+            lines += [f"  {r['slide_id']}: {r['corrupt_patches']} patch(es) dropped" for r in dropped]
+        if self.kept:
+            lines.append(f"manifest also lists {self.kept} slide(s) tiled earlier into this folder")
         if self.failures:
             lines.append(f"{len(self.failures)} slide(s) failed:")
             lines += [f"  {f.path.name}: {f.error}" for f in self.failures]
@@ -125,73 +150,184 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideFai
 def tile_slide(
     path: str | Path, out_dir: str | Path, config: TileConfig = TileConfig(), slide_id: str | None = None
 ) -> dict[str, Any]:
-    """Tile one slide into ``out_dir``; returns its manifest row. Raises on any problem."""
+    """Tile one slide into ``out_dir``; returns its manifest row. Raises on any problem.
+
+    Damaged tile data (:class:`CorruptTileError`) fails the slide, naming the region; with
+    ``config.on_corrupt_tile == "skip"`` the patches on it are dropped and counted instead
+    (``corrupt_patches`` in the row).
+    """
     path = Path(path).resolve()
     out_dir = Path(out_dir)
     slide_id = slide_id or slide_id_from_path(path)
-    with open_slide(path, config.backend, slide_mpp=config.slide_mpp) as reader:
+    skip = config.on_corrupt_tile == "skip"
+    device = config.decode_device if config.save_tiles != "none" else "cpu"
+    with open_slide(path, config.backend, slide_mpp=config.slide_mpp, device=device) as reader:
+        if device == "cuda" and reader.backend != "cucim":
+            raise SlideError(
+                f"{path.name}: --decode-device cuda needs the cuCIM backend, but this slide opened with "
+                f"{reader.backend}; use --decode-device cpu for it"
+            )
         mpp = reader.require_mpp()
         plan = plan_read(reader.level_downsamples, mpp, config.target_mpp, config.patch_size, config.stride)
         grid = grid_coords(plan, reader.level_dimensions)
         if len(grid) == 0:
             raise SlideError(f"{path.name}: smaller than one patch ({plan.read_size} px at level {plan.level})")
-
-        # one low-resolution read serves both the tissue mask and the QA picture
-        mask_ds = mask_downsample(reader.dimensions, plan.footprint)
-        read_ds = max(1.0, min(mask_ds, max(reader.dimensions) / config.qa_max_side))
-        rgb, rgb_ds = reader.thumbnail(read_ds)
-        mask_rgb, ds = rgb, rgb_ds
-        if mask_ds > read_ds * 1.05:
-            from PIL import Image
-
-            w0, h0 = reader.dimensions
-            size = (max(1, round(w0 / mask_ds)), max(1, round(h0 / mask_ds)))
-            mask_rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
-            ds = (w0 / size[0], h0 / size[1])
-        mask = detect_tissue(mask_rgb, mpp * (ds[0] + ds[1]) / 2, config.tissue)
-
-        fractions = tissue_fractions(mask, patch_boxes(grid, plan.footprint, ds))
-        coords = grid[fractions >= config.min_tissue] if config.min_tissue > 0 else grid
-        if len(coords) == 0:
-            raise NoTissueError(
-                f"{path.name}: no tissue found (none of {len(grid)} grid patches has >= {config.min_tissue:.0%} "
-                f"tissue; tissue covers {mask.mean():.1%} of the slide); lower --min-tissue if this is wrong"
-            )
-
+        corrupt: list[CorruptTileError] | None = [] if skip else None
+        view = _tissue_view(reader, plan.footprint, mpp, config, corrupt)
+        coords = _tissue_patches(path, grid, _unknown_as_tissue(view, corrupt), plan.footprint, config.min_tissue)
+        coords, dropped = _drop_corrupt(reader, coords, plan, corrupt)
         if config.save_tiles != "none":
-            export_tiles(
-                reader, coords, plan, out_dir / "tiles" / slide_id, slide_id, config.save_tiles, config.read_threads
-            )
+            coords, lost = _export(reader, coords, plan, out_dir, slide_id, config)
+            dropped += lost
+        if len(coords) == 0:
+            raise CorruptTileError(f"{path.name}: every tissue patch lies on corrupt tile data ({dropped} dropped)")
+        return _write_outputs(reader, path, out_dir, slide_id, plan, coords, view, dropped, config)
 
-        thumbnail = Path("thumbnails") / f"{slide_id}.png"
-        title = (
-            f"{slide_id}: {len(coords)} patches {plan.patch_size}px @ {plan.target_mpp:g} um/px "
-            f"(slide {mpp:.3f} um/px, level {plan.level}, read {plan.read_size}px, {reader.backend})"
-        )
-        picture = draw_qa_thumbnail(rgb, rgb_ds, mask, coords, plan.footprint, title, config.qa_max_side)
-        save_qa_thumbnail(out_dir / thumbnail, picture)
 
-        lw, lh = reader.level_dimensions[plan.level]
+@dataclass
+class _TissueView:
+    """The low-resolution picture (for the QA thumbnail) and the tissue mask, with their downsamples."""
+
+    rgb: np.ndarray
+    rgb_ds: tuple[float, float]
+    mask: np.ndarray
+    mask_ds: tuple[float, float]
+
+
+def _tissue_view(
+    reader, footprint: float, mpp: float, config: TileConfig, corrupt: list[CorruptTileError] | None
+) -> _TissueView:
+    """One low-resolution read serves both the tissue mask and the QA picture."""
+    mask_ds = mask_downsample(reader.dimensions, footprint)
+    read_ds = max(1.0, min(mask_ds, max(reader.dimensions) / config.qa_max_side))
+    rgb, rgb_ds = reader.thumbnail(read_ds, corrupt=corrupt)
+    mask_rgb, ds = rgb, rgb_ds
+    if mask_ds > read_ds * 1.05:
+        from PIL import Image
+
         w0, h0 = reader.dimensions
-        h5_path = Path("patches") / f"{slide_id}.h5"
-        write_coords_h5(
-            out_dir / h5_path,
-            coords,
-            {
-                "patch_size": plan.read_size,
-                "patch_level": plan.level,
-                "downsample": (w0 / lw, h0 / lh),
-                "level_dim": (lw, lh),
-                "downsampled_level_dim": (lw, lh),
-                "name": slide_id,
-                "mpp": mpp,
-                "target_mpp": plan.target_mpp,
-                "output_size": plan.patch_size,
-                "mpp_source": reader.mpp_info.source if reader.mpp_info else "",
-                "slide_path": str(path),
-                "backend": reader.backend,
-            },
+        size = (max(1, round(w0 / mask_ds)), max(1, round(h0 / mask_ds)))
+        mask_rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+        ds = (w0 / size[0], h0 / size[1])
+    mask = detect_tissue(mask_rgb, mpp * (ds[0] + ds[1]) / 2, config.tissue)
+    return _TissueView(rgb, rgb_ds, mask, ds)
+
+
+def _unknown_as_tissue(view: _TissueView, corrupt: list[CorruptTileError] | None) -> _TissueView:
+    """The view with the damaged regions of the thumbnail counted as tissue (skip mode).
+
+    Their pixels are unknown (painted white); counting them as tissue lets the patches over
+    them be selected and then dropped as corrupt, so that they are counted, not silently lost.
+    """
+    if not corrupt:
+        return view
+    mask = view.mask.copy()
+    dsx, dsy = view.mask_ds
+    for error in corrupt:
+        x, y, w, h = error.region
+        mask[int(y // dsy) : int(math.ceil((y + h) / dsy)), int(x // dsx) : int(math.ceil((x + w) / dsx))] = True
+    return _TissueView(view.rgb, view.rgb_ds, mask, view.mask_ds)
+
+
+def _tissue_patches(path: Path, grid: np.ndarray, view: _TissueView, footprint: float, min_tissue: float) -> np.ndarray:
+    """The grid patches with at least ``min_tissue`` tissue; NoTissueError when there are none."""
+    fractions = tissue_fractions(view.mask, patch_boxes(grid, footprint, view.mask_ds))
+    coords = grid[fractions >= min_tissue] if min_tissue > 0 else grid
+    if len(coords) == 0:
+        raise NoTissueError(
+            f"{path.name}: no tissue found (none of {len(grid)} grid patches has >= {min_tissue:.0%} "
+            f"tissue; tissue covers {view.mask.mean():.1%} of the slide); lower --min-tissue if this is wrong"
         )
+    return coords
+
+
+def _drop_corrupt(reader, coords: np.ndarray, plan, corrupt: list[CorruptTileError] | None) -> tuple[np.ndarray, int]:
+    """Check the tile data under every patch; raise on the first damaged one, or (skip) drop them.
+
+    ``corrupt`` (skip mode) holds the damaged regions met while reading the thumbnail; patches
+    overlapping those of the patches' own level are dropped too.
+    """
+    found = reader.find_corrupt(coords, plan.level, plan.read_size)
+    if corrupt is None:
+        if found:
+            error = found[0][1]
+            raise CorruptTileError(
+                f"{error} [{len(found)} of {len(coords)} tissue patches lie on corrupt tile data; "
+                "--on-corrupt-tile skip drops them]",
+                error.region,
+                error.level,
+            )
+        return coords, 0
+    bad = {i for i, _ in found}
+    side = plan.footprint
+    for error in corrupt:
+        if error.level != plan.level:
+            continue
+        x, y, w, h = error.region
+        hit = (coords[:, 0] < x + w) & (coords[:, 0] + side > x) & (coords[:, 1] < y + h) & (coords[:, 1] + side > y)
+        bad.update(np.flatnonzero(hit).tolist())
+    keep = np.ones(len(coords), bool)
+    keep[sorted(bad)] = False
+    return coords[keep], int((~keep).sum())
+
+
+def _export(reader, coords: np.ndarray, plan, out_dir: Path, slide_id: str, config: TileConfig):
+    """``--save-tiles``: write the patch images; returns the coords kept and how many were dropped."""
+    skipped = export_tiles(
+        reader,
+        coords,
+        plan,
+        out_dir / "tiles" / slide_id,
+        slide_id,
+        config.save_tiles,
+        config.read_threads,
+        device=config.decode_device,
+        on_corrupt=config.on_corrupt_tile,
+    )
+    if not skipped:
+        return coords, 0
+    keep = np.ones(len(coords), bool)
+    keep[sorted(skipped)] = False
+    return coords[keep], int((~keep).sum())
+
+
+def _write_outputs(
+    reader, path: Path, out_dir: Path, slide_id: str, plan, coords: np.ndarray, view: _TissueView, dropped: int, config
+) -> dict[str, Any]:
+    """QA thumbnail, then the h5 file (last: a slide with an h5 file has all its outputs); the manifest row."""
+    mpp = plan.mpp
+    thumbnail = Path("thumbnails") / f"{slide_id}.png"
+    title = (
+        f"{slide_id}: {len(coords)} patches {plan.patch_size}px @ {plan.target_mpp:g} um/px "
+        f"(slide {mpp:.3f} um/px, level {plan.level}, read {plan.read_size}px, {reader.backend})"
+    )
+    if dropped:
+        title += f", {dropped} dropped: corrupt tiles"
+    picture = draw_qa_thumbnail(view.rgb, view.rgb_ds, view.mask, coords, plan.footprint, title, config.qa_max_side)
+    save_qa_thumbnail(out_dir / thumbnail, picture)
+
+    lw, lh = reader.level_dimensions[plan.level]
+    w0, h0 = reader.dimensions
+    h5_path = Path("patches") / f"{slide_id}.h5"
+    write_coords_h5(
+        out_dir / h5_path,
+        coords,
+        {
+            "patch_size": plan.read_size,
+            "patch_level": plan.level,
+            "downsample": (w0 / lw, h0 / lh),
+            "level_dim": (lw, lh),
+            "downsampled_level_dim": (lw, lh),
+            "name": slide_id,
+            "mpp": mpp,
+            "target_mpp": plan.target_mpp,
+            "output_size": plan.patch_size,
+            "mpp_source": reader.mpp_info.source if reader.mpp_info else "",
+            "slide_path": str(path),
+            "backend": reader.backend,
+            "corrupt_patches": dropped,
+        },
+    )
     return {
         "slide_id": slide_id,
         "slide_path": str(path),
@@ -204,6 +340,7 @@ def tile_slide(
         "read_size": plan.read_size,
         "backend": reader.backend,
         "thumbnail": thumbnail.as_posix(),
+        "corrupt_patches": dropped,
     }
 
 
@@ -225,7 +362,9 @@ def tile_slides(
 ) -> TilingReport:
     """Tile every slide of ``inputs`` (files or folders) into ``out_dir``, ``workers`` at a time.
 
-    Failures are collected (never raised); the manifest lists the slides that succeeded.
+    Failures are collected (never raised). The manifest lists the slides that succeeded; an
+    existing ``out_dir/manifest.csv`` is merged: its rows stay, except those of slides tiled
+    again successfully now, which are replaced.
     """
     from tqdm.auto import tqdm
 
@@ -274,5 +413,5 @@ def tile_slides(
                 record(futures[future], ok, value)
     bar.close()
     rows = [results[path] for path, _ in jobs if path in results]
-    manifest = write_manifest(out_dir / "manifest.csv", rows)
-    return TilingReport(rows, failures, manifest)
+    manifest, kept = merge_manifest(out_dir / "manifest.csv", rows)
+    return TilingReport(rows, failures, manifest, kept)

@@ -21,12 +21,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import unwrap
+from ..models import read_checkpoint, unwrap
 from ..utils.atomic import atomic_path, atomic_torch_save
 from .ddp import DistContext
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1
+
+
+def read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """``read_checkpoint`` for --resume: a damaged file gives one line that says what to do (ValueError)."""
+    try:
+        return read_checkpoint(path)
+    except ValueError as error:
+        kept = path.parent / "checkpoints"
+        copies = f"copy one of {kept}/epoch_NNNN.pt over it, " if kept.is_dir() and any(kept.glob("*.pt")) else ""
+        raise ValueError(f"--resume: {error}; {copies}start again with --overwrite, or choose another --out") from None
 
 
 def capture_rank_state(generator: torch.Generator, meter) -> dict[str, Any]:

@@ -1,13 +1,24 @@
-"""Training configuration: one dataclass, the MethodSpec defaults filled in by :meth:`TrainConfig.resolved`."""
+"""Training configuration: one dataclass, the MethodSpec defaults filled in by :meth:`TrainConfig.resolved`.
+
+This module imports neither torch nor the models at import time (``--help`` stays fast);
+the method tables are looked up when a config is resolved.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import ARCHS, CLUSTER_METHODS, METHODS, method_spec
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the weights became NaN or infinite; the last good checkpoint was left untouched."""
+
+
+class OutPathError(NotADirectoryError):
+    """--out names a file (or lies under one): the run folder cannot be made. The CLI exits with status 4."""
 
 
 @dataclass
@@ -57,6 +68,7 @@ class TrainConfig:
     amp: bool = False
     amp_dtype: str = "auto"
     sync_bn: bool = False
+    threads: int | None = None  # torch intra-op threads; None: torch's default (not tied to --workers)
     channels_last: bool = True
     # outputs
     resume: bool = False
@@ -82,6 +94,8 @@ class TrainConfig:
         """A copy with the method's defaults filled in and every value checked."""
         cfg = dataclasses.replace(self)
         cfg._check_choices()
+        from ..models import method_spec
+
         spec = method_spec(cfg.method)
         for key, value in spec.defaults.items():
             if getattr(cfg, key, None) is None:
@@ -97,9 +111,13 @@ class TrainConfig:
 
     @property
     def has_clusters(self) -> bool:
+        from ..models import CLUSTER_METHODS
+
         return self.method in CLUSTER_METHODS
 
     def _check_choices(self) -> None:
+        from ..models import ARCHS, METHODS
+
         choices = {
             "method": METHODS,
             "arch": ARCHS,
@@ -121,6 +139,9 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"--{flag} {what}, got {getattr(self, flag.replace('-', '_'))!r}")
 
+        for flag in ("lr", "momentum", "weight-decay", "tau", "alpha", "ema-momentum", "collapse-warn"):
+            value = getattr(self, flag.replace("-", "_"))
+            need(value is None or math.isfinite(value), flag, "must be a finite number")
         need(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
         if not self.has_clusters and self.alpha != 0.0:
             raise ValueError(
@@ -132,6 +153,9 @@ class TrainConfig:
         need(self.max_steps is None or self.max_steps >= 0, "max-steps", "must be >= 0")
         need(self.batch_size >= 2, "batch-size", "must be >= 2 (BatchNorm needs two samples)")
         need(self.lr > 0, "lr", "must be > 0")
+        need(self.momentum >= 0, "momentum", "must be >= 0")
+        need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
+        need(self.threads is None or self.threads >= 1, "threads", "must be >= 1")
         need(self.crop_size >= 16, "crop-size", "must be >= 16")
         need(self.workers >= 0, "workers", "must be >= 0")
         need(self.save_every >= 1, "save-every", "must be >= 1")

@@ -2,14 +2,19 @@
 
 OUT holds ``checkpoint.pt`` (see :mod:`.checkpoint`), ``log.csv`` and
 ``steps.csv`` (see :mod:`.records`), ``training.png`` (see :mod:`.plots`),
-``norm_stats.json``, ``train_config.json`` and, on request, the exported
-backbone. Under torchrun only rank 0 writes files, logs and progress bars.
+``norm_stats.json``, ``train_config.json`` (rewritten with each checkpoint, so
+it always describes the run that checkpoint.pt holds) and, on request, the
+exported backbone. Under torchrun only rank 0 writes files, logs and progress bars.
+
+Before every save the weights, buffers, optimiser state (and gradients, without a
+float16 loss scaler) are checked for NaN / inf in one fused reduction: a run that
+diverged stops with :class:`NonFiniteLossError` and never overwrites the last good
+checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -21,12 +26,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..models import build_model, export_backbone, model_config, read_checkpoint
+from ..models import build_model, export_backbone, model_config
 from ..models.factory import MODEL_KEYS
-from ..utils.atomic import atomic_write_json
+from ..utils.atomic import atomic_write_json, remove_stale_temps
 from ..utils.threads import torch_threads
-from .checkpoint import CHECKPOINT, restore_rank_state, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import CHECKPOINT, read_resume_checkpoint, restore_rank_state, save_checkpoint
+from .config import NonFiniteLossError, OutPathError, TrainConfig
 from .curves import plot_training
 from .ddp import DistContext, cleanup_distributed, setup_distributed
 from .loader import build_train_loader, resolve_source
@@ -37,9 +42,7 @@ from .schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
 from .step import TrainStep, resolve_amp_dtype
 from .stop import StopSignal
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was left untouched."""
+__all__ = ["CollapseWarning", "NonFiniteLossError", "OutPathError", "TrainResult", "train"]
 
 
 class CollapseWarning(UserWarning):
@@ -69,27 +72,29 @@ def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) 
     cfg = config.resolved()
     ctx = setup_distributed(cfg.device)
     try:
-        with torch_threads(None):  # _share_cpu_with_workers may lower it for the run
-            _share_cpu_with_workers(cfg, ctx)
+        # Intra-op threads come from --threads alone (None: torch's default), never from --workers,
+        # so the numbers a CPU run produces do not depend on how many loader workers it had.
+        with torch_threads(cfg.threads):
             return _Trainer(cfg, ctx, on_step).run()
     finally:
         cleanup_distributed(ctx)
 
 
-def _share_cpu_with_workers(cfg: TrainConfig, ctx: DistContext) -> None:
-    """On the CPU, leave one core per loader worker: intra-op threads = CPUs - workers (at least 1).
-
-    Oversubscribed OpenMP threads spin against the augmentation workers and can make a
-    step several times slower. An explicit OMP_NUM_THREADS (torchrun sets 1) is respected.
-    """
-    if ctx.device.type != "cpu" or cfg.workers == 0 or "OMP_NUM_THREADS" in os.environ:
-        return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), cpus - cfg.workers)))
-
-
 def _check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     saved = ckpt["config"]
+    if "method" in saved and saved["method"] != cfg.method:
+        raise ValueError(
+            f"--resume: {path} was trained with --method {saved['method']}, this run asks for --method "
+            f"{cfg.method}; the method defines the model: leave --method out to continue that run, or train "
+            f"{cfg.method} in another --out"
+        )
+    if "batch_size" in saved and saved["batch_size"] != cfg.batch_size:
+        raise ValueError(
+            f"--resume: {path} was trained with --batch-size {saved['batch_size']}, this run asks for "
+            f"--batch-size {cfg.batch_size}; the lr schedule and the place in the epoch are counted in batches "
+            f"of {saved['batch_size']}: keep --batch-size {saved['batch_size']} (or leave it out) to continue, "
+            "or start a new run in another --out (or with --overwrite)"
+        )
     for key in MODEL_KEYS:
         if key in saved and saved[key] != getattr(cfg, key, None):
             raise ValueError(
@@ -107,6 +112,8 @@ class _Trainer:
         self.ckpt_path = self.out / CHECKPOINT
         self.epoch = self.epoch_step = self.step = 0
         self._best_collapse = 0.0
+        self._saved: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
+        self._written: list[str] = []  # what this run wrote into OUT, for the final report
 
     # ---------------------------------------------------------------- output
     def log(self, message: str) -> None:
@@ -114,6 +121,23 @@ class _Trainer:
             tqdm.write(message)
 
     # ---------------------------------------------------------------- set-up
+    def _check_out(self) -> None:
+        """--out must be (or become) a folder: neither it nor a parent may be a file."""
+        existing = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "is a file" if existing == self.out else f"lies under {existing}, which is a file"
+            raise OutPathError(f"--out {self.out} {where}, not a folder: choose a folder for the run's outputs")
+
+    def _check_out_outside_data(self) -> None:
+        if self.source.kind != "folder":
+            return  # manifests and coordinate files list their patches: nothing in OUT is picked up
+        data, out = self.source.path.resolve(), self.out.resolve()
+        if out == data or data in out.parents:
+            raise ValueError(
+                f"--out {self.out} is inside DATA {self.source.path}: the images written there (training.png, "
+                "--demo patches) would be read as training data; choose an --out outside DATA"
+            )
+
     def _load_resume(self) -> dict[str, Any] | None:
         cfg = self.cfg
         if self.ckpt_path.exists() and not cfg.resume and not cfg.overwrite:
@@ -126,7 +150,7 @@ class _Trainer:
         if not self.ckpt_path.exists():
             self.log(f"--resume: no checkpoint in {self.out} yet, starting a new run")
             return None
-        ckpt = read_checkpoint(self.ckpt_path)
+        ckpt = read_resume_checkpoint(self.ckpt_path)
         _check_resumable(ckpt, cfg, self.ckpt_path)
         if ckpt.get("world_size", 1) != self.ctx.world:
             self.log(
@@ -135,12 +159,17 @@ class _Trainer:
             )
         return ckpt
 
-    def setup(self) -> None:
+    def _prepare_out(self) -> None:
+        """Create OUT and delete temporary files that killed writes of an earlier run left there."""
+        if not self.ctx.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temps(self.out) + remove_stale_temps(self.out / "checkpoints")
+        if stale:
+            self.log(f"removed {len(stale)} temporary file(s) left by interrupted writes in {self.out}")
+
+    def _setup_norm_stats(self, ckpt: dict[str, Any] | None) -> None:
         cfg, ctx = self.cfg, self.ctx
-        if ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        ckpt = self._load_resume()
-        self.source = resolve_source(cfg.data)
         if ckpt is not None:
             self.norm_stats = ckpt["norm_stats"]  # the model was trained with these: keep them
             if self.norm_stats.get("fingerprint") != self.source.fingerprint:
@@ -148,20 +177,22 @@ class _Trainer:
                     f"--resume: DATA {self.source.path} is not the data the checkpoint was trained on; "
                     "continuing with the checkpoint's normalisation statistics"
                 )
-        else:
-            stats = None
-            if ctx.is_main:
-                stats = load_or_compute_stats(
-                    self.out,
-                    self.source,
-                    max_images=cfg.max_stat_images,
-                    seed=cfg.seed,
-                    workers=cfg.workers,
-                    progress=cfg.progress,
-                )
-            self.norm_stats = ctx.broadcast_object(stats)
-        mean, std = self.norm_stats["mean"], self.norm_stats["std"]
+            return
+        stats = None
+        if ctx.is_main:
+            stats = load_or_compute_stats(
+                self.out,
+                self.source,
+                max_images=cfg.max_stat_images,
+                seed=cfg.seed,
+                workers=cfg.workers,
+                progress=cfg.progress,
+            )
+            self._written.append("norm_stats.json")
+        self.norm_stats = ctx.broadcast_object(stats)
 
+    def _setup_model(self, ckpt: dict[str, Any] | None) -> None:
+        cfg, ctx = self.cfg, self.ctx
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_model(**model_config(dataclasses.asdict(cfg)))
         if ckpt is not None:
@@ -173,7 +204,7 @@ class _Trainer:
                 warnings.warn(
                     "--sync-bn: PyTorch's SyncBatchNorm runs only on GPUs; ignored on the CPU "
                     "(each process normalises over its own part of the batch)",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         model.to(ctx.device)
         if ctx.device.type == "cuda" and cfg.channels_last:
@@ -185,7 +216,10 @@ class _Trainer:
             else model
         )
 
-        self.loader = build_train_loader(self.source, cfg, ctx, mean, std)
+    def _setup_training(self) -> None:
+        """Loader, schedule, optimiser, scaler, Gumbel generator, step, meters and records."""
+        cfg, ctx = self.cfg, self.ctx
+        self.loader = build_train_loader(self.source, cfg, ctx, self.norm_stats["mean"], self.norm_stats["std"])
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -194,7 +228,12 @@ class _Trainer:
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.init_lr = scaled_lr(cfg.lr, cfg.batch_size)
-        self.optimizer = build_optimizer(model, self.init_lr, cfg.momentum, cfg.weight_decay, cfg.fix_pred_lr)
+        if self.init_lr > torch.finfo(torch.float32).max:
+            raise ValueError(
+                f"--lr {cfg.lr:g}: the run's lr, {cfg.lr:g} * {cfg.batch_size}/256 = {self.init_lr:.4g}, does not fit "
+                "in float32 (the weights' type); use a much smaller --lr"
+            )
+        self.optimizer = build_optimizer(self.raw_model, self.init_lr, cfg.momentum, cfg.weight_decay, cfg.fix_pred_lr)
         self.generator = torch.Generator(device=ctx.device)
         self.generator.manual_seed(cfg.seed + 1_000_003 * (ctx.rank + 1))
         fp16 = resolve_amp_dtype(cfg, ctx.device) == torch.float16
@@ -202,24 +241,40 @@ class _Trainer:
         self.trainstep = TrainStep(
             self.model, self.optimizer, self.scaler, cfg, ctx.device, self.generator, ctx.distributed
         )
-        self.meter = EpochMeter(model.num_clusters, ctx.device)
+        self.meter = EpochMeter(self.raw_model.num_clusters, ctx.device)
         self.records = RunRecords(self.out, tensorboard=cfg.tensorboard, enabled=ctx.is_main)
 
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        ctx = self.ctx
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # flags given now override the saved hyper-parameters
+            group["momentum"], group["weight_decay"] = self.cfg.momentum, self.cfg.weight_decay
+        self.scaler.load_state_dict(ckpt["scaler"])
+        ranks = ckpt["ranks"]
+        restore_rank_state(ranks[ctx.rank if ctx.rank < len(ranks) else 0], self.generator, self.meter)
+        self.records.load_state_dict(ckpt["records"])
+        self.epoch, self.epoch_step, self.step = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]
+        self._saved = (self.epoch, self.step)
+        if self.epoch_step >= self.steps_per_epoch:  # written at the very end of an epoch
+            self.epoch, self.epoch_step = self.epoch + 1, 0
+        self.log(
+            f"resumed {self.ckpt_path}: {self.epoch} epoch(s) and {self.epoch_step} step(s) of epoch "
+            f"{self.epoch + 1} done (step {self.step})"
+        )
+
+    def setup(self) -> None:
+        """Check OUT, read the checkpoint to resume, then build data, model and optimiser (nothing is
+        written to OUT before every check has passed, except norm_stats.json for a new run)."""
+        self._check_out()
+        ckpt = self._load_resume()
+        self.source = resolve_source(self.cfg.data)
+        self._check_out_outside_data()
+        self._prepare_out()
+        self._setup_norm_stats(ckpt)
+        self._setup_model(ckpt)
+        self._setup_training()
         if ckpt is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            ranks = ckpt["ranks"]
-            restore_rank_state(ranks[ctx.rank if ctx.rank < len(ranks) else 0], self.generator, self.meter)
-            self.records.load_state_dict(ckpt["records"])
-            self.epoch, self.epoch_step, self.step = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]
-            if self.epoch_step >= self.steps_per_epoch:  # written at the very end of an epoch
-                self.epoch, self.epoch_step = self.epoch + 1, 0
-            self.log(
-                f"resumed {self.ckpt_path}: {self.epoch} epoch(s) and {self.epoch_step} step(s) of epoch "
-                f"{self.epoch + 1} done (step {self.step})"
-            )
-        if ctx.is_main:
-            atomic_write_json(self.out / "train_config.json", dataclasses.asdict(cfg))
+            self._restore(ckpt)
         self.records.start(self.step)
 
     def _describe(self) -> str:
@@ -240,7 +295,44 @@ class _Trainer:
         )
 
     # ---------------------------------------------------------------- saving
+    def _count_non_finite(self) -> tuple[int, int]:
+        """(tensors holding NaN / inf, tensors checked) over weights, buffers, optimiser state and
+        gradients: one fused max-abs reduction and one host sync, summed over the ranks."""
+        params = list(self.raw_model.parameters())
+        tensors = params + [b for b in self.raw_model.buffers() if b.is_floating_point()]
+        tensors += [
+            v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim()
+        ]
+        if not self.scaler.is_enabled():  # a float16 scaler skips steps with inf gradients: those are expected
+            tensors += [p.grad for p in params if p.grad is not None]
+        tensors = [t for t in tensors if t.is_floating_point() and t.numel()]
+        if hasattr(torch, "_foreach_norm"):
+            norms = torch._foreach_norm(tensors, float("inf"))  # max |x|: NaN and inf propagate, no overflow
+        else:  # pragma: no cover - older torch
+            norms = [t.detach().abs().amax() for t in tensors]
+        bad = (~torch.isfinite(torch.stack([n.float() for n in norms]))).sum().double().reshape(1)
+        return int(self.ctx.all_reduce_sum(bad).item()), len(tensors)
+
+    def _where(self) -> str:
+        if self.epoch_step == 0:
+            return f"the end of epoch {self.epoch}, step {self.step}"
+        return f"epoch {self.epoch + 1}, step {self.step}"
+
+    def _on_disk(self) -> str:
+        if self._saved is None:
+            return "no checkpoint has been written yet"
+        epoch, step = self._saved
+        return f"the checkpoint on disk, {self.ckpt_path} (epoch {epoch}), step {step}, is untouched"
+
     def save(self, complete: bool, keep: bool = False) -> None:
+        """Write checkpoint.pt (and train_config.json) unless the state has gone non-finite."""
+        bad, checked = self._count_non_finite()
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite weights at {self._where()}: {bad} of {checked} tensors (weights, buffers, optimiser "
+                f"state, gradients) hold NaN or inf; refused to save: {self._on_disk()}. "
+                "Lower --lr (or --weight-decay), check the data, or try --amp-dtype bf16 / no --amp."
+            )
         save_checkpoint(
             self.out,
             self.ctx,
@@ -258,11 +350,20 @@ class _Trainer:
             complete=complete,
             keep_as=f"epoch_{self.epoch:04d}.pt" if keep else None,
         )
+        if self.ctx.is_main:
+            atomic_write_json(self.out / "train_config.json", dataclasses.asdict(self.cfg))
+        self._saved = (self.epoch, self.step)
+        for name in (CHECKPOINT, "train_config.json", f"checkpoints/epoch_{self.epoch:04d}.pt" if keep else None):
+            if name and name not in self._written:
+                self._written.append(name)
 
     def write_logs(self) -> None:
         if not self.ctx.is_main:
             return
         self.records.write()
+        for name in ("log.csv", "steps.csv"):
+            if name not in self._written:
+                self._written.append(name)
         try:
             plot_training(
                 self.records.epochs,
@@ -272,6 +373,8 @@ class _Trainer:
                 collapse_warn=self.cfg.collapse_warn,
                 num_clusters=self.cfg.num_clusters if self.cfg.has_clusters else None,
             )
+            if "training.png" not in self._written:
+                self._written.append("training.png")
         except ImportError as error:  # matplotlib is optional for training
             self.log(f"training.png skipped: {error}")
 
@@ -280,10 +383,9 @@ class _Trainer:
         return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
 
     def _non_finite(self, where: str, means: dict[str, float]) -> NonFiniteLossError:
-        last = f"{self.ckpt_path} (epoch {self._saved_epoch})" if self._saved_epoch is not None else "no checkpoint yet"
         terms = ", ".join(f"{k}={v:.4g}" for k, v in means.items())
         return NonFiniteLossError(
-            f"non-finite loss at {where} ({terms}); stopped without saving, the last good state is {last}. "
+            f"non-finite loss at {where} ({terms}); stopped without saving: {self._on_disk()}. "
             "Lower --lr, check the data, or try --amp-dtype bf16 / no --amp."
         )
 
@@ -397,7 +499,6 @@ class _Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         self.setup()
-        self._saved_epoch = self.epoch if self.ckpt_path.exists() and cfg.resume else None
         for row in self.records.epochs:
             self._best_collapse = max(self._best_collapse, row.get("collapse_std") or 0.0)
         self.log(self._describe())
@@ -413,14 +514,12 @@ class _Trainer:
                     keep = cfg.keep_every > 0 and self.epoch % cfg.keep_every == 0
                     if last or keep or reason != "epoch" or self.epoch % cfg.save_every == 0:
                         self.save(complete=last, keep=keep)
-                        self._saved_epoch = self.epoch
                     self.write_logs()
                     if reason != "epoch" and not last:
                         status = reason
                         break
                 else:
                     self.save(complete=False)
-                    self._saved_epoch = self.epoch
                     self.write_logs()
                     status = reason
                     break
@@ -428,6 +527,7 @@ class _Trainer:
         backbone = None
         if cfg.export_backbone and status != "interrupted" and self.ctx.is_main:
             backbone = export_backbone(self.raw_model, cfg.export_backbone)
+            self._written.append(str(backbone))
         self.ctx.barrier()
         self._report(status, backbone)
         return TrainResult(self.out, self.ckpt_path, status, self.epoch, self.step, list(self.records.epochs), backbone)
@@ -440,14 +540,31 @@ class _Trainer:
             "max_steps": f"stopped at --max-steps {self.cfg.max_steps} (epoch {self.epoch + 1}, step {self.step}); "
             "--resume with a larger --max-steps continues",
         }[status]
-        lines = [
-            what,
-            f"outputs in {self.out}/:",
-            f"  {CHECKPOINT}  model + optimiser + RNG state (load with clusiam_fast.models.load_checkpoint)",
-            "  log.csv, steps.csv  per-epoch and per-step losses, lr, active clusters, collapse monitor, images/s",
-            "  training.png  loss curves, active clusters, collapse monitor, lr",
-            "  norm_stats.json, train_config.json",
-        ]
+        lines = [what]
+        if CHECKPOINT not in self._written:
+            why = (
+                f"--max-steps {self.cfg.max_steps} already reached"
+                if status == "max_steps"
+                else f"--epochs {self.cfg.epochs}, {self.epoch} done"
+            )
+            lines.append(f"nothing to train ({why}): no checkpoint or log written")
+        described = {
+            CHECKPOINT: "model + optimiser + RNG state (load with clusiam_fast.models.load_checkpoint)",
+            "log.csv": "per-epoch and per-step losses, lr, active clusters, collapse monitor, images/s",
+            "training.png": "loss curves, active clusters, collapse monitor, lr",
+        }
+        written = [n for n in self._written if n != "steps.csv" and (backbone is None or n != str(backbone))]
+        if written:
+            lines.append(f"outputs in {self.out}/:")
+            plain = []
+            for name in written:
+                if name in described:
+                    shown = "log.csv, steps.csv" if name == "log.csv" else name
+                    lines.append(f"  {shown}  {described[name]}")
+                else:
+                    plain.append(name)
+            if plain:
+                lines.append("  " + ", ".join(plain))
         if backbone is not None:
             lines.append(f"backbone (torchvision state_dict, no fc): {backbone}")
         elif self.cfg.export_backbone:

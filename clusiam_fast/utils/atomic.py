@@ -1,7 +1,11 @@
 """Atomic file writes: write to a temporary file beside the target, then rename.
 
 A crash or Ctrl-C mid-write leaves the previous file intact and never a
-partial one under the final name.
+partial one under the final name. The temporary file is hidden and names the
+writing process: ``.<target name>.<pid>-<8 hex><suffix>.tmp``; a write killed
+before its rename leaves one behind, which :func:`remove_stale_temps` deletes
+at the next start. Files are created with mode ``0o666`` less the umask, as
+``open()`` would create them.
 """
 
 from __future__ import annotations
@@ -9,10 +13,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# .<name>.<pid>-<token><suffix>.tmp (this module) or .<name>.<8 chars><suffix>.tmp (tempfile.mkstemp, before)
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-[0-9a-f]{8}(?:\.[^.]+)*\.tmp$")
+_LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}(?:\.[^.]+)*\.tmp$")
+LEGACY_MAX_AGE_S = 3600.0  # names without a pid: only this old ones are surely not being written
+
+
+def _create_temp(path: Path, suffix: str) -> Path:
+    """Create (O_EXCL, mode 0o666 & ~umask) and return a fresh hidden temporary file beside ``path``."""
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
 
 
 @contextlib.contextmanager
@@ -23,11 +46,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".tmp", dir=path.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _create_temp(path, path.suffix if suffix is None else suffix)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -36,6 +55,51 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (someone else's) or cannot tell: keep its files
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
+    """Delete temporary files of killed atomic writes in ``folder`` (not recursive); returns them.
+
+    A file is removed only when its name has this module's pattern, it is older than
+    ``min_age_s`` and its writer's pid is not alive (names without a pid, from older
+    versions: older than an hour). Anything else is left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed, now = [], time.time()
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.startswith(".") or not name.endswith(".tmp"):
+            continue
+        match = _TEMP.match(name)
+        if match is None and not _LEGACY_TEMP.match(name):
+            continue
+        try:
+            if not entry.is_file() or entry.is_symlink():
+                continue
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        if match is not None:
+            stale = age > min_age_s and not _pid_alive(int(match["pid"]))
+        else:
+            stale = age > max(min_age_s, LEGACY_MAX_AGE_S)
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

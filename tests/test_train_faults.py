@@ -1,0 +1,320 @@
+"""The trainer when things go wrong: diverging weights, changed flags on --resume, bad --out, damaged files.
+
+Real tiny runs on PCam patches (resnet18, crop 32, batch 8, 48 patches = 6 steps per
+epoch) through the CLI's ``main`` (exit status and the one line on stderr are part of
+what is tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clusiam_fast.train import build_parser
+from clusiam_fast.train import main as cli_main
+from clusiam_fast.training import TrainConfig, train
+from clusiam_fast.utils.atomic import atomic_write_text, remove_stale_temps
+
+
+@pytest.fixture(scope="module")
+def patches(pcam_dir, tmp_path_factory) -> Path:
+    """48 real PCam patches (24 per class), linked (not copied) into a temporary folder."""
+    root = tmp_path_factory.mktemp("pcam48")
+    for label in ("0", "1"):
+        for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
+            (root / f"{label}_{src.name}").symlink_to(src)
+    return root
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield 0o022
+    finally:
+        os.umask(old)
+
+
+def _args(data, out, *extra) -> list[str]:
+    return [
+        *([str(data)] if data is not None else []),
+        "--out",
+        str(out),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--num-clusters",
+        "10",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--no-tensorboard",
+        "--max-stat-images",
+        "64",
+        *extra,
+    ]
+
+
+def _config(data, out, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(data),
+        out=str(out),
+        crop_size=32,
+        batch_size=8,
+        num_clusters=10,
+        epochs=1,
+        workers=0,
+        log_every=1,
+        progress=False,
+        tensorboard=False,
+        max_stat_images=64,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digests(run: Path) -> dict[str, str]:
+    return {name: _sha256(run / name) for name in ("checkpoint.pt", "train_config.json")}
+
+
+# ---------------------------------------------------------------------------- non-finite weights
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_weights_that_go_non_finite_never_overwrite_the_checkpoint(patches, tmp_path, capsys):
+    """One step at a huge lr makes the weights inf/NaN while that step's loss (computed before the
+    update) is finite: the save at --max-steps must be refused, leaving checkpoint.pt and
+    train_config.json byte-identical, with exit status 3."""
+    run = tmp_path / "run"
+    assert cli_main(_args(patches, run, "--max-steps", "6")) == 0
+    before = _digests(run)
+    capsys.readouterr()
+    # lr 1e38 and weight decay 1e3: the first step's update overflows float32 (inf weights).
+    resume = ["--out", str(run), "--resume", "--lr", "1e38", "--weight-decay", "1000"]
+    code = cli_main([*resume, "--epochs", "2", "--max-steps", "7"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "non-finite weights at epoch 2, step 7" in err and "refused to save" in err
+    assert f"{run / 'checkpoint.pt'} (epoch 1), step 6, is untouched" in err
+    assert _digests(run) == before
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_float_flags_are_refused_when_parsing(tmp_path, capsys):
+    for flag, value in (("--lr", "inf"), ("--lr", "nan"), ("--weight-decay", "nan"), ("--momentum", "-inf")):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["--out", str(tmp_path), f"{flag}={value}"])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: must be a finite number, got '{value}'" in capsys.readouterr().err
+    for field, flag in (("lr", "--lr"), ("weight_decay", "--weight-decay"), ("momentum", "--momentum")):
+        with pytest.raises(ValueError, match=f"{flag} must be a finite number"):
+            TrainConfig(**{field: float("inf")}).resolved()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------------------- --resume with changed flags
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_with_another_batch_size_is_refused_and_touches_nothing(patches, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(_args(patches, run, "--epochs", "2", "--max-steps", "2")) == 0
+    before = _digests(run)
+    capsys.readouterr()
+    for other in ("16", "4"):
+        code = cli_main(["--out", str(run), "--resume", "--batch-size", other, "--max-steps", "4"])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"trained with --batch-size 8, this run asks for --batch-size {other}" in err
+        assert "keep --batch-size 8" in err and "another --out" in err
+        assert err.count("\n") == 1  # one line
+        assert _digests(run) == before
+    # An lr that does not fit the weights' float32 is one line too (it crashed inside SGD).
+    assert cli_main(["--out", str(run), "--resume", "--lr", "1e42"]) == 2
+    assert "does not fit in float32" in capsys.readouterr().err and _digests(run) == before
+    # The same batch size continues; optimiser flags given now override the saved ones.
+    assert (
+        cli_main(["--out", str(run), "--resume", "--max-steps", "3", "--weight-decay", "0.001", "--momentum", "0.8"])
+        == 0
+    )
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 3
+    assert {(g["weight_decay"], g["momentum"]) for g in ckpt["optimizer"]["param_groups"]} == {(0.001, 0.8)}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_with_another_method_names_both(patches, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(_args(patches, run, "--max-steps", "1")) == 0
+    before = _digests(run)
+    capsys.readouterr()
+    assert cli_main(["--out", str(run), "--resume", "--method", "simsiam"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with --method clusiam, this run asks for --method simsiam" in err
+    assert "leave --method out" in err
+    assert _digests(run) == before
+    with pytest.raises(ValueError, match="--method clusiam, this run asks for --method byol"):
+        train(_config(patches, run, method="byol", resume=True))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_corrupt_checkpoint_on_resume_is_one_line_with_what_to_do(patches, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(_args(patches, run, "--max-steps", "1")) == 0
+    good = (run / "checkpoint.pt").read_bytes()
+    config = _sha256(run / "train_config.json")
+    for damaged in (good[: len(good) // 2], b"not a checkpoint at all"):
+        (run / "checkpoint.pt").write_bytes(damaged)
+        capsys.readouterr()
+        assert cli_main(["--out", str(run), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "could not be read" in err and "--overwrite" in err and str(run / "checkpoint.pt") in err
+        assert (run / "checkpoint.pt").read_bytes() == damaged and _sha256(run / "train_config.json") == config
+
+
+# ---------------------------------------------------------------------------- --out
+
+
+def test_out_that_is_a_file_exits_4_with_one_line(patches, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    assert cli_main(_args(patches, target)) == 4
+    err = capsys.readouterr().err
+    assert err == f"error: --out {target} is a file, not a folder: choose a folder for the run's outputs\n"
+    assert cli_main(_args(patches, target / "run")) == 4
+    assert "which is a file" in capsys.readouterr().err
+    assert target.read_text() == "mine"
+    assert "4 --out is a file" in build_parser().format_help()  # documented
+
+
+def test_out_inside_data_is_refused_before_writing(patches, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for src in sorted(patches.iterdir())[:16]:
+        (data / src.name).symlink_to(src.resolve())
+    for out in (data / "run", data):
+        assert cli_main(_args(data, out)) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} is inside DATA {data}" in err and "read as training data" in err
+    assert not (data / "run").exists() and sorted(p.name for p in data.iterdir()) == sorted(
+        p.name for p in sorted(patches.iterdir())[:16]
+    )
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_epochs_zero_lists_only_what_it_wrote(patches, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(_args(patches, run, "--epochs", "0")) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "nothing to train (--epochs 0, 0 done): no checkpoint or log written" in text
+    for name in ("checkpoint.pt", "log.csv", "training.png", "train_config.json"):
+        assert name not in text, name
+        assert not (run / name).exists(), name
+
+
+def test_atomic_writes_honour_the_umask(tmp_path, umask_022):
+    atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    os.umask(0o027)
+    atomic_write_text(tmp_path / "b.txt", "x")
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o640
+    atomic_write_text(tmp_path / "a.txt", "y")  # replacing takes the new file's mode
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_run_outputs_honour_the_umask(patches, tmp_path, umask_022):
+    run = tmp_path / "run"
+    train(_config(patches, run, keep_every=1))
+    for name in ("checkpoint.pt", "checkpoints/epoch_0001.pt", "log.csv", "steps.csv", "training.png"):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
+    for name in ("norm_stats.json", "train_config.json"):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_temp_files_of_killed_writes_are_removed_at_the_next_start(patches, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    dead, old = _dead_pid(), time.time() - 120
+    names = {
+        "stale": run / f".checkpoint.pt.{dead}-0123abcd.pt.tmp",
+        "stale_kept_copy": run / "checkpoints" / f".epoch_0001.pt.{dead}-89abcdef.pt.tmp",
+        "stale_legacy": run / ".log.csv.k2j_x9a1.csv.tmp",  # tempfile.mkstemp name of older versions
+        "fresh_dead": run / f".log.csv.{dead}-0123abcd.csv.tmp",  # younger than a minute: may be in flight
+        "live_pid": run / f".steps.csv.{os.getpid()}-0123abcd.csv.tmp",
+        "not_ours": run / ".notes.tmp",
+    }
+    for path in names.values():
+        path.write_bytes(b"partial")
+    for key in ("stale", "stale_kept_copy", "live_pid", "not_ours"):
+        os.utime(names[key], (old, old))
+    legacy_old = time.time() - 2 * 3600
+    os.utime(names["stale_legacy"], (legacy_old, legacy_old))
+    train(_config(patches, run, max_steps=1))
+    gone = {key for key, path in names.items() if not path.exists()}
+    assert gone == {"stale", "stale_kept_copy", "stale_legacy"}
+    leftover = set(run.rglob(".*.tmp"))  # this run's own writes left none behind
+    assert leftover == {names[key] for key in ("fresh_dead", "live_pid", "not_ours")}
+    assert remove_stale_temps(tmp_path / "absent") == []
+
+
+# ---------------------------------------------------------------------------- threads and --help
+
+
+def test_cpu_threads_follow_threads_flag_not_workers(patches, tmp_path):
+    """Intra-op threads come from --threads (default: torch's), whatever --workers is; the weights match."""
+    outside = torch.get_num_threads()
+    seen: dict[str, set[int]] = {}
+    for name, extra in (("w0", dict(workers=0)), ("w2", dict(workers=2)), ("t1", dict(workers=2, threads=1))):
+        got: set[int] = seen.setdefault(name, set())
+        train(
+            _config(patches, tmp_path / name, max_steps=2, **extra),
+            on_step=lambda _s, got=got: got.add(torch.get_num_threads()),
+        )
+        assert torch.get_num_threads() == outside  # restored after the run
+    assert seen == {"w0": {outside}, "w2": {outside}, "t1": {1}}
+    a = torch.load(tmp_path / "w0" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "w2" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert build_parser().parse_args(["--out", "x", "--threads", "3"]).threads == 3
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "import clusiam_fast.train as t\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    t.main(['--help'])\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
