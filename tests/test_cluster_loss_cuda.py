@@ -81,7 +81,7 @@ def test_cuda_one_dominant_cluster(D):
     torch.testing.assert_close(loss, ref_loss, atol=2e-5, rtol=1e-4)
     assert_close_grad(grad, ref_grad, 2e-4)
     gpu_out = torch.ops.clusiam.assign_pool(zc, lc.detach(), gc, 1.0, 1e-8)
-    torch.testing.assert_close(gpu_out[3].cpu(), cpu_out[3], atol=1e-3, rtol=1e-5)  # sums of up to 400k unit rows
+    torch.testing.assert_close(gpu_out[3].cpu(), cpu_out[3], atol=4e-3, rtol=1e-5)  # CPU error vs float64: 6e-4
     assert torch.equal(gpu_out[4].cpu(), cpu_out[4])
 
 
@@ -96,7 +96,7 @@ def test_cuda_counting_sort_is_deterministic(kind):
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     assert torch.equal(first[1].cpu(), cpu_out[1]) and torch.equal(first[4].cpu(), cpu_out[4])
-    torch.testing.assert_close(first[3].cpu(), cpu_out[3], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(first[3].cpu(), cpu_out[3], atol=5e-4, rtol=1e-5)  # CPU error vs float64: 9e-5
 
 
 def test_cuda_backward_float64_output_as_cpu():
