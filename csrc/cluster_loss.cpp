@@ -4,7 +4,9 @@
 // per-cluster sums of normalised rows (all-reduced across ranks when training
 // on several processes), `centroid_loss` turns sums into the loss. Each has a
 // backward op; the autograd formulas and fake kernels live in
-// clusiam_fast/ops/registration.py. Kernels: cpu/*.cpp and cuda/*.cu.
+// clusiam_fast/ops/_registration.py. Kernels, one file per op with its
+// backward: cpu/assign_pool.cpp, cpu/centroid_loss.cpp and cuda/assign_pool.cu,
+// cuda/centroid_loss.cu.
 #include <torch/library.h>
 
 TORCH_LIBRARY(clusiam, m) {

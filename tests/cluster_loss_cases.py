@@ -27,6 +27,8 @@ def make_inputs(M, K, D, *, kind="normal", dtype=torch.float32, device="cpu", se
         gumbel = torch.zeros(M, K)
     elif kind == "one_active":  # every row picks cluster K // 2
         logits[:, K // 2] += 1e3
+    elif kind == "dominant":  # ~99% of the rows pick cluster K // 3, the others spread
+        logits[torch.arange(M) % 97 != 0, K // 3] += 1e3
     elif kind == "few_rows":  # repeated rows, little noise: many empty clusters
         rows = max(1, M // 4)
         logits = logits[:rows].repeat(-(-M // rows), 1)[:M] * 5

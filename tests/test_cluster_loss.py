@@ -25,6 +25,29 @@ def test_fused_matches_reference(M, K, D, kind):
     assert_close_grad(grad, ref_grad, 2e-4)
 
 
+@pytest.mark.parametrize("tau", [0.3, 0.7])
+@pytest.mark.parametrize("kind", ["normal", "peaked", "flat", "few_rows"])
+def test_tau_not_a_power_of_two(tau, kind):
+    """1 / tau is inexact: the kernels multiply by it as ATen does, so the argmax ties break alike."""
+    z, logits, gumbel = make_inputs(1000, 50, 33, kind=kind, seed=21)
+    loss, grad, idx = loss_and_grad("fused", z, logits, gumbel, tau=tau)
+    ref_loss, ref_grad, ref_idx = loss_and_grad("reference", z, logits, gumbel, tau=tau)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(loss, ref_loss, atol=2e-5, rtol=1e-4)
+    assert_close_grad(grad, ref_grad, 2e-4)
+
+
+def test_one_dominant_cluster():
+    """400k rows, ~99% in one cluster: long runs in the sorted pooling."""
+    z, logits, gumbel = make_inputs(400_000, 100, 32, kind="dominant", seed=12)
+    loss, grad, idx = loss_and_grad("fused", z, logits, gumbel)
+    ref_loss, ref_grad, ref_idx = loss_and_grad("reference", z, logits, gumbel)
+    assert torch.equal(idx, ref_idx)
+    assert (idx == 100 // 3).float().mean() > 0.98
+    torch.testing.assert_close(loss, ref_loss, atol=2e-5, rtol=1e-4)
+    assert_close_grad(grad, ref_grad, 2e-4)
+
+
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("upstream", [1.0, -0.37, 3.5])
 def test_temperature_and_upstream_gradient(tau, upstream):

@@ -35,7 +35,7 @@ def test_cuda_matches_reference(M, K, D, kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("tau,upstream", [(0.5, 1.0), (1.0, -0.3), (2.0, 2.0)])
+@pytest.mark.parametrize("tau,upstream", [(0.5, 1.0), (1.0, -0.3), (2.0, 2.0), (0.3, 1.0), (0.7, -1.5)])
 def test_cuda_dtypes_tau_upstream(dtype, tau, upstream):
     z, logits, gumbel = make_inputs(777, 64, 257, dtype=dtype, device="cuda", seed=1)
     loss_atol, grad_rel = TOLERANCES[dtype]
@@ -54,6 +54,59 @@ def test_cuda_matches_cpu_kernels_on_non_contiguous_inputs():
     assert torch.equal(cpu[2], gpu[2].cpu())
     torch.testing.assert_close(cpu[0], gpu[0].cpu(), atol=1e-6, rtol=1e-5)
     assert_close_grad(gpu[1].cpu(), cpu[1], 1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.7])
+@pytest.mark.parametrize("kind", ["normal", "peaked", "flat", "few_rows"])
+def test_cuda_matches_cpu_kernels_tau(tau, kind):
+    """1 / tau is inexact: both kernels multiply by 1.f / float(tau), the same assignments."""
+    z, logits, gumbel = make_inputs(1000, 50, 33, kind=kind, seed=21)
+    cpu = loss_and_grad("fused", z, logits, gumbel, tau=tau)
+    gpu = loss_and_grad("fused", z.cuda(), logits.detach().cuda(), gumbel.cuda(), tau=tau)
+    assert torch.equal(cpu[2], gpu[2].cpu())
+    torch.testing.assert_close(cpu[0], gpu[0].cpu(), atol=1e-6, rtol=1e-5)
+    assert_close_grad(gpu[1].cpu(), cpu[1], 1e-5)
+
+
+@pytest.mark.parametrize("D", [32, 300])
+def test_cuda_one_dominant_cluster(D):
+    """400k rows, ~99% in one cluster (12k pooling chunks): against the reference and the CPU kernels."""
+    z, logits, gumbel = make_inputs(400_000, 100, D, kind="dominant", seed=12)
+    cpu_out = torch.ops.clusiam.assign_pool(z, logits.detach(), gumbel, 1.0, 1e-8)
+    zc, lc, gc = z.cuda(), logits.detach().cuda().requires_grad_(), gumbel.cuda()
+    loss, grad, idx = loss_and_grad("fused", zc, lc, gc)
+    ref_loss, ref_grad, ref_idx = loss_and_grad("reference", zc, lc, gc)
+    assert torch.equal(idx, ref_idx) and torch.equal(idx.cpu(), cpu_out[1])
+    assert (idx == 100 // 3).float().mean() > 0.98
+    torch.testing.assert_close(loss, ref_loss, atol=2e-5, rtol=1e-4)
+    assert_close_grad(grad, ref_grad, 2e-4)
+    gpu_out = torch.ops.clusiam.assign_pool(zc, lc.detach(), gc, 1.0, 1e-8)
+    torch.testing.assert_close(gpu_out[3].cpu(), cpu_out[3], atol=4e-3, rtol=1e-5)  # CPU error vs float64: 6e-4
+    assert torch.equal(gpu_out[4].cpu(), cpu_out[4])
+
+
+@pytest.mark.parametrize("kind", ["normal", "dominant", "few_rows", "one_active"])
+def test_cuda_counting_sort_is_deterministic(kind):
+    """Same outputs bit for bit twice; assignments and counts as the CPU kernels."""
+    z, logits, gumbel = make_inputs(70_001, 300, 65, kind=kind, seed=4)
+    cpu_out = torch.ops.clusiam.assign_pool(z, logits.detach(), gumbel, 0.7, 1e-8)
+    zc, lc, gc = z.cuda(), logits.detach().cuda(), gumbel.cuda()
+    first = torch.ops.clusiam.assign_pool(zc, lc, gc, 0.7, 1e-8)
+    second = torch.ops.clusiam.assign_pool(zc, lc, gc, 0.7, 1e-8)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert torch.equal(first[1].cpu(), cpu_out[1]) and torch.equal(first[4].cpu(), cpu_out[4])
+    torch.testing.assert_close(first[3].cpu(), cpu_out[3], atol=5e-4, rtol=1e-5)  # CPU error vs float64: 9e-5
+
+
+def test_cuda_backward_float64_output_as_cpu():
+    """A dtype outside float32/float16/bfloat16 (direct op calls only) is computed in float32 and converted."""
+    z, logits, gumbel = make_inputs(100, 12, 20, device="cuda", seed=9)
+    y, _idx, inv_norm, sums, _counts = torch.ops.clusiam.assign_pool(z, logits.detach(), gumbel, 0.3, 1e-8)
+    grad_sums = torch.randn_like(sums)
+    g64 = torch.ops.clusiam.assign_pool_backward(grad_sums, z, y, inv_norm, 0.3, torch.float64)
+    g32 = torch.ops.clusiam.assign_pool_backward(grad_sums, z, y, inv_norm, 0.3, torch.float32)
+    assert g64.dtype == torch.float64 and torch.equal(g64, g32.double())
 
 
 def test_philox_noise_is_gumbel_and_reproducible():

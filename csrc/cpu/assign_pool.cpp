@@ -1,4 +1,4 @@
-// CPU kernels of clusiam::assign_pool and its backward.
+// CPU kernels of clusiam::assign_pool and its backward (CUDA: cuda/assign_pool.cu).
 //
 // Forward: one parallel pass over the rows of logits (Gumbel softmax, first
 // argmax), then one over z (norms and cluster sums, see norm_and_pool).

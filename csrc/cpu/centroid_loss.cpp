@@ -1,4 +1,5 @@
-// CPU kernels of clusiam::centroid_loss and its backward: O(K D), no K x K matrix.
+// CPU kernels of clusiam::centroid_loss and its backward (CUDA: cuda/centroid_loss.cu):
+// O(K D), no K x K matrix.
 //
 // With chat[k] = sums[k] / ||sums[k]|| over the n non-empty clusters and
 // C = sum of chat, the mean off-diagonal cosine is

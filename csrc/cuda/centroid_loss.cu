@@ -1,6 +1,7 @@
-// CUDA kernels of clusiam::centroid_loss and its backward, O(K D):
+// CUDA kernels of clusiam::centroid_loss and its backward, O(K D) (CPU: cpu/centroid_loss.cpp):
 //   normalise:  one block per cluster: chat[k] = sums[k] / ||sums[k]||, ||chat[k]||^2
-//   csum:       C[d] = sum_k chat[k, d], 8 row groups per column block, combined in order
+//   csum:       C[d] = sum_k chat[k, d]: blocks of 8 columns (256 blocks at D = 2048),
+//               32 row groups each, combined in order
 //   loss:       one block: (||C||^2 - sum_k ||chat[k]||^2) / (n (n - 1)), 1.0 when n < 2
 // The loss stays on the device (no host sync).
 #include <ATen/core/Tensor.h>
@@ -16,7 +17,8 @@
 namespace clusiam {
 namespace {
 
-constexpr int kRowGroups = 8;
+constexpr int kCsumColumns = 8;
+constexpr int kRowGroups = 32;
 
 __global__ void normalise_kernel(const float* __restrict__ sums, const float* __restrict__ counts, int64_t D,
                                  float eps, float* __restrict__ chat, float* __restrict__ inv_snorm,
@@ -41,8 +43,8 @@ __global__ void normalise_kernel(const float* __restrict__ sums, const float* __
 }
 
 __global__ void csum_kernel(const float* __restrict__ chat, int64_t K, int64_t D, float* __restrict__ csum) {
-  __shared__ float partial[kRowGroups][kWarp];
-  const int64_t d = blockIdx.x * static_cast<int64_t>(kWarp) + threadIdx.x;
+  __shared__ float partial[kRowGroups][kCsumColumns];
+  const int64_t d = blockIdx.x * static_cast<int64_t>(kCsumColumns) + threadIdx.x;
   float acc = 0.f;
   if (d < D)
     for (int64_t k = threadIdx.y; k < K; k += kRowGroups) acc += chat[k * D + d];
@@ -112,8 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> centroid_loss_cuda(co
                                                      static_cast<float>(eps), chat.data_ptr<float>(),
                                                      inv_snorm.data_ptr<float>(), sqnorm.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  csum_kernel<<<(D + kWarp - 1) / kWarp, dim3(kWarp, kRowGroups), 0, stream>>>(chat.data_ptr<float>(), K, D,
-                                                                              csum.data_ptr<float>());
+  csum_kernel<<<(D + kCsumColumns - 1) / kCsumColumns, dim3(kCsumColumns, kRowGroups), 0, stream>>>(
+      chat.data_ptr<float>(), K, D, csum.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   loss_kernel<<<1, 256, 0, stream>>>(csum.data_ptr<float>(), sqnorm.data_ptr<float>(), counts.data_ptr<float>(),
                                      K, D, loss.data_ptr<float>());

@@ -1,8 +1,18 @@
-// Helpers shared by the CUDA kernels: deterministic block reductions.
+// Helpers shared by the CUDA kernels: dtype dispatch, deterministic block reductions.
 #pragma once
+#include <ATen/Dispatch.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
+
+// The types checks.h allows for z and logits (no float64 instantiations).
+#define CLUSIAM_DISPATCH_FLOAT_TYPES(TYPE, NAME, ...)                                        \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                   \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                \
+                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#define CLUSIAM_DISPATCH_LOW_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 namespace clusiam {
 
