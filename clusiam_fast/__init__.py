@@ -18,7 +18,6 @@ walks every import and fails on one that runs against it)::
 - CLI modules (``train``, ``tile``, ``extract``, ``evaluate``, ``shards``): argparse only.
 """
 
-
 from importlib import import_module
 
 __all__ = ["ClusterLoss", "cluster_loss", "fused_available", "reference"]

@@ -61,8 +61,10 @@ def cluster_loss(
     Returns:
         The 0-dim float32 loss, and the assignments when asked for.
 
-    Precision: everything is computed in float32; on CUDA the backward's one matrix
-    product follows ``torch.backends.cuda.matmul.allow_tf32`` (off by default).
+    Precision: everything is computed in float32. On CUDA the backward's one matrix
+    product follows ``torch.backends.cuda.matmul.allow_tf32`` (off by default) for float32
+    ``z``; for float16 / bfloat16 ``z`` it multiplies ``z`` in its own dtype by a hi + lo
+    split of the float32 gradient, accumulating in float32 (no float32 copy of ``z``).
 
     Example::
 
