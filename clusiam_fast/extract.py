@@ -1,7 +1,11 @@
 """Extract feature bags: ``python -m clusiam_fast.extract CHECKPOINT DATA --out DIR``.
 
 CHECKPOINT is a trainer checkpoint (``clusiam_fast.models.load_checkpoint``) or a
-ResNet state_dict written by ``clusiam_fast.train --export-backbone``. DATA is a tiler
+ResNet state_dict written by ``clusiam_fast.train --export-backbone``. Baselines go
+through the same pipeline without a CHECKPOINT:
+``python -m clusiam_fast.extract --encoder timm:NAME --weights FILE DATA --out DIR`` (or
+``torchvision:NAME``; weights from a local file, never downloaded; see
+:mod:`clusiam_fast.evaluation.baselines`). DATA is a tiler
 ``manifest.csv`` (or the folder holding it): patches are read on the fly from the
 slides; or a folder of patch images: one bag per folder that directly holds images,
 named by its path relative to DATA (see :mod:`clusiam_fast.evaluation.sources`).
@@ -14,8 +18,9 @@ Output format (one "bag" per slide)::
         clusters   (N,)   int32                             argmax of the assigner
         coords     (N, 2) int64                             level-0 (x, y) (manifest input only)
         paths      (N,)   utf-8 strings                     image paths relative to DATA (folder input)
-        attrs: slide_id, source, feature_dim, num_clusters (0 without assigner), method,
-               arch, checkpoint, mean, std, resize, crop, dtype, and for slides
+        attrs: slide_id, source, feature_dim, num_clusters (0 without assigner), method
+               (timm:NAME / torchvision:NAME for baselines), arch, encoder, checkpoint,
+               weights, weights_sha256, mean, std, resize, crop, dtype, and for slides
                slide_path, mpp, target_mpp, patch_size, read_level, read_size,
                backend, thumbnail, h5_path (from the manifest)
     DIR/index.csv              slide_id,bag_path,num_patches,num_failed
@@ -40,23 +45,79 @@ Normalisation (must match training): ``--mean/--std``, else the statistics store
 the trainer checkpoint (``norm_stats``, or ``mean``/``std`` in its config), else
 ``norm_stats.json`` beside the checkpoint (the trainer caches it in its run folder,
 where ``--export-backbone`` files usually sit too), else ImageNet statistics with a
-warning.
+warning. timm models use their data config (mean/std; and, without ``--resize``/``--crop``,
+resize to ``floor(size / crop_pct)`` and centre-crop to their input size, with their
+interpolation); torchvision models ImageNet statistics.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+USAGE = (
+    "python -m clusiam_fast.extract CHECKPOINT DATA --out DIR [options]\n"
+    "       python -m clusiam_fast.extract --encoder timm:NAME|torchvision:NAME --weights FILE DATA --out DIR [options]"
+)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"init_values\": 1e-5}}', got {text!r}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m clusiam_fast.extract",
+        usage=USAGE,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", type=Path, help="trainer checkpoint (.pt) or ResNet state_dict from --export-backbone")
-    p.add_argument("data", type=Path, help="tiler manifest.csv (or its folder), or a folder of patch images")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="trainer checkpoint (.pt) or ResNet state_dict from --export-backbone (none with --encoder timm:/torchvision:)",
+    )
+    p.add_argument(
+        "data",
+        type=Path,
+        nargs="?",
+        metavar="DATA",
+        help="tiler manifest.csv (or its folder), or a folder of patch images",
+    )
+    p.add_argument(
+        "--encoder",
+        default="checkpoint",
+        help="checkpoint (default: CHECKPOINT's model), timm:NAME or torchvision:NAME (a baseline, with --weights)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="local weights of the timm/torchvision model: state_dict .pth/.pt/.bin or .safetensors (never downloaded)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="no --weights: the timm/torchvision model's random initialisation (seed 0), for tests and chance baselines",
+    )
+    p.add_argument(
+        "--encoder-kwargs",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help='extra timm.create_model options the weights need, e.g. \'{"init_values": 1e-5, "dynamic_img_size": true}\'',
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder for bags/, index.csv and extract.json")
     p.add_argument("--batch-size", type=int, default=128, help="patches per forward pass (default 128)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes reading patches (default 2)")
@@ -98,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.encoder != "checkpoint" and args.data is None:  # a baseline takes DATA only
+        args.checkpoint, args.data = None, args.checkpoint
+    if args.data is None:
+        parser.error("DATA is required (CHECKPOINT DATA, or --encoder timm:NAME --weights FILE DATA)")
     import warnings
 
     from .evaluation.extraction import extract
@@ -122,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 std=args.std,
                 progress=not args.quiet,
                 slide_dir=args.slide_dir,
+                encoder=args.encoder,
+                weights=args.weights,
+                random_init=args.random_init,
+                encoder_kwargs=args.encoder_kwargs,
             )
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"extract: error: {error}", file=sys.stderr)

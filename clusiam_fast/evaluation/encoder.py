@@ -11,6 +11,8 @@
   The checkpoint's ``norm_stats`` go into ``encoder.config["norm_stats"]``.
 - exported backbone (``--export-backbone``, a plain torchvision ResNet state_dict
   without ``fc``): the architecture (resnet18/34/50/101/152) is read off the keys.
+- timm and torchvision models with local weights (``kind`` "timm"/"torchvision"):
+  :mod:`clusiam_fast.evaluation.baselines`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-CLUSTER_METHODS = ("clusiam", "clubyol")
 _RESNETS = {
     ((2, 2, 2, 2), False): "resnet18",
     ((3, 4, 6, 3), False): "resnet34",
@@ -44,7 +45,7 @@ class Encoder(nn.Module):
         self.has_assigner = has_assigner
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.kind == "backbone":
+        if self.kind != "checkpoint":  # a plain backbone (exported, timm, torchvision): pooled features
             return self.model(x), None
         features = self.model.features(x)
         if not self.has_assigner:
@@ -123,7 +124,7 @@ def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:
     elif isinstance(obj, dict):
         check_finite_weights(obj, path)
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
-        from ..models import load_checkpoint
+        from ..models import CLUSTER_METHODS, load_checkpoint
 
         model, config = load_checkpoint(path, map_location=map_location)
         config = dict(config)

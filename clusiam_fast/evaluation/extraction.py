@@ -27,9 +27,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resolve_normalisation(
-    encoder: Encoder, checkpoint: Path, mean: Sequence[float] | None, std: Sequence[float] | None
+    encoder: Encoder, checkpoint: Path | None, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> tuple[list[float], list[float], str]:
-    """(mean, std, where they came from); see the module docstring for the order."""
+    """(mean, std, where they came from); see the module docstring for the order.
+
+    timm/torchvision encoders carry their own (``norm_origin`` says whose)."""
     if mean is not None and std is not None:
         return list(mean), list(std), "command line"
     cfg = encoder.config
@@ -38,12 +40,12 @@ def resolve_normalisation(
             return (
                 [float(v) for v in cfg[m_key]],
                 [float(v) for v in cfg[s_key]],
-                f"checkpoint config ({m_key}/{s_key})",
+                cfg.get("norm_origin") or f"checkpoint config ({m_key}/{s_key})",
             )
     stats = cfg.get("norm_stats")
     if isinstance(stats, dict) and "mean" in stats and "std" in stats:
         return [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]], "checkpoint config (norm_stats)"
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
+    for folder in (checkpoint.parent, checkpoint.parent.parent) if checkpoint is not None else ():
         path = folder / "norm_stats.json"
         if path.is_file():
             data = json.loads(path.read_text())
@@ -75,13 +77,19 @@ def check_normalisation(mean: Sequence[float], std: Sequence[float], origin: str
         raise ValueError(f"normalisation mean from {origin} is {list(mean)}: a mean of [0, 1] pixels lies in [0, 1]")
 
 
-def build_transform(mean: Sequence[float], std: Sequence[float], resize: int | None = None, crop: int | None = None):
+def build_transform(
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: int | None = None,
+    crop: int | None = None,
+    interpolation: str = "bilinear",
+):
     """PIL RGB -> normalised tensor: optional resize (shorter side), optional centre crop."""
     from torchvision import transforms as T
 
     steps = []
     if resize:
-        steps.append(T.Resize(resize))
+        steps.append(T.Resize(resize, interpolation=T.InterpolationMode(interpolation)))
     if crop:
         steps.append(T.CenterCrop(crop))
     steps += [T.ToTensor(), T.Normalize(mean, std)]
@@ -182,8 +190,29 @@ class _BagWriter:
         )
 
 
+def load_any_encoder(
+    checkpoint: str | Path | None,
+    encoder: str = "checkpoint",
+    weights: str | Path | None = None,
+    random_init: bool = False,
+    encoder_kwargs: dict | None = None,
+) -> Encoder:
+    """The trainer checkpoint / exported backbone, or a ``timm:NAME`` / ``torchvision:NAME`` baseline."""
+    from .baselines import load_baseline_encoder, parse_encoder
+
+    if parse_encoder(encoder)[0] == "checkpoint":
+        if checkpoint is None:
+            raise ValueError("give a CHECKPOINT, or --encoder timm:NAME / torchvision:NAME with --weights FILE")
+        if weights is not None or random_init or encoder_kwargs:
+            raise ValueError("--weights, --random-init and --encoder-kwargs go with --encoder timm:/torchvision:")
+        return load_encoder(checkpoint)
+    if checkpoint is not None:
+        raise ValueError(f"--encoder {encoder} takes no CHECKPOINT (its weights come from --weights)")
+    return load_baseline_encoder(encoder, weights, random_init=random_init, model_kwargs=encoder_kwargs)
+
+
 def extract(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     data: str | Path,
     out: str | Path,
     *,
@@ -198,6 +227,10 @@ def extract(
     std: Sequence[float] | None = None,
     progress: bool = True,
     slide_dir: str | Path | None = None,
+    encoder: str = "checkpoint",
+    weights: str | Path | None = None,
+    random_init: bool = False,
+    encoder_kwargs: dict | None = None,
 ) -> dict:
     """Write one feature bag per slide of ``data`` into ``out``; return the summary (extract.json).
 
@@ -205,26 +238,38 @@ def extract(
     checkpoint's training size (``crop_size`` of its config; the first patch's size for a
     plain state_dict) and the summary says so (``size_note``, ``patch_sizes``, ``fit_size``).
     Slides missing from a manifest are skipped and listed (``missing_slides``).
+
+    ``encoder="timm:NAME"`` / ``"torchvision:NAME"`` (``checkpoint=None``) extracts with that
+    model and local ``weights`` (:mod:`clusiam_fast.evaluation.baselines`); its input size,
+    interpolation and normalisation are used unless ``resize``/``crop``/``mean``/``std`` are given.
     """
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = (None if checkpoint is None else Path(checkpoint)), Path(out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if (mean is None) != (std is None):
         raise ValueError("give both --mean and --std, or neither")
     if mean is not None:
         check_normalisation(mean, std, "the command line (--mean/--std)")
-    encoder = load_encoder(checkpoint).to(device)
+    spec = encoder
+    encoder = load_any_encoder(checkpoint, spec, weights, random_init, encoder_kwargs).to(device)
     if device.startswith("cuda"):
         encoder = encoder.to(memory_format=torch.channels_last)
     mean, std, norm_origin = resolve_normalisation(encoder, checkpoint, mean, std)
     check_normalisation(mean, std, norm_origin)
-    source = open_source(data, build_transform(mean, std, resize, crop), slide_dir=slide_dir)
+    if resize is None and crop is None:  # a baseline's own input size (timm: resize then centre crop)
+        resize, crop = encoder.config.get("resize"), encoder.config.get("crop")
+    interpolation = encoder.config.get("interpolation", "bilinear")
+    transform = build_transform(mean, std, resize, crop, interpolation)
+    source = open_source(data, transform, slide_dir=slide_dir)
     fit_size, size_note = _fit_sizes(source, encoder, resize, crop)
     use_amp = amp and device.startswith("cuda")
     dtype = np.float16 if fp16 else np.float32
     attrs = {
         "method": encoder.config.get("method", ""),
         "arch": encoder.config.get("arch", ""),
-        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint": "" if checkpoint is None else str(checkpoint.resolve()),
+        "encoder": encoder.kind,
+        "weights": encoder.config.get("weights") or "",
+        "weights_sha256": encoder.config.get("weights_sha256", ""),
         "mean": list(mean),
         "std": list(std),
         "resize": resize or 0,
@@ -237,10 +282,15 @@ def extract(
     seconds = time.perf_counter() - start
     write_index(out, writer.rows)
     summary = {
-        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint": attrs["checkpoint"] or None,
         "data": str(Path(data).resolve()),
         "source": source.kind,
         "encoder": encoder.kind,
+        "weights": encoder.config.get("weights"),
+        "weights_sha256": attrs["weights_sha256"] or None,
+        "random_init": bool(encoder.config.get("random_init", False)),
+        "dropped_keys": encoder.config.get("dropped_keys", []),
+        "interpolation": interpolation,
         "method": attrs["method"],
         "arch": attrs["arch"],
         "feature_dim": feature_dim,
