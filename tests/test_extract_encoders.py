@@ -129,9 +129,6 @@ def test_bad_encoder_input_is_named(pcam_dir, tmp_path, capsys):
     assert _run("--encoder", "torchvision:resnet5O", "--random-init", data, "--out", out) == 2
     err = capsys.readouterr().err
     assert "unknown torchvision model" in err and "resnet50" in err and "list_models()" in err
-    assert _run("--encoder", "timm:vit_tiny_patch16_22", "--random-init", data, "--out", out) == 2
-    err = capsys.readouterr().err
-    assert "unknown timm model" in err and "timm.list_models" in err
     for spec, words in (("keras:resnet50", "timm:<model name>"), ("timm:hf-hub:MahmoodLab/uni", "hub")):
         assert _run("--encoder", spec, "--random-init", data, "--out", out) == 2
         assert words in capsys.readouterr().err
@@ -145,6 +142,18 @@ def test_bad_encoder_input_is_named(pcam_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _run("--encoder", "timm:vit_tiny_patch16_224", "--encoder-kwargs", "{init_values", data, "--out", out)
     assert "--encoder-kwargs" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_timm_input_is_named(pcam_dir, tmp_path, capsys):
+    pytest.importorskip("timm")
+    data, out = _folder(pcam_dir / "valid" / "0", tmp_path / "data", 1, "*.jpg"), tmp_path / "o"
+    assert _run("--encoder", "timm:vit_tiny_patch16_22", "--random-init", data, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "unknown timm model" in err and "vit_tiny_patch16_224" in err and "timm.list_models" in err
+    kwargs = ["--encoder-kwargs", '{"no_such_option": 1}']
+    assert _run("--encoder", "timm:vit_tiny_patch16_224", "--random-init", *kwargs, data, "--out", out) == 2
+    assert "not options of timm:vit_tiny_patch16_224" in capsys.readouterr().err
     assert not out.exists()
 
 
