@@ -101,9 +101,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, state: dict[str, Tensor], classifier: str, source: str) -> list[str]:
-    """Load ``state`` strictly except for the removed classifier's keys (returned)."""
-    dropped = [k for k in state if classifier and (k == classifier or k.startswith(classifier + "."))]
+def load_weights(model: nn.Module, state: dict[str, Tensor], classifiers: tuple[str, ...], source: str) -> list[str]:
+    """Load ``state`` strictly except for the removed classifiers' keys (returned)."""
+    dropped = [k for k in state if any(k.startswith(c + ".") for c in classifiers)]
     state = {k: v for k, v in state.items() if k not in dropped}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -142,7 +142,7 @@ def _unknown(library: str, name: str, known: list[str]) -> ValueError:
     return ValueError(f"--encoder {library}:{name}: unknown {library} model{near}; list the names with {how}")
 
 
-def _timm_model(name: str, model_kwargs: dict[str, Any]) -> tuple[nn.Module, str, dict[str, Any]]:
+def _timm_model(name: str, model_kwargs: dict[str, Any]) -> tuple[nn.Module, tuple[str, ...], dict[str, Any]]:
     try:
         import timm
         from timm.data import resolve_data_config
@@ -170,11 +170,11 @@ def _timm_model(name: str, model_kwargs: dict[str, Any]) -> tuple[nn.Module, str
         "interpolation": str(cfg.get("interpolation") or "bicubic"),
         "crop_size": int(height),
     }
-    classifier = model.pretrained_cfg.get("classifier") or ""
-    return model, classifier if isinstance(classifier, str) else "", defaults
+    classifier = model.pretrained_cfg.get("classifier") or ()  # "head", "fc", ("head", "head_dist"), ...
+    return model, (classifier,) if isinstance(classifier, str) else tuple(classifier), defaults
 
 
-def _torchvision_model(name: str) -> tuple[nn.Module, str, dict[str, Any]]:
+def _torchvision_model(name: str) -> tuple[nn.Module, tuple[str, ...], dict[str, Any]]:
     import torchvision
 
     from .extraction import IMAGENET_MEAN, IMAGENET_STD
@@ -196,7 +196,7 @@ def _torchvision_model(name: str) -> tuple[nn.Module, str, dict[str, Any]]:
     }
     if isinstance(getattr(model, "image_size", None), int):  # vision transformers take one input size
         defaults.update(resize=model.image_size, crop=model.image_size, crop_size=model.image_size)
-    return model, classifier, defaults
+    return model, (classifier,), defaults
 
 
 def load_baseline_encoder(
