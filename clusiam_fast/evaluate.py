@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-maps", type=int, default=4, help="attention heatmaps of this many test slides (default 4)"
     )
     g.add_argument("--map-size", type=int, default=2048, help="longest thumbnail side in px (default 2048)")
-    p.add_argument("--seed", type=int, default=0, help="seed of K-means and of a missing train/test split or of the --folds (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of K-means and of a missing train/test split or of the --folds (default 0)",
+    )
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (MIL training and KNN)")
     p.add_argument(
         "--cpu-threads",

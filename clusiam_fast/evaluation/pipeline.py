@@ -194,7 +194,7 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
     )
     store = AttentionStore()
     mil = run_protocol(train, HeldOutTestSet(test), cfg.mil, cfg.mil_models, store.add)
-    _mil_figures(mil, bags, store, cfg, out)
+    _mil_figures(mil, ds, bags, store, cfg, out)
     results["mil"] = {**info, **mil}
 
 
@@ -234,7 +234,7 @@ def _cross_validation(
     store = AttentionStore()
     mil = run_cross_validation(ds, folds, cfg.mil, cfg.mil_models, store.add)
     info["test_slide_ids"] = [s for f in mil["folds"] for s in f["test_slide_ids"]]
-    _mil_figures(mil, bags, store, cfg, out)
+    _mil_figures(mil, ds, bags, store, cfg, out)
     results["mil"] = {**info, **mil}
 
 
@@ -259,15 +259,18 @@ class AttentionStore:
             files = {}
             for sid, runs in per_slide.items():
                 path = out / "attention" / model / f"{safe_name(sid)}.npy"
-                with atomic_path(path, suffix=".npy") as tmp:
-                    np.save(tmp, np.stack(runs))
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, np.stack(runs))
                 files[sid] = str(path.relative_to(out))
             saved[model] = {"seeds": self.seeds[model], "files": files}
         return saved
 
 
-def _mil_figures(mil: dict, bags: list[FeatureBag], store: AttentionStore, cfg: EvalConfig, out: Path) -> None:
+def _mil_figures(
+    mil: dict, ds: BagDataset, bags: list[FeatureBag], store: AttentionStore, cfg: EvalConfig, out: Path
+) -> None:
     """ROC PNGs, the saved attention and, for slides with coordinates, ABMIL attention heatmaps."""
+    labels = {sid: ds.classes[int(y)] for sid, y in zip(ds.slide_ids, ds.labels)}
     classes = mil["classes"]
     for name, res in mil["models"].items():
         res["roc_png"] = plot_roc(name, res["runs"], classes, out / f"roc_{name}.png").name
@@ -275,7 +278,9 @@ def _mil_figures(mil: dict, bags: list[FeatureBag], store: AttentionStore, cfg: 
     by_id = {b.slide_id: b for b in bags}
     maps = []
     for model in [m for m in ("abmil", "dsmil") if m in store.scores][:1]:
-        slides = [s for s in store.scores[model] if by_id[s].coords is not None][: cfg.attention_maps]
+        # Slides of the last class first (for two classes: the positive ones), then the others.
+        ranked = sorted(store.scores[model], key=lambda s: -mil["classes"].index(labels[s]))
+        slides = [s for s in ranked if by_id[s].coords is not None][: cfg.attention_maps]
         for sid in slides:
             scores = np.stack(store.scores[model][sid]).mean(0)
             if scores.ndim == 2:  # DSMIL: the attention of the last class (binary: the positive one)
@@ -288,7 +293,7 @@ def _mil_figures(mil: dict, bags: list[FeatureBag], store: AttentionStore, cfg: 
                     scores,
                     {**by_id[sid].attrs, "slide_id": sid},
                     max_size=cfg.map_size,
-                    title=f"{sid}: {model} attention (mean of {len(store.scores[model][sid])} seeds)",
+                    title=f"{sid} ({labels[sid]}): {model} attention, mean of {len(store.scores[model][sid])} seed(s)",
                 )
                 maps.append({"model": model, "slide_id": sid, "png": str(png.relative_to(out))})
             except Exception as error:  # one slide's heatmap must not stop the report

@@ -179,12 +179,23 @@ def _score(metrics: dict, loss: float, select_metric: str) -> tuple[float, float
 def train_candidate(
     model_name: str, train: BagDataset, val: BagDataset, lr: float, wd: float, cfg: MILConfig, seed: int, bar=None
 ) -> dict:
-    """Train one grid point; return its best-validation epoch, metrics and weights."""
-    with torch.random.fork_rng(devices=[]):
+    """Train one grid point; return its best-validation epoch, metrics and weights.
+
+    The torch RNG is seeded with ``seed`` for the whole run (initialisation and dropout)
+    and restored afterwards, so a run depends on its seed and data only.
+    """
+    cuda = str(cfg.device).startswith("cuda")
+    with torch.random.fork_rng(devices=[torch.device(cfg.device).index or 0] if cuda else []):
         torch.manual_seed(seed)
-        model = build_mil(model_name, train.feature_dim, train.num_classes, **cfg.model_options.get(model_name, {})).to(
-            cfg.device
-        )
+        return _train_candidate(model_name, train, val, lr, wd, cfg, seed, bar)
+
+
+def _train_candidate(
+    model_name: str, train: BagDataset, val: BagDataset, lr: float, wd: float, cfg: MILConfig, seed: int, bar
+) -> dict:
+    model = build_mil(model_name, train.feature_dim, train.num_classes, **cfg.model_options.get(model_name, {})).to(
+        cfg.device
+    )
     optimizer = _optimizer(cfg.optimizer, model.parameters(), lr, wd)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch

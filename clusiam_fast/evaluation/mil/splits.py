@@ -38,7 +38,9 @@ def check_patients(
     mixed = {p: c for p, c in by_patient.items() if len(c) > 1}
     if mixed:
         shown = [
-            f"patient {p!r}: " + ", ".join(f"{', '.join(s[:5])} ({_names(classes, c)})" for c, s in sorted(cl.items()))
+            f"patient {p!r} ("
+            + " / ".join(f"{_names(classes, c)}: {', '.join(s[:5])}" for c, s in sorted(cl.items()))
+            + ")"
             for p, cl in list(mixed.items())[:5]
         ]
         more = f" and {len(mixed) - 5} more patients" if len(mixed) > 5 else ""
