@@ -209,7 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in slide_label_lines(results):
         print(line)
     if "mil" in results:
+        from .evaluation.bootstrap import format_ci
+
         print(f"MIL classes: {', '.join(f'{i}: {c}' for i, c in enumerate(results['mil']['classes']))}")
+        for name, res in results["mil"]["models"].items():
+            ci = res["summary"].get("auc_ci")
+            where = f"{len(results['mil']['folds'])}-fold pooled" if results["mil"].get("folds") else "test split"
+            shown = f"{format_ci(ci)} (95% CI, bootstrap over {ci['unit']}s)" if ci else "n/a"
+            print(f"MIL {name}: test macro AUC {shown}, {where}, mean of {len(res['runs'])} seed(s)")
     done = [k for k in ("clustering", "knn", "mil", "cluster_maps") if k in results]
     print(
         f"wrote {args.out / 'report.md'} ({', '.join(done) or 'summary only'}); not run: {', '.join(results['skipped']) or 'nothing'}"

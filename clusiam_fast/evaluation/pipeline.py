@@ -11,7 +11,7 @@
   ``patient_id`` column; test AUC with a bootstrap 95% CI.
 
 Writes ``OUT/report.md``, ``OUT/report.json`` (every number), PNG figures, each test
-slide's attention (``OUT/attention/<model>/<slide>.npy``, one row per seed) and ABMIL
+slide's attention (``OUT/attention/<model>/<slide>.npy``, one row per seed) and ABMIL (else DSMIL)
 attention heatmaps of a few test slides with coordinates (``OUT/attention/*.png``).
 """
 
