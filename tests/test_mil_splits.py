@@ -358,3 +358,24 @@ def test_evaluate_refuses_mixed_patients_too_many_folds_and_split_leaks(tmp_path
     blank.write_text("slide_id,label,patient_id\ns00,0,\ns01,1,P1\n")
     assert main([*base, "--labels", str(blank)]) == 2
     assert "blank patient_id on line(s) 2" in capsys.readouterr().err
+
+
+def test_patient_ids_are_read_and_checked(tmp_path):
+    from clusiam_fast.evaluation.labels import read_slide_table
+
+    ok = tmp_path / "ok.csv"
+    ok.write_text("slide_id,label,patient_id\na,1,P1\nb,0, P2 \na,1,P1\nc,,\n")
+    with pytest.warns(UserWarning):
+        table = read_slide_table(ok)
+    assert table.patients == {"a": "P1", "b": "P2"}  # the unlabelled row c needs no patient
+    assert read_slide_table(_plain(tmp_path)).patients is None
+    clash = tmp_path / "clash.csv"
+    clash.write_text("slide_id,label,patient_id\na,1,P1\na,1,P9\n")
+    with pytest.raises(ValueError, match=r"slide a has patient 'P1' \(line 2\) and 'P9' \(line 3\)"):
+        read_slide_table(clash)
+
+
+def _plain(tmp_path):
+    path = tmp_path / "plain.csv"
+    path.write_text("slide_id,label\na,1\nb,0\n")
+    return path

@@ -174,9 +174,9 @@ def read_slide_table(path: str | Path) -> LabelTable:
         normalise_split(v, f"{path} line {i + 2}") if str(v).strip() != "" else None
         for i, v in enumerate(df["split"] if has_split else [""] * len(df))
     ]
+    patients = _slide_patients(path, ids, list(df["label"]), list(df["patient_id"])) if "patient_id" in df else None
     table = _build_table(path, "slide", ids, list(df["label"]), splits)
-    if "patient_id" in df.columns:
-        table.patients = _slide_patients(path, ids, list(df["label"]), list(df["patient_id"]))
+    table.patients = patients
     return table
 
 
