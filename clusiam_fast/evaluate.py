@@ -215,7 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, res in results["mil"]["models"].items():
             ci = res["summary"].get("auc_ci")
             where = f"{len(results['mil']['folds'])}-fold pooled" if results["mil"].get("folds") else "test split"
-            shown = f"{format_ci(ci)} (95% CI, bootstrap over {ci['unit']}s)" if ci else "n/a"
+            auc = res["summary"]["auc_macro"]
+            shown = (
+                f"{format_ci(ci)} (95% CI, bootstrap over {ci['unit']}s)"
+                if ci
+                else "n/a"
+                if auc["mean"] is None
+                else f"{auc['mean']:.3f} ± {auc['std']:.3f} over seeds"
+            )
             print(f"MIL {name}: test macro AUC {shown}, {where}, mean of {len(res['runs'])} seed(s)")
     done = [k for k in ("clustering", "knn", "mil", "cluster_maps") if k in results]
     print(
