@@ -4,11 +4,18 @@
 FEATURES is the --out folder of ``python -m clusiam_fast.extract`` (or a folder of
 CLAM-style .h5 feature files). Runs what the labels allow:
 
-- slides.csv (slide_id,label[,split]): Max-pooling MIL and DSMIL with the paper's
-  protocol (grid lr x weight decay, 50 epochs, 5 warm-up + cosine, stratified seeded
-  75/25 train/validation split of the training slides, best validation checkpoint tested
-  once, several seeds, mean ± std of accuracy and per-class one-vs-rest AUC). Without a
-  split column, a stratified seeded train/test split is made once (--test-fraction).
+- slides.csv (slide_id,label[,split][,patient_id]): Max-pooling MIL, DSMIL and ABMIL
+  (gated attention) with the paper's protocol (grid lr x weight decay, 50 epochs, 5
+  warm-up + cosine, stratified seeded 75/25 train/validation split of the training
+  slides, best validation checkpoint tested once, several seeds, mean ± std of accuracy
+  and per-class one-vs-rest AUC) and a bootstrap 95% CI of the test macro AUC
+  (--bootstrap). Without a split column, a stratified seeded train/test split is made
+  once (--test-fraction). --folds K: stratified K-fold cross-validation instead, every
+  slide tested once by a model selected on its fold's training slides only. A
+  patient_id column keeps each patient's slides on one side of every split (and the
+  CI resamples patients); a patient with slides of two classes is an error.
+  Test-slide attention is saved in REPORT/attention/ (with heatmaps for slides with
+  coordinates).
 - patches.csv (path,label[,split] or slide_id,x,y,label[,split]): assigner clusters vs
   K-means with the same K (Rand index, ARI, clusters used), and top-1 cosine KNN macro
   F1 from train to test patches when a split is given.
@@ -34,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("features", type=Path, help="folder written by clusiam_fast.extract (bags/*.h5 + index.csv)")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.md, report.json, *.png, maps/)")
     p.add_argument(
-        "--labels", type=Path, default=None, help="slides.csv: slide_id,label[,split] -> slide classification with MIL"
+        "--labels",
+        type=Path,
+        default=None,
+        help="slides.csv: slide_id,label[,split][,patient_id] -> slide classification with MIL",
     )
     p.add_argument(
         "--patch-labels",
@@ -44,7 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("MIL protocol (defaults: the paper's)")
     g.add_argument(
-        "--models", nargs="+", default=["maxpool", "dsmil"], choices=["maxpool", "dsmil"], help="MIL heads to evaluate"
+        "--models",
+        nargs="+",
+        default=["maxpool", "dsmil", "abmil"],
+        choices=["maxpool", "dsmil", "abmil"],
+        help="MIL heads to evaluate (default: all three; abmil = gated attention, Ilse et al. 2018)",
+    )
+    g.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="stratified K-fold cross-validation (by patient with patient_id) instead of one train/test split "
+        "(default: the paper's single split)",
+    )
+    g.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap replicates of the test AUC 95%% CI (default 1000; 0: none)",
     )
     g.add_argument(
         "--seeds",
@@ -102,8 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-maps", action="store_true", help="skip the cluster maps")
     g.add_argument("--max-maps", type=int, default=50, help="at most this many cluster maps (default 50)")
+    g.add_argument(
+        "--attention-maps", type=int, default=4, help="attention heatmaps of this many test slides (default 4)"
+    )
     g.add_argument("--map-size", type=int, default=2048, help="longest thumbnail side in px (default 2048)")
-    p.add_argument("--seed", type=int, default=0, help="seed of K-means and of a missing train/test split (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of K-means and of a missing train/test split or of the --folds (default 0)",
+    )
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (MIL training and KNN)")
     p.add_argument(
         "--cpu-threads",
@@ -135,11 +170,15 @@ def config_from_args(args: argparse.Namespace):
         select_metric=args.select_metric,
         device=device,
         cpu_threads=args.cpu_threads,
+        bootstrap=args.bootstrap,
         progress=not args.quiet,
     )
+    if args.folds is not None and args.folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {args.folds}")
     return EvalConfig(
         mil=mil,
         mil_models=tuple(args.models),
+        folds=args.folds,
         kmeans_k=args.kmeans_k,
         kmeans_normalize=not args.no_normalize,
         seed=args.seed,
@@ -148,6 +187,7 @@ def config_from_args(args: argparse.Namespace):
         device=device,
         maps=not args.no_maps,
         max_maps=args.max_maps,
+        attention_maps=args.attention_maps,
         map_size=args.map_size,
         annotations=args.annotations,
         progress=not args.quiet,
@@ -169,7 +209,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in slide_label_lines(results):
         print(line)
     if "mil" in results:
+        from .evaluation.bootstrap import format_ci
+
         print(f"MIL classes: {', '.join(f'{i}: {c}' for i, c in enumerate(results['mil']['classes']))}")
+        for name, res in results["mil"]["models"].items():
+            ci = res["summary"].get("auc_ci")
+            where = f"{len(results['mil']['folds'])}-fold pooled" if results["mil"].get("folds") else "test split"
+            auc = res["summary"]["auc_macro"]
+            shown = (
+                f"{format_ci(ci)} (95% CI, bootstrap over {ci['unit']}s)"
+                if ci
+                else "n/a"
+                if auc["mean"] is None
+                else f"{auc['mean']:.3f} ± {auc['std']:.3f} over seeds"
+            )
+            print(f"MIL {name}: test macro AUC {shown}, {where}, mean of {len(res['runs'])} seed(s)")
     done = [k for k in ("clustering", "knn", "mil", "cluster_maps") if k in results]
     print(
         f"wrote {args.out / 'report.md'} ({', '.join(done) or 'summary only'}); not run: {', '.join(results['skipped']) or 'nothing'}"

@@ -154,7 +154,9 @@ def test_slide_labels_give_mil_tables_rocs_and_json(checkpoint, pcam_slides, tmp
     mil = res["mil"]
     assert mil["classes"] == ["normal", "tumour"] and mil["train_slides"] == 44 and mil["test_slides"] == 16
     assert sorted(mil["test_slide_ids"]) == [r["slide_id"] for r in rows if r["split"] == "test"]
-    for name in ("maxpool", "dsmil"):
+    for name in ("maxpool", "dsmil", "abmil"):  # the default heads
+        ci = mil["models"][name]["summary"]["auc_ci"]
+        assert ci["unit"] == "slide" and ci["n_units"] == 16 and ci["low"] <= ci["auc"] <= ci["high"]
         runs = mil["models"][name]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]
         for r in runs:  # validation slides come from the training slides only
@@ -162,8 +164,13 @@ def test_slide_labels_give_mil_tables_rocs_and_json(checkpoint, pcam_slides, tmp
         accs = [r["test"]["metrics"]["accuracy"] for r in runs]
         assert mil["models"][name]["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
         assert (report / f"roc_{name}.png").stat().st_size > 1000
+    for name in ("abmil", "dsmil"):  # every test slide's attention, one row per seed
+        files = mil["attention"][name]["files"]
+        assert sorted(files) == sorted(mil["test_slide_ids"]) and np.load(report / files["slide44"]).shape[0] == 2
+    assert "maxpool" not in mil["attention"] and mil["attention_maps"] == []  # no coordinates: no heatmaps
     md = (report / "report.md").read_text()
-    assert "| Model | Accuracy | AUC (normal) | AUC (tumour) | macro AUC |" in md and "±" in md
+    assert "| Model | Accuracy | AUC (normal) | AUC (tumour) | macro AUC | macro AUC [95% CI] |" in md and "±" in md
+    assert re.search(r"\| abmil \| .* \| \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] \|", md)
     # Without a split column a stratified seeded test split is made once, and said so.
     with open(tmp_path / "nosplit.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["slide_id", "label"])

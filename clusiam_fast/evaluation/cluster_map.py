@@ -1,4 +1,4 @@
-"""Cluster maps: each patch's cluster painted over the slide thumbnail, with a legend.
+"""Cluster maps (each patch's cluster) and score heatmaps (e.g. MIL attention) over the slide thumbnail.
 
 Thumbnails come from the slide file (``clusiam_fast.slides`` readers: the
 manifest's backend, else any that opens it), else from the tiler's QA thumbnail, else a
@@ -191,3 +191,56 @@ def save_cluster_map(
         "footprint_level0_px": footprint,
         "annotation": str(annotation) if annotation else None,
     }
+
+
+def save_score_map(
+    out_png: str | Path,
+    coords: np.ndarray,
+    scores: np.ndarray,
+    attrs: dict[str, Any],
+    *,
+    title: str = "",
+    max_size: int = 2048,
+    alpha: float = 0.6,
+    cmap: str = "jet",
+) -> dict:
+    """Write a heatmap PNG of per-patch ``scores`` (e.g. MIL attention) over the slide thumbnail.
+
+    Scores are shown as their percentile within the slide (as CLAM's heatmaps do), so the
+    colours compare patches of one slide, not slides.
+    """
+    require("matplotlib", "matplotlib", "attention heatmaps")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(coords):
+        raise ValueError(f"{len(scores)} scores for {len(coords)} patch coordinates")
+    footprint = grid_step(coords, int(attrs.get("read_size") or attrs.get("patch_size") or 224))
+    extent = (int(coords[:, 0].max()) + footprint, int(coords[:, 1].max()) + footprint)
+    thumb = slide_thumbnail(attrs, max_size, fallback_size=extent)
+    h, w = thumb.image.shape[:2]
+    canvas = paint_clusters((h, w), coords, np.arange(len(coords)), w / thumb.level0_size[0], footprint)
+    percentile = (np.argsort(np.argsort(scores, kind="stable"), kind="stable") + 0.5) / len(scores)
+    overlay = np.zeros((h, w, 4))
+    painted = canvas >= 0
+    overlay[painted] = colormaps[cmap](percentile[canvas[painted]])
+    overlay[painted, 3] = alpha
+
+    fig_w = 8.0
+    fig, ax = plt.subplots(figsize=(fig_w + 1.5, fig_w * h / w + 0.6))
+    ax.imshow(thumb.image)
+    ax.imshow(overlay)
+    ax.set_axis_off()
+    ax.set_title(title or f"{attrs.get('slide_id', '')}: {len(coords)} patches", fontsize=9)
+    mappable = plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 100))
+    fig.colorbar(mappable, ax=ax, fraction=0.04, label="score percentile within the slide")
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return {"png": str(out_png), "thumbnail": thumb.origin, "patches": int(len(coords))}

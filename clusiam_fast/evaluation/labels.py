@@ -2,7 +2,9 @@
 
 ``slides.csv``: columns ``slide_id,label`` and optionally ``split`` (``train`` or
 ``test``; ``val``/``valid`` rows join the training pool, because the protocol makes its
-own validation split of the training slides).
+own validation split of the training slides) and ``patient_id`` (slides of one patient
+stay on one side of every split; every labelled row then needs one, and a slide listed
+twice needs the same one).
 
 ``patches.csv``: a ``label`` column and either ``path`` (image path relative to the
 extracted DATA folder, or absolute, or a unique file name) or ``slide_id,x,y``
@@ -77,6 +79,7 @@ class LabelTable:
     labels: dict  # key -> (label, split or None)
     blank_rows: list[int] = field(default_factory=list)  # file lines with a blank label (skipped)
     duplicate_rows: list[int] = field(default_factory=list)  # file lines repeating an earlier row exactly
+    patients: dict | None = None  # slide_id -> patient_id, when the table has a patient_id column
 
 
 def _shown(key: object) -> str:
@@ -131,12 +134,37 @@ def _build_table(path: str | Path, what: str, keys: list, labels: list, splits: 
     return table
 
 
+def _slide_patients(path: str | Path, ids: list[str], labels: list, patients: list) -> dict[str, str]:
+    """slide_id -> patient_id of the labelled rows; blank or conflicting ids are errors naming lines."""
+    out: dict[str, tuple[str, int]] = {}
+    blank, conflicts = [], []
+    for row, (sid, label, pid) in enumerate(zip(ids, labels, patients)):
+        line, pid = row + 2, str(pid).strip()
+        if normalise_label(label) == "":
+            continue
+        if pid == "":
+            blank.append(line)
+        elif sid in out and out[sid][0] != pid:
+            conflicts.append(f"slide {sid} has patient {out[sid][0]!r} (line {out[sid][1]}) and {pid!r} (line {line})")
+        else:
+            out.setdefault(sid, (pid, line))
+    if blank:
+        raise ValueError(
+            f"{path}: blank patient_id on line(s) {_lines(blank)}; give every labelled slide its patient "
+            "(or drop the patient_id column to split by slide)"
+        )
+    if conflicts:
+        raise ValueError(f"{path}: conflicting patient ids: {'; '.join(conflicts[:5])}; give each slide one patient")
+    return {sid: pid for sid, (pid, _) in out.items()}
+
+
 def read_slide_table(path: str | Path) -> LabelTable:
-    """slides.csv checked (see the module docstring): ``table.labels`` is slide_id -> (label, split or None)."""
+    """slides.csv checked (see the module docstring): ``table.labels`` is slide_id -> (label, split or None),
+    ``table.patients`` slide_id -> patient_id (None without a patient_id column)."""
     df = _read_csv(path, "slide labels")
     missing = {"slide_id", "label"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path} needs columns slide_id,label[,split]; missing {sorted(missing)}")
+        raise ValueError(f"{path} needs columns slide_id,label[,split][,patient_id]; missing {sorted(missing)}")
     has_split = "split" in df.columns
     ids = [str(v).strip() for v in df["slide_id"]]
     blank_ids = [i + 2 for i, v in enumerate(ids) if v == ""]
@@ -146,7 +174,10 @@ def read_slide_table(path: str | Path) -> LabelTable:
         normalise_split(v, f"{path} line {i + 2}") if str(v).strip() != "" else None
         for i, v in enumerate(df["split"] if has_split else [""] * len(df))
     ]
-    return _build_table(path, "slide", ids, list(df["label"]), splits)
+    patients = _slide_patients(path, ids, list(df["label"]), list(df["patient_id"])) if "patient_id" in df else None
+    table = _build_table(path, "slide", ids, list(df["label"]), splits)
+    table.patients = patients
+    return table
 
 
 def read_slide_labels(path: str | Path) -> dict[str, tuple[str, str | None]]:

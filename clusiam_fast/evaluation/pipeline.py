@@ -4,10 +4,15 @@
   maps of slides with coordinates.
 - with patch labels: assigner clusters vs K-means (RI, ARI, NMI, clusters used) and,
   when the patches have a train/test split, top-1 cosine KNN macro F1.
-- with slide labels: Max-pooling MIL and DSMIL under the protocol of
-  :mod:`clusiam_fast.evaluation.mil.protocol` (the test slides sealed in a ``HeldOutTestSet``).
+- with slide labels: Max-pooling MIL, DSMIL and ABMIL under the protocol of
+  :mod:`clusiam_fast.evaluation.mil.protocol` (the test slides sealed in a ``HeldOutTestSet``),
+  on one split (the paper's) or on every fold of ``EvalConfig.folds`` stratified folds
+  (:mod:`clusiam_fast.evaluation.mil.crossval`); by patient when slides.csv has a
+  ``patient_id`` column; test AUC with a bootstrap 95% CI.
 
-Writes ``OUT/report.md``, ``OUT/report.json`` (every number) and PNG figures.
+Writes ``OUT/report.md``, ``OUT/report.json`` (every number), PNG figures, each test
+slide's attention (``OUT/attention/<model>/<slide>.npy``, one row per seed) and ABMIL (else DSMIL)
+attention heatmaps of a few test slides with coordinates (``OUT/attention/*.png``).
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ import numpy as np
 import torch
 
 from ..formats.feature_bags import FeatureBag, load_bags, safe_name
-from ..utils.atomic import atomic_write_json, atomic_write_text
-from .cluster_map import save_cluster_map
+from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from .cluster_map import save_cluster_map, save_score_map
 from .clustering import evaluate_clustering, kmeans
 from .knn import knn_evaluate
 from .labels import join_patch_labels, read_slide_table
-from .mil.data import BagDataset, stratified_split
+from .mil.crossval import run_cross_validation
+from .mil.data import BagDataset
 from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
+from .mil.registry import DEFAULT_MODELS
+from .mil.splits import check_patients, holdout_split, kfold_splits
 from .plots import plot_cluster_sizes, plot_roc
 from .report import render_markdown
 
@@ -39,7 +47,9 @@ IMPLEMENTATIONS = {
     "auc": "sklearn.metrics.roc_auc_score (class c vs rest, class-c probability), roc_curve",
     "accuracy": "sklearn.metrics.accuracy_score",
     "f1": "sklearn.metrics.f1_score(average='macro')",
-    "split": "sklearn.model_selection.train_test_split(stratify=labels, random_state=seed)",
+    "split": "sklearn.model_selection.train_test_split(stratify=labels, random_state=seed); by patient: a seeded share of each class's patients",
+    "kfold": "sklearn.model_selection.StratifiedKFold(shuffle=True), StratifiedGroupKFold by patient",
+    "auc_ci": "clusiam_fast.evaluation.bootstrap.bootstrap_auc: stratified percentile bootstrap of slides (patients with patient_id), seeded",
     "knn": "clusiam_fast.evaluation.knn.knn_top1 (chunked torch matmul of L2-normalised features; checked against sklearn NearestNeighbors in the tests)",
 }
 
@@ -49,7 +59,9 @@ class EvalConfig:
     """What :func:`run_evaluation` does beyond the MIL protocol (``mil``)."""
 
     mil: MILConfig = field(default_factory=MILConfig)
-    mil_models: tuple[str, ...] = ("maxpool", "dsmil")
+    mil_models: tuple[str, ...] = DEFAULT_MODELS
+    folds: int | None = None
+    attention_maps: int = 4
     kmeans_k: int | None = None
     kmeans_normalize: bool = True
     map_kmeans_k: int = 8
@@ -136,21 +148,34 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
             f"the {len(labelled)} labelled bags all have class {classes[0]!r} in {labels_csv}; slide classification needs two"
         )
         return
+    patients = checked.patients
     ds = BagDataset(
         [torch.from_numpy(np.asarray(b.features)) for b in labelled],
         torch.tensor([classes.index(table[b.slide_id][0]) for b in labelled]),
         [b.slide_id for b in labelled],
         classes,
+        None if patients is None else [patients[b.slide_id] for b in labelled],
     )
+    if ds.groups is not None:
+        check_patients(ds.labels.tolist(), ds.groups, ds.slide_ids, classes)
+        info["grouping"] = f"by patient: {len(set(ds.groups))} patients (patient_id column of {labels_csv})"
+    else:
+        info["grouping"] = f"by slide (no patient_id column in {labels_csv})"
     splits = [table[b.slide_id][1] for b in labelled]
+    if cfg.folds:
+        _cross_validation(ds, bags, labels_csv, splits, cfg, out, info, results)
+        return
     if all(s is not None for s in splits):
         test_idx = [i for i, s in enumerate(splits) if s == "test"]
         train_idx = [i for i, s in enumerate(splits) if s == "train"]
         info["split"] = f"from the split column of {labels_csv}"
+        if ds.groups is not None:
+            _check_split_by_patient(ds, train_idx, test_idx, labels_csv)
     elif all(s is None for s in splits):
-        train_idx, test_idx = stratified_split(ds.labels.numpy(), cfg.test_fraction, cfg.seed)
+        train_idx, test_idx = holdout_split(ds.labels.numpy(), cfg.test_fraction, cfg.seed, ds.groups)
         info["split"] = (
-            f"no split column: stratified seeded (seed {cfg.seed}) {1 - cfg.test_fraction:.0%}/{cfg.test_fraction:.0%} train/test split, made once before any training"
+            f"no split column: stratified seeded (seed {cfg.seed}) {1 - cfg.test_fraction:.0%}/{cfg.test_fraction:.0%} "
+            f"train/test split{' by patient' if ds.groups is not None else ''}, made once before any training"
         )
     else:
         raise ValueError(f"{labels_csv}: give a split for every labelled slide or for none")
@@ -167,10 +192,113 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
         class_counts_test={c: int((test.labels == i).sum()) for i, c in enumerate(classes)},
         test_slide_ids=list(test.slide_ids),
     )
-    mil = run_protocol(train, HeldOutTestSet(test), cfg.mil, cfg.mil_models)
+    store = AttentionStore()
+    mil = run_protocol(train, HeldOutTestSet(test), cfg.mil, cfg.mil_models, store.add)
+    _mil_figures(mil, ds, bags, store, cfg, out)
+    results["mil"] = {**info, **mil}
+
+
+def _check_split_by_patient(ds: BagDataset, train_idx: list[int], test_idx: list[int], labels_csv: Path) -> None:
+    """A split column must not put one patient's slides on both sides."""
+    assert ds.groups is not None
+    train_p = {ds.groups[i] for i in train_idx}
+    both = sorted({ds.groups[i] for i in test_idx} & train_p)
+    if both:
+        shown = "; ".join(
+            f"{p}: {', '.join(ds.slide_ids[i] for i in range(len(ds)) if ds.groups[i] == p)}" for p in both[:5]
+        )
+        raise ValueError(
+            f"{labels_csv}: the split column puts {len(both)} patient(s) in both train and test ({shown}); "
+            "move all of a patient's slides to one split, or drop the split column to let the split be made by patient"
+        )
+
+
+def _cross_validation(
+    ds: BagDataset, bags: list[FeatureBag], labels_csv: Path, splits: list, cfg: EvalConfig, out: Path, info, results
+) -> None:
+    import warnings
+
+    if any(s is not None for s in splits):
+        warnings.warn(f"--folds {cfg.folds}: the split column of {labels_csv} is ignored", stacklevel=3)
+    folds = kfold_splits(ds.labels.numpy(), cfg.folds, cfg.seed, ds.groups, ds.classes)
+    info["split"] = (
+        f"stratified {cfg.folds}-fold cross-validation (seed {cfg.seed}"
+        f"{', by patient: StratifiedGroupKFold' if ds.groups is not None else ': StratifiedKFold'}), made once before "
+        "any training; every slide is tested once, by a model selected without it"
+        + (f"; the split column of {labels_csv} is ignored" if any(s is not None for s in splits) else "")
+    )
+    info.update(train_slides=len(ds), test_slides=len(ds), folds=cfg.folds)
+    info["class_counts_train"] = info["class_counts_test"] = {
+        c: int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)
+    }
+    store = AttentionStore()
+    mil = run_cross_validation(ds, folds, cfg.mil, cfg.mil_models, store.add)
+    info["test_slide_ids"] = [s for f in mil["folds"] for s in f["test_slide_ids"]]
+    _mil_figures(mil, ds, bags, store, cfg, out)
+    results["mil"] = {**info, **mil}
+
+
+class AttentionStore:
+    """Test-slide attention of every (model, slide), one entry per seed (the protocol's ``attention_sink``)."""
+
+    def __init__(self) -> None:
+        self.scores: dict[str, dict[str, list[np.ndarray]]] = {}
+        self.seeds: dict[str, list[int]] = {}
+
+    def add(self, model: str, seed: int, slide_ids: list[str], attention: list[np.ndarray]) -> None:
+        per_slide = self.scores.setdefault(model, {})
+        for sid, a in zip(slide_ids, attention):
+            per_slide.setdefault(sid, []).append(np.asarray(a, dtype=np.float32))
+        if seed not in self.seeds.setdefault(model, []):
+            self.seeds[model].append(seed)
+
+    def save(self, out: Path) -> dict:
+        """attention/<model>/<slide>.npy: (seeds, N) for one attention branch, (seeds, N, C) per class."""
+        saved = {}
+        for model, per_slide in self.scores.items():
+            files = {}
+            for sid, runs in per_slide.items():
+                path = out / "attention" / model / f"{safe_name(sid)}.npy"
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, np.stack(runs))
+                files[sid] = str(path.relative_to(out))
+            saved[model] = {"seeds": self.seeds[model], "files": files}
+        return saved
+
+
+def _mil_figures(
+    mil: dict, ds: BagDataset, bags: list[FeatureBag], store: AttentionStore, cfg: EvalConfig, out: Path
+) -> None:
+    """ROC PNGs, the saved attention and, for slides with coordinates, ABMIL attention heatmaps."""
+    labels = {sid: ds.classes[int(y)] for sid, y in zip(ds.slide_ids, ds.labels)}
+    classes = mil["classes"]
     for name, res in mil["models"].items():
         res["roc_png"] = plot_roc(name, res["runs"], classes, out / f"roc_{name}.png").name
-    results["mil"] = {**info, **mil}
+    mil["attention"] = store.save(out)
+    by_id = {b.slide_id: b for b in bags}
+    maps = []
+    for model in [m for m in ("abmil", "dsmil") if m in store.scores][:1]:
+        # Slides of the last class first (for two classes: the positive ones), then the others.
+        ranked = sorted(store.scores[model], key=lambda s: -mil["classes"].index(labels[s]))
+        slides = [s for s in ranked if by_id[s].coords is not None][: cfg.attention_maps]
+        for sid in slides:
+            scores = np.stack(store.scores[model][sid]).mean(0)
+            if scores.ndim == 2:  # DSMIL: the attention of the last class (binary: the positive one)
+                scores = scores[:, -1]
+            png = out / "attention" / f"{model}_{safe_name(sid)}.png"
+            try:
+                save_score_map(
+                    png,
+                    by_id[sid].coords,
+                    scores,
+                    {**by_id[sid].attrs, "slide_id": sid},
+                    max_size=cfg.map_size,
+                    title=f"{sid} ({labels[sid]}): {model} attention, mean of {len(store.scores[model][sid])} seed(s)",
+                )
+                maps.append({"model": model, "slide_id": sid, "png": str(png.relative_to(out))})
+            except Exception as error:  # one slide's heatmap must not stop the report
+                maps.append({"model": model, "slide_id": sid, "error": f"{type(error).__name__}: {error}"})
+    mil["attention_maps"] = maps
 
 
 def _patch_evaluations(bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .bootstrap import format_ci
+
 
 def _f(x: Any, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
@@ -41,6 +43,132 @@ def slide_label_lines(r: dict) -> list[str]:
         lines.append(f"{len(sl['duplicate_lines'])} rows repeating an earlier row were ignored.")
     if "mil" in r.get("skipped", {}):
         lines.append(f"MIL did not run: {r['skipped']['mil']}.")
+    return lines
+
+
+def _ci(summary: dict) -> str:
+    return format_ci(summary.get("auc_ci"), 4)
+
+
+def _ci_note(m: dict) -> str:
+    ci = next((res["summary"].get("auc_ci") for res in m["models"].values() if res["summary"].get("auc_ci")), None)
+    if not ci:
+        return "No bootstrap CI (bootstrap 0)."
+    return (
+        f"macro AUC [{ci['level']:.0%} CI]: percentile bootstrap ({ci['n_boot']} replicates, stratified by class, "
+        f"seed {m['config'].get('bootstrap_seed', 0)}) resampling test {ci['unit']}s ({ci['n_units']}); "
+        "for several seeds, the CI of their mean AUC."
+    )
+
+
+def mil_lines(m: dict) -> list[str]:
+    """The slide classification section: summary table with CIs, per fold / per seed tables, ROC figures."""
+    classes = m["classes"]
+    cfg = m["config"]
+    folds = m.get("folds")
+    lines = [
+        "## Slide classification (paper Tables 2-4)",
+        "",
+        f"Classes (model output index: name): {', '.join(f'{i}: {c}' for i, c in enumerate(classes))}.",
+    ]
+    if folds:
+        lines.append(
+            f"{len(folds)}-fold cross-validation of {m['train_slides']} slides (class counts {m['class_counts_test']}); "
+            f"split: {m['split']}; grouping: {m.get('grouping', 'by slide')}."
+        )
+    else:
+        lines.append(
+            f"{m['train_slides']} training slides (class counts {m['class_counts_train']}), {m['test_slides']} test slides "
+            f"({m['class_counts_test']}); split: {m['split']}; grouping: {m.get('grouping', 'by slide')}."
+        )
+    lines += [
+        f"Protocol: grid lr {list(cfg['lrs'])} x weight decay {list(cfg['weight_decays'])}, {cfg['epochs']} epochs ({cfg['warmup_epochs']} warm-up, then cosine), "
+        f"optimiser {cfg['optimizer']}, batch {cfg['batch_size']} bags; stratified seeded {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} train/validation split "
+        f"of the training slides{' of each fold' if folds else ''}; best validation checkpoint (by {cfg['select_metric']}) evaluated once on the test slides; "
+        f"seeds {list(cfg['seeds'])}; mean ± sample std over seeds"
+        + (" of the pooled out-of-fold predictions (each slide scored by the fold that tested it)." if folds else "."),
+        _ci_note(m),
+        "",
+        *_table(
+            ["Model", "Accuracy"]
+            + [f"AUC ({c})" for c in classes]
+            + ["macro AUC", "macro AUC [95% CI]"]
+            + (["macro AUC over folds"] if folds else []),
+            [
+                [name, _ms(res["summary"]["accuracy"])]
+                + [_ms(res["summary"]["auc"][c]) for c in classes]
+                + [_ms(res["summary"]["auc_macro"]), _ci(res["summary"])]
+                + ([_ms(res["fold_summary"]["auc_macro"])] if folds else [])
+                for name, res in m["models"].items()
+            ],
+        ),
+        "",
+    ]
+    per_fold = folds or [{"fold": "-", "models": m["models"]}]
+    lines += [
+        "Per seed (selection made on validation data only):"
+        if not folds
+        else "Per fold and seed (selection made on the fold's validation data only):",
+        "",
+        *_table(
+            ["Model"]
+            + (["fold"] if folds else [])
+            + ["seed", "lr", "weight decay", "epoch", "val macro AUC", "test accuracy", "test macro AUC [95% CI]"],
+            [
+                [name]
+                + ([fold["fold"]] if folds else [])
+                + [
+                    run["seed"],
+                    run["lr"],
+                    run["weight_decay"],
+                    run["epoch"],
+                    _f(run["val"]["auc_macro"]),
+                    _f(run["test"]["metrics"]["accuracy"]),
+                    _ci(run["test"]) if run["test"].get("auc_ci") else _f(run["test"]["metrics"]["auc_macro"]),
+                ]
+                for name in m["models"]
+                for fold in per_fold
+                for run in fold["models"][name]["runs"]
+            ],
+        ),
+        "",
+    ]
+    if folds:
+        lines += [
+            "Per fold (mean over seeds):",
+            "",
+            *_table(
+                ["Model", "fold", "test slides", "accuracy", "macro AUC", "macro AUC [95% CI]"],
+                [
+                    [
+                        name,
+                        fold["fold"],
+                        fold["test_slides"],
+                        _ms(fold["models"][name]["summary"]["accuracy"]),
+                        _ms(fold["models"][name]["summary"]["auc_macro"]),
+                        _ci(fold["models"][name]["summary"]),
+                    ]
+                    for name in m["models"]
+                    for fold in folds
+                ],
+            ),
+            "",
+        ]
+    lines += [f"![ROC {name}]({res['roc_png']})" for name, res in m["models"].items() if "roc_png" in res] + [""]
+    att = m.get("attention") or {}
+    if att:
+        lines += [
+            "Attention of every test slide: "
+            + ", ".join(f"`attention/{model}/<slide>.npy` ({len(a['files'])} slides)" for model, a in att.items())
+            + "; one row per seed (ABMIL: (seeds, patches); DSMIL: (seeds, patches, classes)).",
+            "",
+        ]
+    for mp in m.get("attention_maps", []):
+        lines += (
+            [f"![{mp['model']} attention {mp['slide_id']}]({mp['png']})", ""]
+            if "png" in mp
+            else [f"- {mp['model']} attention map of {mp['slide_id']} failed: {mp['error']}", ""]
+        )
     return lines
 
 
@@ -106,50 +234,7 @@ def render_markdown(r: dict) -> str:
             "",
         ]
     if "mil" in r:
-        m = r["mil"]
-        classes = m["classes"]
-        cfg = m["config"]
-        lines += [
-            "## Slide classification (paper Tables 2-4)",
-            "",
-            f"Classes (model output index: name): {', '.join(f'{i}: {c}' for i, c in enumerate(classes))}.",
-            f"{m['train_slides']} training slides (class counts {m['class_counts_train']}), {m['test_slides']} test slides ({m['class_counts_test']}); split: {m['split']}.",
-            f"Protocol: grid lr {list(cfg['lrs'])} x weight decay {list(cfg['weight_decays'])}, {cfg['epochs']} epochs ({cfg['warmup_epochs']} warm-up, then cosine), "
-            f"optimiser {cfg['optimizer']}, batch {cfg['batch_size']} bags; stratified seeded {1 - cfg['val_fraction']:.0%}/{cfg['val_fraction']:.0%} train/validation split "
-            f"of the training slides; best validation checkpoint (by {cfg['select_metric']}) evaluated once on the test slides; seeds {list(cfg['seeds'])}; mean ± sample std over seeds.",
-            "",
-            *_table(
-                ["Model", "Accuracy"] + [f"AUC ({c})" for c in classes] + ["macro AUC"],
-                [
-                    [name, _ms(res["summary"]["accuracy"])]
-                    + [_ms(res["summary"]["auc"][c]) for c in classes]
-                    + [_ms(res["summary"]["auc_macro"])]
-                    for name, res in m["models"].items()
-                ],
-            ),
-            "",
-            "Per seed (selection made on validation data only):",
-            "",
-            *_table(
-                ["Model", "seed", "lr", "weight decay", "epoch", "val macro AUC", "test accuracy", "test macro AUC"],
-                [
-                    [
-                        name,
-                        run["seed"],
-                        run["lr"],
-                        run["weight_decay"],
-                        run["epoch"],
-                        _f(run["val"]["auc_macro"]),
-                        _f(run["test"]["metrics"]["accuracy"]),
-                        _f(run["test"]["metrics"]["auc_macro"]),
-                    ]
-                    for name, res in m["models"].items()
-                    for run in res["runs"]
-                ],
-            ),
-            "",
-        ]
-        lines += [f"![ROC {name}]({res['roc_png']})" for name, res in m["models"].items()] + [""]
+        lines += mil_lines(r["mil"])
     if "cluster_sizes" in r:
         lines += [
             "## Cluster sizes",

@@ -33,10 +33,11 @@ class MILOutput:
     max_logits: (B, C) the max-pooling stream (masked max over instances).
     critical: (B, C) index of each class's critical (highest-scoring) instance
         (-1 for the negative class).
-    bag_logits: (B, C) DSMIL's attention stream, None for max-pooling MIL.
-    attention: (B, N, C) DSMIL's attention over instances (0 on padding and for the
-        negative class), else None.
-    embedding: (B, C', F) DSMIL's bag embedding of the C' scored classes, else None.
+    bag_logits: (B, C) DSMIL's attention stream, None for the other heads.
+    attention: (B, N, C) DSMIL's per-class attention over instances (0 on padding and
+        for the negative class), (B, N, 1) ABMIL's single attention branch, else None.
+    embedding: (B, C', F) DSMIL's bag embedding of the C' scored classes, (B, 1, L)
+        ABMIL's, else None.
     """
 
     logits: Tensor

@@ -19,12 +19,14 @@ from .bags import pad_bags
 
 @dataclass
 class BagDataset:
-    """Bags (N_i, F), integer labels in [0, len(classes)), slide ids and class names."""
+    """Bags (N_i, F), integer labels in [0, len(classes)), slide ids, class names and,
+    optionally, a patient id per slide (``groups``: splits keep a patient's slides together)."""
 
     features: list[Tensor]
     labels: Tensor
     slide_ids: list[str]
     classes: list[str] = field(default_factory=list)
+    groups: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.labels = torch.as_tensor(self.labels, dtype=torch.long)
@@ -32,6 +34,10 @@ class BagDataset:
             raise ValueError(
                 f"{len(self.features)} bags, {len(self.labels)} labels and {len(self.slide_ids)} slide ids differ"
             )
+        if self.groups is not None:
+            self.groups = [str(g) for g in self.groups]
+            if len(self.groups) != len(self.slide_ids):
+                raise ValueError(f"{len(self.groups)} patient ids for {len(self.slide_ids)} slides")
         if not self.classes:
             self.classes = [str(c) for c in range(int(self.labels.max()) + 1 if len(self.labels) else 0)]
         for sid, bag in zip(self.slide_ids, self.features):
@@ -49,11 +55,18 @@ class BagDataset:
         labels: Sequence[int],
         slide_ids: Sequence[str] | None = None,
         classes: Sequence[str] | None = None,
+        groups: Sequence[str] | None = None,
     ) -> BagDataset:
         """Build from numpy arrays or tensors (kept in their dtype, not copied when possible)."""
         feats = [torch.as_tensor(np.asarray(b)) if not isinstance(b, Tensor) else b for b in bags]
         ids = list(slide_ids) if slide_ids is not None else [f"bag{i}" for i in range(len(feats))]
-        return cls(feats, torch.as_tensor(list(labels), dtype=torch.long), ids, list(classes or []))
+        return cls(
+            feats,
+            torch.as_tensor(list(labels), dtype=torch.long),
+            ids,
+            list(classes or []),
+            None if groups is None else list(groups),
+        )
 
     def __len__(self) -> int:
         return len(self.features)
@@ -69,7 +82,11 @@ class BagDataset:
     def subset(self, indices: Sequence[int]) -> BagDataset:
         idx = [int(i) for i in indices]
         return BagDataset(
-            [self.features[i] for i in idx], self.labels[idx], [self.slide_ids[i] for i in idx], list(self.classes)
+            [self.features[i] for i in idx],
+            self.labels[idx],
+            [self.slide_ids[i] for i in idx],
+            list(self.classes),
+            None if self.groups is None else [self.groups[i] for i in idx],
         )
 
     def batches(

@@ -12,7 +12,7 @@ Unlike the reference code this is batched over padded bags (masks), and uses an
 argmax, not a sort, to find critical instances. Classes: every class is scored and
 the losses are softmax cross-entropy over C; with ``negative_class=True`` class 0 is
 the negative class with a fixed zero logit (for two classes: the reference code's
-one-output BCE set-up as a two-way softmax); see :mod:`clusiam_fast.evaluation.mil.base`.
+one-output BCE set-up as a two-way softmax); see :mod:`clusiam_fast.evaluation.mil.bags`.
 
 Example::
 

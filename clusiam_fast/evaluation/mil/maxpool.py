@@ -3,7 +3,7 @@
 The bag score of class c is the highest instance score of class c (the bag is as
 positive as its most positive instance), trained with cross-entropy on the bag label.
 With ``negative_class=True`` class 0 is the negative class (see
-:mod:`clusiam_fast.evaluation.mil.base`): bag probability of class 1 = sigmoid(max_i s(x_i)).
+:mod:`clusiam_fast.evaluation.mil.bags`): bag probability of class 1 = sigmoid(max_i s(x_i)).
 
 Example::
 

@@ -2,7 +2,8 @@
 
 Per model and seed:
 1. :func:`select_model` receives ONLY the training slides. It makes a stratified,
-   seeded 75/25 train/validation split of them, trains one head per grid point
+   seeded 75/25 train/validation split of them (by patient when the slides carry
+   patient ids, :func:`~.splits.holdout_split`), trains one head per grid point
    (learning rate x weight decay; 50 epochs, 5 linear warm-up epochs then cosine
    decay, per step), keeps each run's best-validation epoch, and returns the best of
    these checkpoints (by default the mean of validation macro AUC and accuracy, DSMIL's
@@ -13,7 +14,11 @@ Per model and seed:
    same selection.
 3. :func:`run_protocol` repeats this over seeds (each seed changes the validation split,
    the initialisation and the batch order) and reports the mean and standard deviation
-   of accuracy and per-class one-vs-rest AUC.
+   of accuracy and per-class one-vs-rest AUC, and a bootstrap 95% CI of the test macro
+   AUC of each run and of the seeds' mean (:mod:`clusiam_fast.evaluation.bootstrap`;
+   resampling patients when the test slides carry patient ids). Heads with attention
+   (ABMIL, DSMIL) hand each test slide's attention to an optional ``attention_sink``.
+   :mod:`.crossval` runs the same protocol on every fold of a k-fold split.
 
 Optimiser: Adam with L2 weight decay, as in DSMIL's reference code (the CluSiam paper
 names the grid, not the optimiser); ``MILConfig.optimizer`` switches to AdamW or SGD.
@@ -29,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,9 +43,11 @@ import torch
 from torch import nn
 
 from ...utils.threads import torch_threads
+from ..bootstrap import bootstrap_auc
 from ..metrics import classification_metrics, mean_std
-from .data import BagDataset, stratified_split
-from .registry import build_mil
+from .data import BagDataset
+from .registry import DEFAULT_MODELS, build_mil
+from .splits import holdout_split
 
 
 @dataclass
@@ -59,6 +66,8 @@ class MILConfig:
     device: str = "cpu"
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     cpu_threads: int | None = None
+    bootstrap: int = 1000
+    bootstrap_seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -68,6 +77,8 @@ class MILConfig:
             raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap (replicates of the test AUC CI, 0 = none) must be >= 0, got {self.bootstrap}")
         if self.epochs < 1 or not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(
                 f"need epochs >= 1 and 0 <= warmup_epochs <= epochs, got {self.epochs}, {self.warmup_epochs}"
@@ -109,15 +120,30 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, bags: BagDataset, batch_size: int = 8, device: str = "cpu") -> tuple[np.ndarray, float]:
-    """Class probabilities (n, C) of every bag, in order, and the mean loss."""
+def predict_with_attention(
+    model: nn.Module, bags: BagDataset, batch_size: int = 8, device: str = "cpu"
+) -> tuple[np.ndarray, float, list[np.ndarray] | None]:
+    """Class probabilities (n, C), the mean loss, and each bag's attention (None without).
+
+    A bag's attention is (N_i,) for a single-branch head (ABMIL), (N_i, C) per class (DSMIL).
+    """
     model.eval()
-    probs, total = [], 0.0
+    probs, total, attention = [], 0.0, []
     for x, mask, y in bags.batches(batch_size, device=device):
         out = model(x, mask)
         total += float(model.loss(out, y)) * len(y)
         probs.append(torch.softmax(out.logits.float(), dim=1).cpu())
-    return torch.cat(probs).numpy(), total / max(1, len(bags))
+        if out.attention is not None:
+            a = out.attention.float().cpu()
+            a = a.squeeze(-1) if a.shape[-1] == 1 else a
+            attention += [a[i, : int(n)].numpy() for i, n in enumerate(mask.sum(1).tolist())]
+    return torch.cat(probs).numpy(), total / max(1, len(bags)), attention or None
+
+
+def predict(model: nn.Module, bags: BagDataset, batch_size: int = 8, device: str = "cpu") -> tuple[np.ndarray, float]:
+    """Class probabilities (n, C) of every bag, in order, and the mean loss."""
+    probs, loss, _ = predict_with_attention(model, bags, batch_size, device)
+    return probs, loss
 
 
 @contextlib.contextmanager
@@ -153,12 +179,23 @@ def _score(metrics: dict, loss: float, select_metric: str) -> tuple[float, float
 def train_candidate(
     model_name: str, train: BagDataset, val: BagDataset, lr: float, wd: float, cfg: MILConfig, seed: int, bar=None
 ) -> dict:
-    """Train one grid point; return its best-validation epoch, metrics and weights."""
-    with torch.random.fork_rng(devices=[]):
+    """Train one grid point; return its best-validation epoch, metrics and weights.
+
+    The torch RNG is seeded with ``seed`` for the whole run (initialisation and dropout)
+    and restored afterwards, so a run depends on its seed and data only.
+    """
+    cuda = str(cfg.device).startswith("cuda")
+    with torch.random.fork_rng(devices=[torch.device(cfg.device).index or 0] if cuda else []):
         torch.manual_seed(seed)
-        model = build_mil(model_name, train.feature_dim, train.num_classes, **cfg.model_options.get(model_name, {})).to(
-            cfg.device
-        )
+        return _train_candidate(model_name, train, val, lr, wd, cfg, seed, bar)
+
+
+def _train_candidate(
+    model_name: str, train: BagDataset, val: BagDataset, lr: float, wd: float, cfg: MILConfig, seed: int, bar
+) -> dict:
+    model = build_mil(model_name, train.feature_dim, train.num_classes, **cfg.model_options.get(model_name, {})).to(
+        cfg.device
+    )
     optimizer = _optimizer(cfg.optimizer, model.parameters(), lr, wd)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
@@ -207,7 +244,7 @@ def select_model(model_name: str, train_slides: BagDataset, cfg: MILConfig, seed
     """Model selection on the training slides alone (this function never sees test data)."""
     from tqdm.auto import tqdm
 
-    keep, held = stratified_split(train_slides.labels.numpy(), cfg.val_fraction, seed)
+    keep, held = holdout_split(train_slides.labels.numpy(), cfg.val_fraction, seed, train_slides.groups)
     train, val = train_slides.subset(keep), train_slides.subset(held)
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
     best, summary = None, []
@@ -282,21 +319,59 @@ class HeldOutTestSet:
         self._evaluated.add(key)
         self.evaluations += 1
         model = selection.build().to(device)
-        probs, loss = predict(model, self.__bags, batch_size, device)
+        probs, loss, attention = predict_with_attention(model, self.__bags, batch_size, device)
         metrics = classification_metrics(self.__bags.labels.numpy(), probs, self.__bags.classes)
         metrics["loss"] = loss
         return {
             "metrics": metrics,
             "slide_ids": list(self.__bags.slide_ids),
+            "patient_ids": None if self.__bags.groups is None else list(self.__bags.groups),
             "labels": self.__bags.labels.tolist(),
             "probs": probs.tolist(),
+            "attention": attention,
         }
 
 
+AttentionSink = Callable[[str, int, list[str], list[np.ndarray]], None]
+
+
+def auc_ci(tested: Sequence[dict], cfg: MILConfig) -> dict | None:
+    """Bootstrap CI of the mean test macro AUC of runs scored on the same slides (None if disabled)."""
+    if not cfg.bootstrap:
+        return None
+    first = tested[0]
+    return bootstrap_auc(
+        first["labels"],
+        [np.asarray(t["probs"]) for t in tested],
+        groups=first.get("patient_ids"),
+        n_boot=cfg.bootstrap,
+        seed=cfg.bootstrap_seed,
+    )
+
+
+def summarise(tests: Sequence[dict], classes: Sequence[str], cfg: MILConfig) -> dict:
+    """Mean/std over runs of accuracy and AUCs, and the CI of the mean macro AUC."""
+    metrics = [t["metrics"] for t in tests]
+    return {
+        "accuracy": mean_std([m["accuracy"] for m in metrics]),
+        "auc_macro": mean_std([m["auc_macro"] for m in metrics]),
+        "auc": {c: mean_std([m["auc"][c] for m in metrics]) for c in classes},
+        "auc_ci": auc_ci(tests, cfg),
+    }
+
+
 def run_protocol(
-    train_slides: BagDataset, test: HeldOutTestSet, cfg: MILConfig, models: Sequence[str] = ("maxpool", "dsmil")
+    train_slides: BagDataset,
+    test: HeldOutTestSet,
+    cfg: MILConfig,
+    models: Sequence[str] = DEFAULT_MODELS,
+    attention_sink: AttentionSink | None = None,
 ) -> dict:
-    """Select on training slides, test once, for every model and seed; summarise over seeds."""
+    """Select on training slides, test once, for every model and seed; summarise over seeds.
+
+    ``attention_sink(model, seed, slide_ids, attentions)`` receives the test slides'
+    attention of heads that have one; the returned dict holds only JSON-able values.
+    """
     if not isinstance(test, HeldOutTestSet):
         raise TypeError("pass the test slides wrapped in HeldOutTestSet so they stay sealed during selection")
     if list(train_slides.classes) != test.classes:
@@ -311,6 +386,10 @@ def run_protocol(
         for seed in cfg.seeds:
             selection = select_model(name, train_slides, cfg, seed)
             tested = test.evaluate(selection, cfg.device)
+            attention = tested.pop("attention")
+            if attention is not None and attention_sink is not None:
+                attention_sink(name, seed, tested["slide_ids"], attention)
+            tested["auc_ci"] = auc_ci([tested], cfg)
             runs.append(
                 {
                     "seed": seed,
@@ -320,15 +399,11 @@ def run_protocol(
                     "val": selection.val_metrics,
                     "val_loss": selection.val_loss,
                     "grid": selection.grid,
+                    "train_slides": selection.train_slides,
                     "val_slides": selection.val_slides,
                     "test": tested,
                 }
             )
-        metrics = [r["test"]["metrics"] for r in runs]
-        summary = {
-            "accuracy": mean_std([m["accuracy"] for m in metrics]),
-            "auc_macro": mean_std([m["auc_macro"] for m in metrics]),
-            "auc": {c: mean_std([m["auc"][c] for m in metrics]) for c in train_slides.classes},
-        }
+        summary = summarise([r["test"] for r in runs], train_slides.classes, cfg)
         results["models"][name] = {"summary": summary, "runs": runs}
     return results

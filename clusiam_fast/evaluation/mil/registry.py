@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from .abmil import ABMIL
 from .dsmil import DSMIL
 from .maxpool import MaxPoolMIL
 
-MIL_MODELS = {"maxpool": MaxPoolMIL, "dsmil": DSMIL}
+MIL_MODELS = {"maxpool": MaxPoolMIL, "dsmil": DSMIL, "abmil": ABMIL}
+DEFAULT_MODELS = ("maxpool", "dsmil", "abmil")
 
 
 def build_mil(name: str, in_dim: int, num_classes: int, **options) -> nn.Module:
-    """Build ``maxpool`` (Max-pooling MIL) or ``dsmil`` (DSMIL) for F = ``in_dim`` features."""
+    """Build ``maxpool`` (Max-pooling MIL), ``dsmil`` (DSMIL) or ``abmil`` (gated ABMIL) for F = ``in_dim`` features."""
     try:
         cls = MIL_MODELS[name]
     except KeyError:
