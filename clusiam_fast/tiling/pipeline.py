@@ -48,6 +48,23 @@ from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
 
+# What the fork server imports before it forks the workers, so that no worker pays for it:
+# this module and the libraries it imports lazily (on first use, so that the CLI answers
+# --help at once). Missing ones are skipped. Not cuCIM: it must be imported with its
+# environment set per decode device (slides/cucim_reader.py).
+WORKER_PRELOAD = (
+    __name__,
+    "scipy.ndimage",
+    "skimage.filters",
+    "h5py",
+    "PIL.Image",
+    "PIL.ImageDraw",
+    "PIL.ImageFilter",
+    "PIL.PngImagePlugin",
+    "tifffile",
+    "openslide",
+)
+
 
 class NoTissueError(SlideError):
     """No grid patch has enough tissue."""
@@ -435,7 +452,7 @@ def tile_slides(
         # not fork: cuCIM/OpenSlide threads and handles must not be copied into children. A fork
         # server that has imported this module once starts each worker without re-importing.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload(list(WORKER_PRELOAD))
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
             futures = {pool.submit(_run_one, path, sid, out_dir, config): path for path, sid in jobs}
             for future in as_completed(futures):
