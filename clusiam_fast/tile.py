@@ -42,8 +42,8 @@ h5_path, num_patches, mpp, target_mpp, patch_size, read_level, read_size, backen
 thumbnail, corrupt_patches). Tiling into a DIR that has a manifest merges into it: slides
 of earlier runs stay listed, a slide tiled again gets its row replaced. Train on it directly, no tile files needed: ``python -m clusiam_fast.train
 DIR/manifest.csv`` (patches are read on the fly by
-``clusiam_fast.data.slide_dataset.SlidePatchDataset``, which also loads CLAM h5 files made
-elsewhere).
+``clusiam_fast.data.slide_dataset.SlidePatchDataset``, which also loads CLAM and TRIDENT h5
+files made elsewhere, each at its own field of view).
 
 Damaged tile data (zeroed or truncated JPEG / JPEG 2000 tiles, which cuCIM would silently
 decode as black or gray; see ``clusiam_fast/slides/integrity.py``) fails the slide with an
@@ -82,8 +82,8 @@ def _positive(kind: type):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clusiam_fast.tile",
-        description="Cut whole-slide images into tissue patches at a fixed resolution: CLAM-compatible "
-        "coordinate files, QA thumbnails and a manifest to train on.",
+        description="Cut whole-slide images into tissue patches at a fixed resolution: CLAM- (or TRIDENT-) "
+        "compatible coordinate files, QA thumbnails and a manifest to train on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
