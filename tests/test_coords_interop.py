@@ -299,3 +299,22 @@ def test_extract_on_a_clam_results_folder_uses_its_patches_and_the_slides(
     assert [bag.slide_id for bag in bags] == ["s40"]
     assert bags[0].features.shape == (2, 512) and bags[0].attrs["read_size"] == 448
     assert bags[0].attrs["source"] == "coords" and bags[0].attrs["patch_size"] == 224
+
+
+def test_results_folders_resolve_to_their_coordinate_files(tmp_path):
+    from clusiam_fast.data.resolve import resolve_data
+
+    clam = tmp_path / "RESULTS"
+    _clam_h5(clam / "patches" / "a.h5", COORDS, 256, 0, (2048, 2048), (1.0, 1.0))
+    (clam / "masks").mkdir()
+    Image.new("RGB", (64, 48)).save(clam / "masks" / "a.jpg")
+    arg = resolve_data(clam)
+    assert (arg.kind, arg.path, arg.files) == ("coords", clam / "patches", (clam / "patches" / "a.h5",))
+    job = tmp_path / "job"  # TRIDENT: job/<coords folder>/patches/<name>_patches.h5
+    _trident_h5(job / "20x_256px_0px_overlap", "a", COORDS, 256, 40, 20, 2048, 2048)
+    (job / "thumbnails").mkdir()
+    Image.new("RGB", (64, 48)).save(job / "thumbnails" / "a.jpg")
+    assert resolve_data(job).files == (job / "20x_256px_0px_overlap" / "patches" / "a_patches.h5",)
+    _trident_h5(job / "10x_256px_0px_overlap", "a", COORDS, 256, 40, 10, 2048, 2048)
+    with pytest.raises(ValueError, match="several coordinate folders .*10x_256px_0px_overlap.*; pass one of them"):
+        resolve_data(job)
