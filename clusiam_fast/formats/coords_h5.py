@@ -104,9 +104,6 @@ def read_coords_h5(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     if "patch_size" not in attrs:
         raise ValueError(f"{path}: the 'coords' dataset has no 'patch_size' attribute; cannot tell what to read")
     attrs["coords_format"] = coords_format(attrs)
-    if attrs["coords_format"] == "trident" and "patch_size_level0" not in attrs:
-        if not ("level0_magnification" in attrs and "target_magnification" in attrs):
-            raise ValueError(f"{path}: TRIDENT file without patch_size_level0 nor both magnifications")
     attrs.setdefault("name", path.stem.removesuffix("_patches") if attrs["coords_format"] == "trident" else path.stem)
     return coords, attrs
 
