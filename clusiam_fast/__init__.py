@@ -10,7 +10,7 @@ walks every import and fails on one that runs against it)::
 
 - ``utils``: atomic writes, optional-dependency hints, thread scopes.
 - ``ops``: the cluster loss (public function, module, reference, registration).
-- ``formats``: the files other tools read: coordinate HDF5 (CLAM), the tiler manifest, feature bags.
+- ``formats``: the files other tools read: coordinate HDF5 (CLAM, TRIDENT), the tiler manifest, feature bags.
 - ``slides``: whole-slide readers (cuCIM, OpenSlide, tifffile) behind one interface.
 - ``data``: what DATA is, patch datasets, augmentation, DALI pipeline, shards.
 - ``models``: one file per method (CluSiam, CluBYOL, SimSiam, BYOL), backbones and heads.

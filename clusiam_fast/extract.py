@@ -7,8 +7,11 @@ through the same pipeline without a CHECKPOINT:
 ``torchvision:NAME``; weights from a local file, never downloaded; see
 :mod:`clusiam_fast.evaluation.baselines`). DATA is a tiler
 ``manifest.csv`` (or the folder holding it): patches are read on the fly from the
-slides; or a folder of patch images: one bag per folder that directly holds images,
-named by its path relative to DATA (see :mod:`clusiam_fast.evaluation.sources`).
+slides; or CLAM / TRIDENT coordinate files (``.h5`` files, a folder of them, or a CLAM
+results folder with ``patches/``, ``masks/``, ``stitches/``; each file read in its own
+convention, see :mod:`clusiam_fast.formats.coords_h5`), their slides found beside them
+or in ``--slide-dir``; or a folder of patch images: one bag per folder that directly
+holds images, named by its path relative to DATA (see :mod:`clusiam_fast.evaluation.sources`).
 
 Output format (one "bag" per slide)::
 
@@ -16,13 +19,14 @@ Output format (one "bag" per slide)::
         features   (N, F) float32, or float16 with --fp16  backbone output (512 for resnet18)
         probs      (N, K) same dtype                        assigner softmax (cluster methods only)
         clusters   (N,)   int32                             argmax of the assigner
-        coords     (N, 2) int64                             level-0 (x, y) (manifest input only)
+        coords     (N, 2) int64                             level-0 (x, y) (slide input only)
         paths      (N,)   utf-8 strings                     image paths relative to DATA (folder input)
         attrs: slide_id, source, feature_dim, num_clusters (0 without assigner), method
                (timm:NAME / torchvision:NAME for baselines), arch, encoder, checkpoint,
                weights, weights_sha256, mean, std, resize, crop, dtype, and for slides
                slide_path, mpp, target_mpp, patch_size, read_level, read_size,
-               backend, thumbnail, h5_path (from the manifest)
+               backend, thumbnail, h5_path (from the manifest), or coords_format,
+               level0_size (coordinate files)
     DIR/index.csv              slide_id,bag_path,num_patches,num_failed
     DIR/extract.json           settings, normalisation used, failures by name, throughput
 
@@ -92,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         nargs="?",
         metavar="DATA",
-        help="tiler manifest.csv (or its folder), or a folder of patch images",
+        help="tiler manifest.csv (or its folder), CLAM/TRIDENT .h5 coordinate files (or their results folder), "
+        "or a folder of patch images",
     )
     p.add_argument(
         "--encoder",
@@ -152,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--slide-dir",
         type=Path,
         default=None,
-        help="folder to look in for manifest slides that are not at their recorded paths (slides moved)",
+        help="folder holding the slides: of CLAM/TRIDENT coordinate files, or of manifest slides that are not at "
+        "their recorded paths (slides moved)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

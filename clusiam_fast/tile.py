@@ -5,7 +5,7 @@ Usage::
     python -m clusiam_fast.tile SLIDE_OR_DIR... --out DIR [--mpp 0.5] [--patch-size 224]
         [--stride 224] [--min-tissue 0.5] [--slide-mpp X]
         [--backend auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
-        [--on-corrupt-tile fail|skip] [--decode-device cpu|cuda]
+        [--on-corrupt-tile fail|skip] [--decode-device cpu|cuda] [--coords-format clam|trident]
 
 For every slide (files named, or the slide files of a folder: .svs .tif .tiff .ndpi .vms
 .vmu .scn .mrxs .svslide .bif .qptiff, not recursive) it
@@ -27,7 +27,13 @@ For every slide (files named, or the slide files of a folder: .svs .tif .tiff .n
    the slide's corner, full patches only) whose tissue fraction is >= ``--min-tissue``;
 5. writes ``DIR/patches/<slide_id>.h5`` (CLAM layout: ``coords`` N x 2 level-0 x, y with
    attributes patch_size = px read at patch_level, patch_level, downsample, level_dim,
-   downsampled_level_dim, name, plus mpp, target_mpp, output_size), the QA picture
+   downsampled_level_dim, name, save_path, plus mpp, target_mpp, output_size), or with
+   ``--coords-format trident`` ``DIR/patches/<slide_id>_patches.h5`` (TRIDENT layout:
+   patch_size = px at the target resolution, patch_size_level0, level0_magnification,
+   target_magnification = 10 / mpp, overlap, name, savetodir, level0_width, level0_height,
+   plus ours); the two differ where the read level is not at the target (a 0.25 um/px
+   slide without a 2x level: CLAM patch_size 448, TRIDENT 224 with patch_size_level0 448),
+   so one file cannot serve both (``clusiam_fast/formats/coords_h5.py``); the QA picture
    ``DIR/thumbnails/<slide_id>.png`` (tissue tinted green, kept patches as blue squares)
    and, with ``--save-tiles``, ``DIR/tiles/<slide_id>/<slide_id>_<x>_<y>.<ext>``.
 
@@ -36,8 +42,8 @@ h5_path, num_patches, mpp, target_mpp, patch_size, read_level, read_size, backen
 thumbnail, corrupt_patches). Tiling into a DIR that has a manifest merges into it: slides
 of earlier runs stay listed, a slide tiled again gets its row replaced. Train on it directly, no tile files needed: ``python -m clusiam_fast.train
 DIR/manifest.csv`` (patches are read on the fly by
-``clusiam_fast.data.slide_dataset.SlidePatchDataset``, which also loads CLAM h5 files made
-elsewhere).
+``clusiam_fast.data.slide_dataset.SlidePatchDataset``, which also loads CLAM and TRIDENT h5
+files made elsewhere, each at its own field of view).
 
 Damaged tile data (zeroed or truncated JPEG / JPEG 2000 tiles, which cuCIM would silently
 decode as black or gray; see ``clusiam_fast/slides/integrity.py``) fails the slide with an
@@ -76,8 +82,8 @@ def _positive(kind: type):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clusiam_fast.tile",
-        description="Cut whole-slide images into tissue patches at a fixed resolution: CLAM-compatible "
-        "coordinate files, QA thumbnails and a manifest to train on.",
+        description="Cut whole-slide images into tissue patches at a fixed resolution: CLAM- (or TRIDENT-) "
+        "compatible coordinate files, QA thumbnails and a manifest to train on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -148,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where --save-tiles decodes patch pixels; cuda needs cuCIM (cuslide2) and a visible GPU",
     )
+    parser.add_argument(
+        "--coords-format",
+        choices=("clam", "trident"),
+        default="clam",
+        help="convention of patches/*.h5: clam (patch_size = px read at patch_level) or trident "
+        "(patch_size at the target, patch_size_level0, magnifications; <slide>_patches.h5)",
+    )
     return parser
 
 
@@ -168,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_tiles=args.save_tiles,
             on_corrupt_tile=args.on_corrupt_tile,
             decode_device=args.decode_device,
+            coords_format=args.coords_format,
         )
         report = tile_slides(args.slides, args.out, config, workers=args.workers)
     except (ValueError, FileNotFoundError) as error:

@@ -4,14 +4,18 @@
 kind           what the user passes                                   ``files``
 =============  =====================================================  ===================
 ``manifest``   a tiler ``manifest.csv``, or a folder holding one       ()
-``coords``     CLAM ``.h5`` coordinate files, or a folder of them      the .h5 files
+``coords``     CLAM/TRIDENT ``.h5`` coordinate files, a folder of      the .h5 files
+               them, or a CLAM/TRIDENT results folder (``patches/``)
 ``shards``     webdataset ``.tar`` shards, or a folder of them         the .tar files
 ``folder``     a folder of image patches (searched recursively)        the image files
 =============  =====================================================  ===================
 
 A folder is read in that order of precedence: ``manifest.csv`` first, then ``*.tar``,
-then ``*.h5`` directly inside it, else the images below it. A list of paths (Python
-API) is shards when all are ``.tar``, coordinate files when all are ``.h5``, else images.
+then ``*.h5`` directly inside it, then ``patches/*.h5`` (a CLAM results folder, which
+also holds ``masks/*.jpg`` and ``stitches/*.jpg`` that are not patches, or a TRIDENT
+coordinates folder ``20x_256px_0px_overlap/``; a TRIDENT job folder holding exactly one
+such folder is taken too), else the images below it. A list of paths (Python API) is
+shards when all are ``.tar``, coordinate files when all are ``.h5``, else images.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ KINDS = ("folder", "manifest", "coords", "shards")
 _DESCRIPTION = {
     "folder": "a folder of image patches",
     "manifest": "a tiler manifest.csv",
-    "coords": "CLAM .h5 coordinate files",
+    "coords": "CLAM/TRIDENT .h5 coordinate files",
     "shards": "webdataset .tar shards",
 }
 
@@ -91,10 +95,26 @@ def _from_path(path: Path, what: str, accept: Sequence[str]) -> DataArg:
     h5 = sorted(p for p in path.glob("*.h5") if not _hidden(p))
     if h5:
         return DataArg("coords", path, tuple(h5))
+    results = _results_patches(path)
+    if results is not None:
+        return DataArg("coords", results, tuple(sorted(p for p in results.glob("*.h5") if not _hidden(p))))
     if "folder" not in accept:
         looked_for = " nor ".join(_IN_FOLDER[k] for k in accept if k in _IN_FOLDER)
         raise FileNotFoundError(f"{what} {path}: neither {looked_for} in this folder")
     return DataArg("folder", path, tuple(find_images(path)))
+
+
+def _results_patches(path: Path) -> Path | None:
+    """``path/patches`` of a CLAM or TRIDENT results folder (or of the one coordinates folder of a TRIDENT job)."""
+    if any((path / "patches").glob("*.h5")):
+        return path / "patches"
+    found = [p.parent for p in sorted(path.glob("*/patches")) if any(p.glob("*.h5"))]
+    if len(found) > 1:
+        raise ValueError(
+            f"{path} holds several coordinate folders ({', '.join(str(p.relative_to(path)) for p in found)}); "
+            "pass one of them"
+        )
+    return found[0] / "patches" if found else None
 
 
 def _from_paths(items: Sequence[str | os.PathLike], what: str) -> DataArg:

@@ -4,13 +4,19 @@
 
 - a tiler ``manifest.csv`` (or the folder holding it): slide paths, levels, read and
   output sizes and the backend all come from the manifest;
-- CLAM coordinate files made elsewhere: one ``.h5`` path, a list of them, or a folder of
-  them (e.g. CLAM's ``RESULTS/patches``). Each file's ``coords`` attributes give the
-  level (``patch_level``) and the size read there (``patch_size``); patches are resized
-  to ``output_size`` (ours) or left at ``patch_size`` (CLAM's). Its slide is, in order:
-  ``slide_paths[slide_id]`` (a dict keyed by slide id = h5 file stem, or a list parallel
-  to the h5 files); the ``slide_path`` attribute our tiler stores; a file named
-  ``<slide_id>.<slide extension>`` in ``slide_dir``, the h5 file's folder or its parent.
+- CLAM or TRIDENT coordinate files made elsewhere: one ``.h5`` path, a list of them, or a
+  folder of them (e.g. CLAM's ``RESULTS/patches``, or a CLAM / TRIDENT results folder
+  holding ``patches/``). The convention is told from the attributes
+  (``clusiam_fast.formats.coords_h5.read_patch_geometry``): a CLAM file is read as CLAM
+  reads it (``patch_size`` px of ``patch_level``) and resized to our ``output_size``
+  when the file has it, else to 224 (CLAM's ``--target_patch_size``); a TRIDENT file
+  covers ``patch_size_level0`` level-0 px, read from the coarsest level not coarser
+  than its target (chosen when the slide is opened) and resized to its ``patch_size``.
+  ``output_size=N`` resizes either to N. Its slide is, in order:
+  ``slide_paths[slide_id]`` (a dict keyed by slide id = h5 file stem, less TRIDENT's
+  ``_patches``, or a list parallel to the h5 files); the ``slide_path`` attribute our
+  tiler stores; a file named ``<slide_id>.<slide extension>`` in ``slide_dir``, the h5
+  file's folder or its parent.
 
 A slide whose file is missing (or cannot be found) is skipped with one warning naming it
 (and, for h5 input, the places searched); ``dataset.missing_slides`` lists them
@@ -60,6 +66,9 @@ class SlideInfo:
     h5_path: Path | None = None
     mpp: float | None = None
     target_mpp: float | None = None
+    coords_format: str = "clam"
+    level0_size: float | None = None  # patch side in level-0 px
+    level_chosen: bool = True  # False: read_level/read_size are chosen when the slide opens (TRIDENT files)
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -92,6 +101,17 @@ def _find_slide(slide_id: str, h5_path: Path, slide_dir: str | Path | None) -> P
         f"{h5_path}: no slide found for it (looked for {slide_id}.<{'|'.join(e[1:] for e in SLIDE_EXTENSIONS)}> in "
         f"{', '.join(str(p) for p in places)}); pass slide_paths={{'{slide_id}': PATH}} or slide_dir=FOLDER"
     )
+
+
+def _fit_read_level(info: SlideInfo, reader: SlideReader) -> None:
+    """TRIDENT files name no level: read from the coarsest one not coarser than the target (same field of view)."""
+    from ..formats.coords_h5 import choose_read_level
+
+    if not info.level_chosen and info.level0_size:
+        info.read_level, info.read_size = choose_read_level(
+            info.level0_size, info.output_size, reader.level_downsamples
+        )
+        info.level_chosen = True
 
 
 class SlidePatchDataset(torch.utils.data.Dataset):
@@ -150,7 +170,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
     # -- construction ----------------------------------------------------------------------
     @staticmethod
     def _from_manifest(path: Path, slide_dir: str | os.PathLike | None, missing: list[dict]) -> list[SlideInfo]:
-        from ..formats.coords_h5 import read_coords_h5
+        from ..formats.coords_h5 import read_coords_h5, read_patch_geometry
         from ..formats.manifest import read_manifest
 
         if path.is_dir():
@@ -173,25 +193,28 @@ class SlidePatchDataset(torch.utils.data.Dataset):
                 )
                 continue
             coords, attrs = read_coords_h5(row["h5_path"])
+            geometry = read_patch_geometry(attrs)
             slides.append(
                 SlideInfo(
                     slide_id=row["slide_id"],
                     path=slide,
                     coords=coords,
-                    read_level=int(row.get("read_level", attrs["patch_level"])),
-                    read_size=int(row.get("read_size", attrs["patch_size"])),
-                    output_size=int(row.get("patch_size", attrs["output_size"])),
+                    read_level=int(row.get("read_level", geometry.read_level)),
+                    read_size=int(row.get("read_size", geometry.read_size)),
+                    output_size=int(row.get("patch_size", geometry.output_size)),
                     backend=row.get("backend") or "auto",
                     h5_path=Path(row["h5_path"]),
                     mpp=row.get("mpp"),
                     target_mpp=row.get("target_mpp"),
+                    coords_format=geometry.coords_format,
+                    level0_size=geometry.level0_size,
                 )
             )
         return slides
 
     @staticmethod
     def _from_h5(files: list[Path], slide_paths: Any, slide_dir: Any, missing: list[dict]) -> list[SlideInfo]:
-        from ..formats.coords_h5 import read_coords_h5
+        from ..formats.coords_h5 import read_coords_h5, read_patch_geometry
 
         if slide_paths is not None and not isinstance(slide_paths, Mapping):
             slide_paths = list(slide_paths)
@@ -201,6 +224,8 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         for i, h5_path in enumerate(files):
             coords, attrs = read_coords_h5(h5_path)
             slide_id = h5_path.stem
+            if attrs["coords_format"] == "trident" and slide_id == f"{attrs['name']}_patches":
+                slide_id = str(attrs["name"])  # TRIDENT's <name>_patches.h5
             if isinstance(slide_paths, list):
                 slide = Path(slide_paths[i])
             elif isinstance(slide_paths, Mapping) and (slide_id in slide_paths or str(h5_path) in slide_paths):
@@ -225,18 +250,22 @@ class SlidePatchDataset(torch.utils.data.Dataset):
                     }
                 )
                 continue
+            geometry = read_patch_geometry(attrs)
             slides.append(
                 SlideInfo(
                     slide_id=slide_id,
                     path=slide,
                     coords=coords,
-                    read_level=int(attrs["patch_level"]),
-                    read_size=int(attrs["patch_size"]),
-                    output_size=int(attrs["output_size"]),
+                    read_level=geometry.read_level,
+                    read_size=geometry.read_size,
+                    output_size=geometry.output_size,
                     backend=str(attrs.get("backend", "auto")),
                     h5_path=h5_path,
                     mpp=attrs.get("mpp"),
                     target_mpp=attrs.get("target_mpp"),
+                    coords_format=geometry.coords_format,
+                    level0_size=geometry.level0_size,
+                    level_chosen=geometry.coords_format != "trident",
                 )
             )
         return slides
@@ -273,6 +302,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
                 self._open_errors[slide_index] = f"cannot open slide {info.path}: {type(error).__name__}: {error}"
                 raise OSError(self._open_errors[slide_index]) from error
             self._readers[slide_index] = reader
+            _fit_read_level(info, reader)
             while len(self._readers) > self.max_open_slides:
                 self._readers.popitem(last=False)[1].close()
         else:
@@ -286,8 +316,9 @@ class SlidePatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         where = self.locate(index)
+        reader = self.reader(where[0])  # first: opening may choose the read level (TRIDENT files)
         info = self.slides[where[0]]
-        region = self.reader(where[0]).read_region(where[1:], info.read_level, info.read_size)
+        region = reader.read_region(where[1:], info.read_level, info.read_size)
         return self._item(region, where)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
@@ -298,9 +329,10 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         for k, (slide, _, _) in enumerate(places):
             by_slide.setdefault(slide, []).append(k)
         for slide, ks in by_slide.items():
+            reader = self.reader(slide)
             info = self.slides[slide]
             locations = [places[k][1:] for k in ks]
-            batches = self.reader(slide).read_regions(
+            batches = reader.read_regions(
                 locations, info.read_level, info.read_size, num_workers=self.read_threads, batch_size=len(ks)
             )
             for k, region in zip(ks, (r for batch in batches for r in batch)):

@@ -1,9 +1,13 @@
-"""Patch sources for extraction: a tiler manifest (patches read from slides) or an image folder.
+"""Patch sources for extraction: a tiler manifest or coordinate files (patches read from slides), or an image folder.
 
 Each source is a dataset over all patches plus the list of its "slides" (bags), each a
 contiguous index range. What a bag is:
 
 - tiler manifest: one bag per slide (row of ``manifest.csv``), with level-0 coordinates.
+- CLAM / TRIDENT coordinate files (``.h5`` files, a folder of them, or a results folder
+  holding ``patches/``; see :mod:`clusiam_fast.data.resolve`): one bag per file, its
+  slide found beside the files or in ``slide_dir`` (``--slide-dir``), each file read in
+  its own convention (:mod:`clusiam_fast.data.slide_dataset`).
 - image folder: one bag per folder that directly holds images, named by its path
   relative to DATA (``DATA/slide_a/*.png`` -> bag ``slide_a``; PCam's
   ``pcam/train/0/*.jpg`` -> bags ``train/0``, ...); images directly inside DATA form a
@@ -13,14 +17,14 @@ Items are ``(tensor | None, index, error | None)``: an unreadable patch is repor
 name and dropped from its bag instead of stopping the run (see :func:`collate_patches`).
 
 Patch sizes: ``source.sizes`` maps each (width, height) to how many patches have it and
-one example (image headers of a folder; output sizes of a manifest's slides), and
+one example (image headers of a folder; output sizes of the slides), and
 ``source.fit(size)`` makes every patch ``size`` x ``size`` before the transform, so that
 folders mixing 224 px and 256 px patches can be stacked into batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,17 +203,60 @@ def manifest_source(manifest: str | Path, transform: Callable, *, slide_dir: str
 
     rows = {row["slide_id"]: row for row in read_manifest(manifest)}
     inner = SlidePatchDataset(str(manifest), transform=transform, return_coords=False, slide_dir=slide_dir)
+    return _slide_source(
+        "manifest", inner, manifest.parent, lambda info: _manifest_attrs(rows.get(info.slide_id, {}), manifest)
+    )
+
+
+def coords_source(
+    root: Path, files: Sequence[Path], transform: Callable, *, slide_dir: str | Path | None = None
+) -> PatchSource:
+    """Patches read on the fly at the coordinates of CLAM / TRIDENT ``.h5`` files (one bag per file).
+
+    The slides are looked for beside the files and in ``slide_dir``; when none is found
+    the error names ``--slide-dir``. Slides missing among found ones are skipped
+    (``source.missing_slides``)."""
+    from ..data.slide_dataset import SlidePatchDataset
+
+    try:
+        inner = SlidePatchDataset(list(files), transform=transform, return_coords=False, slide_dir=slide_dir)
+    except FileNotFoundError as error:
+        where = f"nor in --slide-dir {slide_dir}" if slide_dir is not None else "and no --slide-dir was given"
+        raise FileNotFoundError(
+            f"{root}: {len(files)} patch coordinate file(s), but none of their slides was found beside them {where}; "
+            f"pass --slide-dir FOLDER, the folder holding the slide files ({error})"
+        ) from error
+
+    def attrs(info) -> dict[str, Any]:
+        found = {
+            "source": "coords",
+            "coords_format": info.coords_format,
+            "h5_path": str(Path(info.h5_path).resolve()),
+            "slide_path": str(info.path),
+            "patch_size": info.output_size,
+            "read_level": info.read_level,
+            "read_size": info.read_size,
+            "level0_size": info.level0_size,
+            "mpp": info.mpp,
+            "target_mpp": info.target_mpp,
+        }
+        return {k: v for k, v in found.items() if v is not None}
+
+    return _slide_source("coords", inner, Path(root), attrs)
+
+
+def _slide_source(kind: str, inner, root: Path, attrs_of: Callable) -> PatchSource:
+    """A :class:`PatchSource` over a ``SlidePatchDataset``: one bag per slide, its output size fit on demand."""
     slides: list[SlideEntry] = []
     start = 0
     for info in inner.slides:
         slide_id = str(_get(info, "slide_id"))
         coords = np.asarray(_get(info, "coords"), dtype=np.int64).reshape(-1, 2)
-        attrs = _manifest_attrs(rows.get(slide_id, {}), manifest)
-        slides.append(SlideEntry(slide_id, start, start + len(coords), coords=coords, attrs=attrs))
+        slides.append(SlideEntry(slide_id, start, start + len(coords), coords=coords, attrs=attrs_of(info)))
         start += len(coords)
     if start != len(inner):
         raise RuntimeError(
-            f"{manifest}: the slide dataset has {len(inner)} patches but its slides list {start} coordinates"
+            f"{root}: the slide dataset has {len(inner)} patches but its slides list {start} coordinates"
         )
 
     sizes: dict[tuple[int, int], dict[str, Any]] = {}
@@ -224,10 +271,10 @@ def manifest_source(manifest: str | Path, transform: Callable, *, slide_dir: str
             info.output_size = int(size)
 
     return PatchSource(
-        "manifest",
+        kind,
         TolerantDataset(inner, _image_of),
         slides,
-        manifest.parent,
+        root,
         sizes=sizes,
         missing_slides=list(inner.missing_slides),
         fit=fit,
@@ -235,10 +282,12 @@ def manifest_source(manifest: str | Path, transform: Callable, *, slide_dir: str
 
 
 def open_source(data: str | Path, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
-    """A tiler manifest (a .csv file, or a folder holding manifest.csv) or an image folder."""
-    arg = resolve_data(data, accept=("folder", "manifest"))
+    """A tiler manifest (a .csv file, or a folder holding manifest.csv), CLAM / TRIDENT coordinate files, or an image folder."""
+    arg = resolve_data(data, accept=("folder", "manifest", "coords"))
     if arg.kind == "manifest":
         return manifest_source(arg.path, transform, slide_dir=slide_dir)
+    if arg.kind == "coords":
+        return coords_source(arg.path, arg.files, transform, slide_dir=slide_dir)
     if slide_dir is not None:
         import warnings
 

@@ -1,21 +1,32 @@
-"""CLAM-compatible patch-coordinate files (one HDF5 file per slide).
+"""Patch-coordinate files, one HDF5 file per slide, in CLAM's or TRIDENT's convention.
 
-Layout (what CLAM's ``create_patches_fp.py`` writes, so CLAM loads ours as-is):
+Both keep a dataset ``coords``: (N, 2) level-0 (x, y) of each patch's top-left corner,
+with the geometry in its attributes, but they mean different things by ``patch_size``:
 
-- dataset ``coords``: (N, 2) int64, level-0 (x, y) of each patch's top-left corner;
-- attributes of ``coords``: ``patch_size`` (px read at ``patch_level``: CLAM reads
-  ``read_region(xy, patch_level, (patch_size, patch_size))``), ``patch_level``,
+- **CLAM** (``wsi_core/WholeSlideImage.py::process_contour``): ``patch_size`` = px read
+  at ``patch_level`` (``Whole_Slide_Bag_FP`` reads ``read_region(xy, patch_level,
+  (patch_size, patch_size))``, then resizes to ``--target_patch_size``, 224);
   ``downsample`` (x, y of that level), ``level_dim`` and ``downsampled_level_dim``
-  ((width, height) of that level), ``name`` (slide id);
-- ours on top: ``mpp`` (level 0), ``target_mpp``, ``output_size`` (px after resizing,
-  224 by default), ``mpp_source``, ``slide_path``, ``backend``.
+  ((width, height) of that level), ``name`` (slide id), ``save_path``.
+- **TRIDENT** (``trident/IO.py::coords_to_h5``): ``patch_size`` = px at the *target*
+  magnification (the size patches are resized to), ``patch_size_level0`` = the same
+  patch in level-0 px, ``level0_magnification``, ``target_magnification``, ``overlap``
+  (px at the target), ``name``, ``savetodir``, ``level0_width``, ``level0_height``.
+  TRIDENT names the file ``<name>_patches.h5``.
 
-Files made elsewhere lack our extras; :func:`read_coords_h5` fills ``output_size`` with
-``patch_size`` then (CLAM does not resize).
+When the read level is not at the target resolution (a 40x slide cut at 20x) the two
+``patch_size`` differ (CLAM 448 at level 0, TRIDENT 224), so one file cannot serve both:
+:func:`write_coords_h5` writes one convention, :func:`coords_format` tells which a file
+follows and :func:`read_patch_geometry` turns either into what to read.
+
+Ours on top, in both: ``mpp`` (level 0), ``target_mpp``, ``output_size`` (px after
+resizing, 224 by default), ``mpp_source``, ``slide_path``, ``backend``, ``corrupt_patches``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +35,45 @@ import numpy as np
 from ..utils.atomic import atomic_path
 from ..utils.deps import require
 
+COORDS_FORMATS = ("clam", "trident")
 CLAM_ATTRS = ("patch_size", "patch_level", "downsample", "level_dim", "downsampled_level_dim", "name")
+TRIDENT_ATTRS = (
+    "patch_size",
+    "patch_size_level0",
+    "level0_magnification",
+    "target_magnification",
+    "overlap",
+    "name",
+    "savetodir",
+    "level0_width",
+    "level0_height",
+)
+# What CLAM's extract_features_fp.py resizes every patch to (--target_patch_size); files
+# made by CLAM itself do not say, so this is the output size their patches get here.
+CLAM_TARGET_PATCH_SIZE = 224
 
 
-def write_coords_h5(path: str | Path, coords: np.ndarray, attrs: dict[str, Any]) -> Path:
-    """Write ``coords`` and ``attrs`` atomically; ``attrs`` must hold every CLAM attribute."""
+def write_coords_h5(path: str | Path, coords: np.ndarray, attrs: dict[str, Any], coords_format: str = "clam") -> Path:
+    """Write ``coords`` and ``attrs`` atomically; ``attrs`` must hold the format's attribute set.
+
+    CLAM's ``save_path`` and TRIDENT's ``savetodir`` default to where the file goes.
+    """
     h5py = require("h5py", "h5py", "writing patch coordinate files")
-    missing = [key for key in CLAM_ATTRS if key not in attrs]
-    if missing:
-        raise ValueError(f"{path}: missing CLAM attributes {missing}")
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     path = Path(path)
+    if coords_format == "clam":
+        attrs = {"save_path": str(path.parent), **attrs}
+        required = CLAM_ATTRS
+    elif coords_format == "trident":
+        attrs = {"savetodir": str(path.parent.parent), **attrs}
+        required = TRIDENT_ATTRS
+    else:
+        raise ValueError(f"coords format must be one of {COORDS_FORMATS}, got {coords_format!r}")
+    missing = [key for key in required if key not in attrs]
+    if missing:
+        raise ValueError(f"{path}: missing {coords_format.upper()} attributes {missing}")
+    if coords_format == "trident" and "patch_level" in attrs:
+        raise ValueError(f"{path}: a TRIDENT file must not carry CLAM's patch_level (its patch_size differs)")
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             dataset = f.create_dataset(
@@ -46,13 +85,17 @@ def write_coords_h5(path: str | Path, coords: np.ndarray, attrs: dict[str, Any])
 
 
 def read_coords_h5(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """(coords (N, 2) int64, attributes) of a CLAM or clusiam_fast coordinate file."""
+    """(coords (N, 2) int64, attributes) of a CLAM, TRIDENT or clusiam_fast coordinate file.
+
+    The attributes are as stored, plus ``coords_format`` (:func:`coords_format`) and
+    ``name`` (the file stem, less TRIDENT's ``_patches``, when absent).
+    """
     h5py = require("h5py", "h5py", "reading patch coordinate files")
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
             if "coords" not in f:
-                raise ValueError(f"{path}: no 'coords' dataset; is it a CLAM patch file?")
+                raise ValueError(f"{path}: no 'coords' dataset; is it a CLAM or TRIDENT patch file?")
             dataset = f["coords"]
             coords = np.asarray(dataset[:], dtype=np.int64).reshape(-1, 2)
             attrs = {key: _plain(value) for key, value in dataset.attrs.items()}
@@ -60,10 +103,76 @@ def read_coords_h5(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise ValueError(f"{path}: cannot read it as HDF5 ({error})") from error
     if "patch_size" not in attrs:
         raise ValueError(f"{path}: the 'coords' dataset has no 'patch_size' attribute; cannot tell what to read")
-    attrs.setdefault("patch_level", 0)
-    attrs.setdefault("output_size", attrs["patch_size"])
-    attrs.setdefault("name", path.stem)
+    attrs["coords_format"] = coords_format(attrs)
+    attrs.setdefault("name", path.stem.removesuffix("_patches") if attrs["coords_format"] == "trident" else path.stem)
     return coords, attrs
+
+
+def coords_format(attrs: dict[str, Any]) -> str:
+    """``"trident"`` when the attributes give the level-0 size or the two magnifications, else ``"clam"``."""
+    if "patch_size_level0" in attrs or ("level0_magnification" in attrs and "target_magnification" in attrs):
+        return "trident"
+    return "clam"
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """What to read for each patch of a coordinate file, whatever its convention."""
+
+    coords_format: str
+    read_level: int
+    read_size: int  # px read at read_level
+    output_size: int  # px after resizing
+    level0_size: float | None  # side of a patch in level-0 px (None: CLAM file without downsample)
+
+
+def read_patch_geometry(
+    attrs: dict[str, Any],
+    level_downsamples: Sequence[float] | None = None,
+    output_size: int | None = None,
+) -> PatchGeometry:
+    """The read level, read size and output size of a file's patches (``attrs`` of :func:`read_coords_h5`).
+
+    - TRIDENT: the patch covers ``patch_size_level0`` level-0 px (else ``patch_size x
+      level0_magnification / target_magnification``), is read from the coarsest level of
+      ``level_downsamples`` not coarser than the target (level 0 when they are not given)
+      and resized to ``patch_size``.
+    - CLAM: ``patch_size`` px of ``patch_level`` (as CLAM reads them), resized to our
+      ``output_size`` when the file has it, else to CLAM's 224 (``CLAM_TARGET_PATCH_SIZE``).
+
+    ``output_size`` given overrides the output size of either.
+    """
+    fmt = attrs.get("coords_format") or coords_format(attrs)
+    patch_size = int(attrs["patch_size"])
+    if fmt == "trident":
+        if "patch_size_level0" in attrs:
+            level0 = float(attrs["patch_size_level0"])
+        else:
+            level0 = patch_size * float(attrs["level0_magnification"]) / float(attrs["target_magnification"])
+        out = int(output_size or attrs.get("output_size") or patch_size)
+        level, read_size = choose_read_level(level0, out, level_downsamples or (1.0,))
+        return PatchGeometry(fmt, level, read_size, out, level0)
+    level = int(attrs.get("patch_level", 0))
+    downsample = attrs.get("downsample")
+    if isinstance(downsample, (tuple, list)):
+        downsample = downsample[0] if downsample else None
+    if downsample is None and level_downsamples is not None and level < len(level_downsamples):
+        downsample = level_downsamples[level]
+    level0 = None if downsample is None else patch_size * float(downsample)
+    out = int(output_size or attrs.get("output_size") or CLAM_TARGET_PATCH_SIZE)
+    return PatchGeometry(fmt, level, patch_size, out, level0)
+
+
+def choose_read_level(
+    level0_size: float, output_size: int, level_downsamples: Sequence[float], tolerance: float = 0.01
+) -> tuple[int, int]:
+    """(level, read size): the coarsest level with at least ``output_size`` px across the patch (1 % tolerance)."""
+    wanted = level0_size / max(1, output_size)
+    level = 0
+    for i, ds in enumerate(level_downsamples):
+        if ds <= wanted * (1.0 + tolerance) and ds >= level_downsamples[level]:
+            level = i
+    return level, max(1, round(level0_size / float(level_downsamples[level])))
 
 
 def _plain(value: Any) -> Any:

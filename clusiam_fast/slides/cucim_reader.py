@@ -50,6 +50,24 @@ def _native_output_silenced():
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _without_cupy():
+    """Import cuCIM without CuPy (which it imports when present, only for ``cucim.skimage``).
+
+    CuPy costs more to import than cuCIM itself (about 1 s of CPU on the development
+    machine), and CPU decoding never uses it. Later ``import cupy`` works as usual.
+    """
+    if "cupy" in sys.modules:
+        yield
+        return
+    sys.modules["cupy"] = None  # ImportError inside cucim/__init__
+    try:
+        yield
+    finally:
+        if sys.modules.get("cupy", 0) is None:
+            del sys.modules["cupy"]
+
+
 def cuda_visible() -> str | None:
     """None when a CUDA GPU is visible, else why not (CuPy asked first, then torch)."""
     try:
@@ -82,7 +100,7 @@ def _open_cuimage(path: Path, gpu: bool = False):
         os.environ.setdefault("CUFILE_LOGFILE_PATH", os.devnull)
         if gpu:
             os.environ.setdefault("ENABLE_CUSLIDE2", "1")  # nvImageCodec GPU decoding (cuCIM >= 25.x)
-        with _native_output_silenced():
+        with _native_output_silenced(), contextlib.nullcontext() if gpu else _without_cupy():
             require("cucim", "cucim-cu13", "reading slides with cuCIM")
     import cucim
 

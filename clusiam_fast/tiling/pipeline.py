@@ -1,4 +1,4 @@
-"""Tile slides: tissue mask -> patch grid -> CLAM h5 + QA thumbnail (+ tiles) -> manifest.
+"""Tile slides: tissue mask -> patch grid -> coordinate h5 + QA thumbnail (+ tiles) -> manifest.
 
 :func:`tile_slide` does one slide and raises on any problem; :func:`tile_slides` runs many
 (in parallel processes), turns each slide's error into a reported failure, and writes the
@@ -9,7 +9,8 @@ has all its outputs.
 Output folder::
 
     OUT/manifest.csv                 one row per tiled slide (formats/manifest.py)
-    OUT/patches/<slide_id>.h5        CLAM coordinates (formats/coords_h5.py)
+    OUT/patches/<slide_id>.h5        coordinates, CLAM's convention (formats/coords_h5.py), or
+    OUT/patches/<slide_id>_patches.h5  TRIDENT's with coords_format="trident"
     OUT/thumbnails/<slide_id>.png    QA picture (tiling/thumbnail.py)
     OUT/tiles/<slide_id>/*.jpg|png   only with save_tiles (tiling/export.py)
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..formats.coords_h5 import write_coords_h5
+from ..formats.coords_h5 import COORDS_FORMATS, write_coords_h5
 from ..formats.manifest import merge_manifest
 from ..slides import (
     SLIDE_EXTENSIONS,
@@ -46,6 +47,23 @@ from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
+
+# What the fork server imports before it forks the workers, so that no worker pays for it:
+# this module and the libraries it imports lazily (on first use, so that the CLI answers
+# --help at once). Missing ones are skipped. Not cuCIM: it must be imported with its
+# environment set per decode device (slides/cucim_reader.py).
+WORKER_PRELOAD = (
+    __name__,
+    "scipy.ndimage",
+    "skimage.filters",
+    "h5py",
+    "PIL.Image",
+    "PIL.ImageDraw",
+    "PIL.ImageFilter",
+    "PIL.PngImagePlugin",
+    "tifffile",
+    "openslide",
+)
 
 
 class NoTissueError(SlideError):
@@ -68,8 +86,11 @@ class TileConfig:
     qa_max_side: int = 1024
     on_corrupt_tile: str = "fail"  # fail | skip (drop the patches on damaged tile data, counted)
     decode_device: str = "cpu"  # cpu | cuda: where --save-tiles decodes patch pixels (cuda: cuCIM)
+    coords_format: str = "clam"  # clam | trident: the convention of patches/*.h5 (formats/coords_h5.py)
 
     def __post_init__(self) -> None:
+        if self.coords_format not in COORDS_FORMATS:
+            raise ValueError(f"--coords-format must be clam or trident, got {self.coords_format!r}")
         if self.on_corrupt_tile not in ("fail", "skip"):
             raise ValueError(f"--on-corrupt-tile must be fail or skip, got {self.on_corrupt_tile!r}")
         if self.decode_device != "cpu":
@@ -306,28 +327,21 @@ def _write_outputs(
     picture = draw_qa_thumbnail(view.rgb, view.rgb_ds, view.mask, coords, plan.footprint, title, config.qa_max_side)
     save_qa_thumbnail(out_dir / thumbnail, picture)
 
-    lw, lh = reader.level_dimensions[plan.level]
-    w0, h0 = reader.dimensions
-    h5_path = Path("patches") / f"{slide_id}.h5"
-    write_coords_h5(
-        out_dir / h5_path,
-        coords,
-        {
-            "patch_size": plan.read_size,
-            "patch_level": plan.level,
-            "downsample": (w0 / lw, h0 / lh),
-            "level_dim": (lw, lh),
-            "downsampled_level_dim": (lw, lh),
-            "name": slide_id,
-            "mpp": mpp,
-            "target_mpp": plan.target_mpp,
-            "output_size": plan.patch_size,
-            "mpp_source": reader.mpp_info.source if reader.mpp_info else "",
-            "slide_path": str(path),
-            "backend": reader.backend,
-            "corrupt_patches": dropped,
-        },
-    )
+    h5_path = Path("patches") / (f"{slide_id}_patches.h5" if config.coords_format == "trident" else f"{slide_id}.h5")
+    ours = {
+        "mpp": mpp,
+        "target_mpp": plan.target_mpp,
+        "output_size": plan.patch_size,
+        "mpp_source": reader.mpp_info.source if reader.mpp_info else "",
+        "slide_path": str(path),
+        "backend": reader.backend,
+        "corrupt_patches": dropped,
+    }
+    if config.coords_format == "trident":
+        attrs = _trident_attrs(reader, plan, slide_id, out_dir, config.stride or plan.patch_size)
+    else:
+        attrs = _clam_attrs(reader, plan, slide_id, out_dir)
+    write_coords_h5(out_dir / h5_path, coords, {**attrs, **ours}, config.coords_format)
     return {
         "slide_id": slide_id,
         "slide_path": str(path),
@@ -341,6 +355,42 @@ def _write_outputs(
         "backend": reader.backend,
         "thumbnail": thumbnail.as_posix(),
         "corrupt_patches": dropped,
+    }
+
+
+def _clam_attrs(reader, plan, slide_id: str, out_dir: Path) -> dict[str, Any]:
+    """CLAM's attributes: ``patch_size`` is the px read at ``patch_level``."""
+    lw, lh = reader.level_dimensions[plan.level]
+    w0, h0 = reader.dimensions
+    return {
+        "patch_size": plan.read_size,
+        "patch_level": plan.level,
+        "downsample": (w0 / lw, h0 / lh),
+        "level_dim": (lw, lh),
+        "downsampled_level_dim": (lw, lh),
+        "name": slide_id,
+        "save_path": str(out_dir / "patches"),
+    }
+
+
+def _trident_attrs(reader, plan, slide_id: str, out_dir: Path, stride: int) -> dict[str, Any]:
+    """TRIDENT's attributes: ``patch_size`` at the target, ``patch_size_level0`` in level-0 px.
+
+    The magnifications are the exact ``10 / mpp`` (TRIDENT's own rounds the slide's to
+    40, 20, ...), so that TRIDENT's ``patch_size x level0_magnification /
+    target_magnification`` gives the same level-0 size as ``patch_size_level0``.
+    """
+    w0, h0 = reader.dimensions
+    return {
+        "patch_size": plan.patch_size,
+        "patch_size_level0": round(plan.footprint),
+        "level0_magnification": 10.0 / plan.mpp,
+        "target_magnification": 10.0 / plan.target_mpp,
+        "overlap": plan.patch_size - stride,  # px at the target; negative: gaps between patches
+        "name": slide_id,
+        "savetodir": str(out_dir),
+        "level0_width": w0,
+        "level0_height": h0,
     }
 
 
@@ -402,7 +452,7 @@ def tile_slides(
         # not fork: cuCIM/OpenSlide threads and handles must not be copied into children. A fork
         # server that has imported this module once starts each worker without re-importing.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload(list(WORKER_PRELOAD))
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
             futures = {pool.submit(_run_one, path, sid, out_dir, config): path for path, sid in jobs}
             for future in as_completed(futures):
