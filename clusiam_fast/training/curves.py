@@ -31,7 +31,8 @@ def _plot_epochs(ax, epochs: Rows, key: str, style: str, **kw) -> list:
     px, py = _series([r for r in epochs if r.get("partial")], key, "epoch")
     if px:
         colour = line.get_color() if line is not None else kw.get("color")
-        ax.plot(px, py, style[0], mfc="none", color=colour)
+        label = f"{kw['label']} (partial epoch)" if line is None and "label" in kw else None
+        ax.plot(px, py, style[0], mfc="none", color=colour, label=label)
     return ys + py
 
 
@@ -53,8 +54,8 @@ def _plot_losses(ax, epochs: Rows, steps: Rows) -> None:
 
 
 def _plot_clusters(ax, epochs: Rows, num_clusters: int | None) -> None:
-    for key, style in (("active_clusters", "o-"), ("active_clusters_gumbel", "s--")):
-        _plot_epochs(ax, epochs, key, style, label=key)
+    for key, style, colour in (("active_clusters", "o-", "tab:blue"), ("active_clusters_gumbel", "s--", "tab:red")):
+        _plot_epochs(ax, epochs, key, style, label=key, color=colour)
     ax.set(title=f"active clusters (of K = {num_clusters})" if num_clusters else "active clusters", xlabel="epoch")
     ax.yaxis.get_major_locator().set_params(integer=True)
     if num_clusters:
