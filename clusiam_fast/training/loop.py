@@ -635,14 +635,19 @@ class _Trainer:
         )
 
     def _report(self, status: str, backbone: Path | None) -> None:
+        unsaved = self.cfg.stop_on_collapse and self._collapse_streak > 0  # the state is below the thresholds
         what = {
             "complete": f"training complete ({self.epoch} epochs, {self.step} steps)",
-            "interrupted": f"interrupted at epoch {self.epoch + 1}, step {self.step}: checkpoint saved; "
-            "run the same command with --resume to continue exactly",
+            "interrupted": f"interrupted at epoch {self.epoch + 1}, step {self.step}: "
+            + ("" if unsaved else "checkpoint saved; run the same command with --resume to continue exactly"),
             "max_steps": f"stopped at --max-steps {self.cfg.max_steps} (epoch {self.epoch + 1}, step {self.step}); "
             "--resume with a larger --max-steps continues",
         }[status]
         lines = [what]
+        if unsaved and status != "complete":
+            lines.append(
+                f"not saved, the last epoch was below the collapse thresholds ({self._collapse_why}): {self._on_disk()}"
+            )
         if CHECKPOINT not in self._written:
             why = (
                 f"--max-steps {self.cfg.max_steps} already reached"
