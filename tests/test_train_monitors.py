@@ -268,3 +268,7 @@ def test_max_steps_zero_writes_the_initial_checkpoint_and_schedule_steps_overrid
     init = scaled_lr(0.05, 8)
     lrs = [float(r["lr"]) for r in _rows(run / "steps.csv")]
     assert lrs == pytest.approx([cosine_lr(init, 0, 20), cosine_lr(init, 1, 20)], rel=1e-5)
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["schedule"] == {
+        "steps": 20,
+        "source": "--schedule-steps",
+    }

@@ -383,7 +383,7 @@ class _Trainer:
             norm_stats=self.norm_stats,
             complete=complete,
             keep_as=f"epoch_{self.epoch:04d}.pt" if keep else None,
-            schedule={"steps": self.total_steps, "source": self.schedule_source.split(", kept from")[0]},
+            schedule={"steps": self.total_steps, "source": self.schedule_source.split(", ")[0]},
         )
         if self.ctx.is_main:
             atomic_write_json(self.out / "train_config.json", dataclasses.asdict(self.cfg))
