@@ -8,9 +8,20 @@ A thin layer over :func:`clusiam_fast.training.train`. Examples::
     torchrun --nproc_per_node 2 -m clusiam_fast.train patches/ --out runs/ddp --sync-bn
     python -m clusiam_fast.train --out runs/clusiam --resume            # continue exactly where it stopped
 
+Collapse monitors, per epoch in log.csv, the progress summary and training.png: backbone_std
+(std of the L2-normalised backbone features x sqrt(dim); 0 collapsed), backbone_rankme (effective
+rank of the last --rankme-window backbone features; 1 collapsed), assigner_entropy (usage of the K
+clusters by argmax, / log K) and projection_std (the SimSiam paper's monitor on z, which the
+projector's final BatchNorm keeps near 1 whatever the backbone does).
+
+Schedule: the cosine spans --schedule-steps, else the run's length (--max-steps when it ends the
+run before --epochs does); --resume keeps the checkpoint's schedule. --max-steps 0 writes the
+initial checkpoint; a run stopped mid-epoch adds a row with partial = 1 to log.csv.
+
 Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint (one line on
 stderr), 3 the loss or the weights became NaN / inf (the last good checkpoint is left as it was),
-4 --out is a file, not a folder, 130 interrupted (Ctrl-C / SIGTERM; checkpoint saved).
+4 --out is a file, not a folder, 5 --stop-on-collapse: the backbone collapsed (the last checkpoint
+above the thresholds is left as it was), 130 interrupted (Ctrl-C / SIGTERM; checkpoint saved).
 """
 
 from __future__ import annotations
@@ -21,7 +32,12 @@ import os
 import sys
 from pathlib import Path
 
-from .training.config import NonFiniteLossError, OutPathError, TrainConfig  # torch-free: --help answers fast
+from .training.config import (  # torch-free: --help answers fast
+    CollapseError,
+    NonFiniteLossError,
+    OutPathError,
+    TrainConfig,
+)
 
 D = TrainConfig()  # the defaults quoted in --help
 
@@ -132,7 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps",
         type=int,
         metavar="N",
-        help="stop after N optimiser steps in total (the lr schedule still spans --epochs); for smoke runs",
+        help="stop after N optimiser steps in total; the cosine then spans N steps unless --schedule-steps "
+        "says otherwise (0: write the initial checkpoint only)",
+    )
+    g.add_argument(
+        "--schedule-steps",
+        type=int,
+        metavar="N",
+        help="optimiser steps the cosine lr decay spans (default: the run's length, min(--max-steps, "
+        "epochs x steps/epoch); --resume keeps the checkpoint's unless this is given)",
     )
     g.add_argument(
         "--batch-size",
@@ -235,12 +259,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write DIR/tensorboard even when tensorboard is installed",
     )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g = p.add_argument_group("collapse monitors")
     g.add_argument(
         "--collapse-warn",
         type=finite_float,
         metavar="X",
-        help=f"warn when the collapse monitor falls below this or to half its best (default {D.collapse_warn})",
+        help=f"warn when backbone_std falls below X (default {D.collapse_warn}; a random ResNet reads 0.5-0.8)",
     )
+    g.add_argument(
+        "--rankme-window",
+        type=int,
+        metavar="N",
+        help=f"backbone feature rows (the epoch's last, view 1) whose effective rank is backbone_rankme "
+        f"(default {D.rankme_window})",
+    )
+    g.add_argument(
+        "--stop-on-collapse",
+        action=argparse.BooleanOptionalAction,
+        help="stop (exit status 5) after --collapse-patience epochs in a row below --collapse-min-std or "
+        "--collapse-min-rank; such epochs are not saved, so checkpoint.pt keeps the last good one",
+    )
+    g.add_argument(
+        "--collapse-min-std",
+        type=finite_float,
+        metavar="X",
+        help=f"--stop-on-collapse level of backbone_std (default {D.collapse_min_std})",
+    )
+    g.add_argument(
+        "--collapse-min-rank",
+        type=finite_float,
+        metavar="X",
+        help=f"--stop-on-collapse level of backbone_rankme (default {D.collapse_min_rank})",
+    )
+    g.add_argument(
+        "--collapse-patience",
+        type=int,
+        metavar="N",
+        help=f"epochs in a row below a level before --stop-on-collapse stops (default {D.collapse_patience})",
+    )
+    g = p.add_argument_group("outputs")
     g.add_argument(
         "--export-backbone",
         metavar="FILE",
@@ -299,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 4
+    except CollapseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 5
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError) as error:
         if os.environ.get("CLUSIAM_DEBUG"):
             raise

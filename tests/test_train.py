@@ -79,7 +79,9 @@ def test_every_method_trains_one_epoch(patches, tmp_path, method, extra):
     assert result.status == "complete" and result.step == 6
     (row,) = _rows(tmp_path / "run" / "log.csv")
     assert math.isfinite(float(row["loss"])) and math.isfinite(float(row["inv_loss"]))
-    assert 0.5 < float(row["collapse_std"]) < 1.5  # far from collapse after one short epoch
+    assert 0.5 < float(row["projection_std"]) < 1.5  # far from collapse after one short epoch
+    assert 0.1 < float(row["backbone_std"]) < 1.5 and float(row["backbone_rankme"]) > 2
+    assert row["partial"] == "0"
     assert float(row["images_per_s"]) > 0
     steps = _rows(tmp_path / "run" / "steps.csv")
     assert [int(r["step"]) for r in steps] == list(range(1, 7))
@@ -141,7 +143,17 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(patches, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    keys = ("loss", "inv_loss", "cluster_loss", "active_clusters", "active_clusters_gumbel", "collapse_std")
+    keys = (
+        "loss",
+        "inv_loss",
+        "cluster_loss",
+        "active_clusters",
+        "active_clusters_gumbel",
+        "projection_std",
+        "backbone_std",
+        "backbone_rankme",
+        "assigner_entropy",
+    )
     assert [[r[k] for k in keys] for r in _rows(tmp_path / "a" / "log.csv")] == [
         [r[k] for k in keys] for r in _rows(tmp_path / "b" / "log.csv")
     ]

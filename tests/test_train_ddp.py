@@ -78,8 +78,9 @@ def test_two_process_ddp_trains_and_resumes_exactly(patches, tmp_path):
         p.name for p in (tmp_path / "a").iterdir()
     ) == ["checkpoint.pt", "log.csv", "norm_stats.json", "steps.csv", "train_config.json", "training.png"]
 
-    # Stop mid-epoch 2 (step 4 of 6), resume: the same weights as the uninterrupted run.
-    _torchrun(patches, tmp_path / "b", "--max-steps", "4")
+    # Stop mid-epoch 2 (step 4 of 6), resume: the same weights as the uninterrupted run. --schedule-steps 6
+    # gives the short first run the full run's cosine (else it spans its 4 steps); the resume keeps it.
+    _torchrun(patches, tmp_path / "b", "--max-steps", "4", "--schedule-steps", "6")
     _torchrun(patches, tmp_path / "b", "--resume", "--max-steps", "6")
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert b["step"] == 6

@@ -17,7 +17,7 @@ from clusiam_fast.train import build_parser, config_from_args
 from clusiam_fast.training import TrainConfig, invariance_loss, training_loss
 from clusiam_fast.training.ddp import DistContext
 from clusiam_fast.training.loader import ResumableSampler, TwoViewDataset, resolve_source
-from clusiam_fast.training.monitors import EpochMeter, collapse_std
+from clusiam_fast.training.monitors import EpochMeter, collapse_std, rankme, step_monitors
 from clusiam_fast.training.norm_stats import load_or_compute_stats
 from clusiam_fast.training.schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
 
@@ -161,12 +161,15 @@ def test_collapse_monitor_and_active_clusters():
     z = torch.randn(512, 256, generator=torch.Generator().manual_seed(0))
     assert 0.9 < collapse_std(z).item() < 1.1
     assert collapse_std(torch.ones(512, 256) + 1e-4 * z).item() < 0.05
-    meter = EpochMeter(6, torch.device("cpu"))
-    terms = training_loss(_pair(k=6), form="simsiam", alpha=0.5, gumbel=False, impl="reference")
-    meter.update(terms, torch.tensor(1.0), 6)
+    meter = EpochMeter(6, torch.device("cpu"), feature_dim=16, window=4)
+    pair = _pair(k=6)
+    terms = training_loss(pair, form="simsiam", alpha=0.5, gumbel=False, impl="reference")
+    meter.update(terms, step_monitors(pair._replace(h1=pair.z1)), 6)
     row = meter.summary(DistContext())
     assert row["active_clusters"] == len(set(terms.assign.tolist()))
     assert row["loss"] == pytest.approx(terms.total.item())
+    assert row["backbone_std"] == pytest.approx(collapse_std(pair.z1).item())
+    assert row["backbone_rankme"] == pytest.approx(rankme(pair.z1[-4:]).item())  # the window: the last 4 rows
 
 
 def test_config_defaults_per_method_and_errors():

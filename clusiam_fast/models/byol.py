@@ -45,12 +45,13 @@ class BYOL(SelfSupervisedModel):
         torch._foreach_lerp_(self.target_parameters(), self.online_parameters(), 1.0 - self.momentum)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> PairOutput:
-        z1, z2 = self.project(x1), self.project(x2)
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        z1, z2 = self.projector(h1), self.projector(h2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             t1 = self.target_projector(self.target_backbone(x1))
             t2 = self.target_projector(self.target_backbone(x2))
-        return PairOutput(z1, z2, p1, p2, t1, t2, self.assign(z1), self.assign(z2))
+        return PairOutput(z1, z2, p1, p2, t1, t2, self.assign(z1), self.assign(z2), h1, h2)
 
 
 METHOD = MethodSpec(

@@ -56,7 +56,7 @@ def build_model(
     Example::
 
         model = build_model("clusiam", num_clusters=100)
-        out = model(view1, view2)           # PairOutput(z1, z2, p1, p2, t1, t2, a1, a2)
+        out = model(view1, view2)           # PairOutput(z1, z2, p1, p2, t1, t2, a1, a2, h1, h2)
         feats = model.features(images)      # (N, 512)
     """
     try:

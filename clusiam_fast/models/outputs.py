@@ -17,6 +17,8 @@ class PairOutput(NamedTuple):
             projections themselves for SimSiam, the momentum encoder's for BYOL.
             The invariance loss pairs ``p1`` with ``t2`` and ``p2`` with ``t1``.
         a1, a2: cluster-assigner logits (N, K), or None for simsiam / byol.
+        h1, h2: the online backbone's pooled features (N, F), with gradient, computed
+            on the way to z (no extra forward); the trainer's collapse monitors read them.
 
     A NamedTuple (not a dataclass) so DistributedDataParallel and torch.compile
     see through it.
@@ -30,3 +32,5 @@ class PairOutput(NamedTuple):
     t2: torch.Tensor
     a1: torch.Tensor | None = None
     a2: torch.Tensor | None = None
+    h1: torch.Tensor | None = None
+    h2: torch.Tensor | None = None

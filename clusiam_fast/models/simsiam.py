@@ -26,11 +26,12 @@ class SimSiam(SelfSupervisedModel):
     method = "simsiam"
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> PairOutput:
-        z1, z2 = self.project(x1), self.project(x2)
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        z1, z2 = self.projector(h1), self.projector(h2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         # The cluster head sees z with gradient (it trains the encoder too); only the
         # centroids inside the cluster loss use z detached.
-        return PairOutput(z1, z2, p1, p2, z1.detach(), z2.detach(), self.assign(z1), self.assign(z2))
+        return PairOutput(z1, z2, p1, p2, z1.detach(), z2.detach(), self.assign(z1), self.assign(z2), h1, h2)
 
 
 METHOD = MethodSpec(

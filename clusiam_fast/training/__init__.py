@@ -12,6 +12,7 @@ The names below are imported on first use, so ``clusiam_fast.training.config`` (
 from importlib import import_module
 
 _LAZY = {
+    "CollapseError": ".loop",
     "CollapseWarning": ".loop",
     "LossTerms": ".objective",
     "NonFiniteLossError": ".loop",

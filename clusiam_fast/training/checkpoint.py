@@ -8,7 +8,9 @@
 - ``optimizer`` and ``scaler`` state dicts;
 - ``ranks``: per rank, the RNG states (torch CPU/CUDA, numpy, python, the Gumbel
   generator) and the partial epoch's meters, gathered to rank 0;
-- ``records`` (the logged rows), ``norm_stats``, ``world_size``, ``complete``.
+- ``records`` (the logged rows), ``norm_stats``, ``world_size``, ``complete``;
+- ``schedule``: ``{"steps": N, "source": "..."}``, the optimiser steps the cosine
+  spans and what set them; a resumed run keeps it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def save_checkpoint(
     norm_stats: dict[str, Any],
     complete: bool,
     keep_as: str | None = None,
+    schedule: dict[str, Any] | None = None,
 ) -> Path | None:
     """Collective: every rank calls it; rank 0 writes ``out_dir/checkpoint.pt`` atomically.
 
@@ -102,6 +105,7 @@ def save_checkpoint(
         "norm_stats": norm_stats,
         "world_size": ctx.world,
         "complete": complete,
+        "schedule": schedule,
     }
     path = out_dir / CHECKPOINT
     atomic_torch_save(ckpt, path)

@@ -17,6 +17,11 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the weights became NaN or infinite; the last good checkpoint was left untouched."""
 
 
+class CollapseError(RuntimeError):
+    """--stop-on-collapse: a backbone monitor stayed below its threshold; the last good checkpoint was kept.
+    The CLI exits with status 5."""
+
+
 class OutPathError(NotADirectoryError):
     """--out names a file (or lies under one): the run folder cannot be made. The CLI exits with status 4."""
 
@@ -52,6 +57,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 50
     max_steps: int | None = None
+    schedule_steps: int | None = None  # steps the cosine spans; None: min(--max-steps, epochs x steps/epoch)
     batch_size: int = 512
     lr: float = 0.05
     momentum: float = 0.9
@@ -79,7 +85,13 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     export_backbone: str | None = None
-    collapse_warn: float = 0.3
+    collapse_warn: float = 0.2  # warn when backbone_std falls below this
+    # collapse monitors (see training/monitors.py)
+    rankme_window: int = 2048
+    stop_on_collapse: bool = False
+    collapse_min_std: float = 0.1
+    collapse_min_rank: float = 2.0
+    collapse_patience: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,7 +151,17 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"--{flag} {what}, got {getattr(self, flag.replace('-', '_'))!r}")
 
-        for flag in ("lr", "momentum", "weight-decay", "tau", "alpha", "ema-momentum", "collapse-warn"):
+        for flag in (
+            "lr",
+            "momentum",
+            "weight-decay",
+            "tau",
+            "alpha",
+            "ema-momentum",
+            "collapse-warn",
+            "collapse-min-std",
+            "collapse-min-rank",
+        ):
             value = getattr(self, flag.replace("-", "_"))
             need(value is None or math.isfinite(value), flag, "must be a finite number")
         need(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
@@ -151,6 +173,9 @@ class TrainConfig:
         need(self.tau > 0, "tau", "must be > 0")
         need(self.epochs >= 0, "epochs", "must be >= 0")
         need(self.max_steps is None or self.max_steps >= 0, "max-steps", "must be >= 0")
+        need(self.schedule_steps is None or self.schedule_steps >= 1, "schedule-steps", "must be >= 1")
+        need(self.rankme_window >= 2, "rankme-window", "must be >= 2")
+        need(self.collapse_patience >= 1, "collapse-patience", "must be >= 1")
         need(self.batch_size >= 2, "batch-size", "must be >= 2 (BatchNorm needs two samples)")
         need(self.lr > 0, "lr", "must be > 0")
         need(self.momentum >= 0, "momentum", "must be >= 0")

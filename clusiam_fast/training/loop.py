@@ -10,6 +10,16 @@ Before every save the weights, buffers, optimiser state (and gradients, without 
 float16 loss scaler) are checked for NaN / inf in one fused reduction: a run that
 diverged stops with :class:`NonFiniteLossError` and never overwrites the last good
 checkpoint.
+
+Collapse (see :mod:`.monitors`): each epoch's ``backbone_std`` and
+``backbone_rankme`` are compared with ``collapse_min_std`` / ``collapse_min_rank``.
+With ``stop_on_collapse`` an epoch below either is not saved (checkpoint.pt keeps
+the last epoch above them), and after ``collapse_patience`` such epochs in a row,
+or when the last epoch is one, the run stops with :class:`CollapseError`.
+``collapse_warn`` only warns (:class:`CollapseWarning`) when backbone_std falls below it.
+
+Schedule: the cosine spans ``schedule_steps`` when given, else the run's length,
+min(``max_steps``, epochs x steps per epoch); a resumed run keeps the checkpoint's.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from ..models.factory import MODEL_KEYS
 from ..utils.atomic import atomic_write_json, remove_stale_temps
 from ..utils.threads import torch_threads
 from .checkpoint import CHECKPOINT, read_resume_checkpoint, restore_rank_state, save_checkpoint
-from .config import NonFiniteLossError, OutPathError, TrainConfig
+from .config import CollapseError, NonFiniteLossError, OutPathError, TrainConfig
 from .curves import plot_training
 from .ddp import DistContext, cleanup_distributed, setup_distributed
 from .loader import build_train_loader, resolve_source
@@ -42,11 +52,11 @@ from .schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
 from .step import TrainStep, resolve_amp_dtype
 from .stop import StopSignal
 
-__all__ = ["CollapseWarning", "NonFiniteLossError", "OutPathError", "TrainResult", "train"]
+__all__ = ["CollapseError", "CollapseWarning", "NonFiniteLossError", "OutPathError", "TrainResult", "train"]
 
 
 class CollapseWarning(UserWarning):
-    """The collapse monitor fell: the projections are losing their spread."""
+    """The backbone collapse monitor fell below --collapse-warn: the features are losing their spread."""
 
 
 @dataclass
@@ -58,15 +68,17 @@ class TrainResult:
     status: str  # "complete", "interrupted" or "max_steps"
     epoch: int  # completed epochs
     step: int  # optimiser steps so far
-    epochs: list[dict[str, Any]]  # the log.csv rows
+    epochs: list[dict[str, Any]]  # the log.csv rows of whole epochs
     backbone: Path | None = None
+    partial: dict[str, Any] | None = None  # the last log.csv row when the run stopped mid-epoch
 
 
 def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train (or, with ``config.resume``, continue) a run; see :class:`TrainConfig` for the settings.
 
     ``on_step(step)`` is called after every optimiser step (progress hooks, tests).
-    Raises :class:`NonFiniteLossError` when the loss stops being finite. A Ctrl-C
+    Raises :class:`NonFiniteLossError` when the loss stops being finite and, with
+    ``stop_on_collapse``, :class:`CollapseError` when the backbone collapses. A Ctrl-C
     or SIGTERM saves a checkpoint and returns with ``status="interrupted"``.
     """
     cfg = config.resolved()
@@ -111,7 +123,8 @@ class _Trainer:
         self.out = Path(cfg.out)
         self.ckpt_path = self.out / CHECKPOINT
         self.epoch = self.epoch_step = self.step = 0
-        self._best_collapse = 0.0
+        self._collapse_streak, self._collapse_why = 0, ""  # epochs in a row below the thresholds, and why
+        self._partial: dict[str, Any] | None = None  # the unfinished epoch's row, when the run stops mid-epoch
         self._saved: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
         self._written: list[str] = []  # what this run wrote into OUT, for the final report
 
@@ -216,7 +229,25 @@ class _Trainer:
             else model
         )
 
-    def _setup_training(self) -> None:
+    def _resolve_schedule(self, ckpt: dict[str, Any] | None) -> tuple[int, str]:
+        """(steps the cosine spans, what set them): --schedule-steps, else the checkpoint's on resume, else the
+        run's length min(--max-steps, epochs x steps/epoch); --max-steps 0 (initial checkpoint) spans the epochs."""
+        cfg, per_epoch = self.cfg, self.steps_per_epoch
+        saved = ckpt.get("schedule") if ckpt is not None else None
+        if cfg.schedule_steps is not None and (
+            ckpt is None or cfg.schedule_steps != ckpt["config"].get("schedule_steps")
+        ):
+            return cfg.schedule_steps, "--schedule-steps" + (", replacing the checkpoint's" if ckpt else "")
+        if saved:
+            return saved["steps"], f"{saved['source']}, kept from the checkpoint"
+        run_steps = cfg.epochs * per_epoch
+        if ckpt is not None:  # a checkpoint from before the schedule was saved: it spanned --epochs
+            return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
+        if cfg.max_steps and cfg.max_steps < run_steps:
+            return cfg.max_steps, f"--max-steps {cfg.max_steps}"
+        return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
+
+    def _setup_training(self, ckpt: dict[str, Any] | None) -> None:
         """Loader, schedule, optimiser, scaler, Gumbel generator, step, meters and records."""
         cfg, ctx = self.cfg, self.ctx
         self.loader = build_train_loader(self.source, cfg, ctx, self.norm_stats["mean"], self.norm_stats["std"])
@@ -226,7 +257,7 @@ class _Trainer:
                 f"data {self.source.path}: {len(self.source)} images make no full batch of {cfg.batch_size} "
                 f"over {ctx.world} process(es); lower --batch-size or add images"
             )
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.total_steps, self.schedule_source = self._resolve_schedule(ckpt)
         self.init_lr = scaled_lr(cfg.lr, cfg.batch_size)
         if self.init_lr > torch.finfo(torch.float32).max:
             raise ValueError(
@@ -241,7 +272,9 @@ class _Trainer:
         self.trainstep = TrainStep(
             self.model, self.optimizer, self.scaler, cfg, ctx.device, self.generator, ctx.distributed
         )
-        self.meter = EpochMeter(self.raw_model.num_clusters, ctx.device)
+        self.meter = EpochMeter(
+            self.raw_model.num_clusters, ctx.device, feature_dim=self.raw_model.feature_dim, window=cfg.rankme_window
+        )
         self.records = RunRecords(self.out, tensorboard=cfg.tensorboard, enabled=ctx.is_main)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -272,7 +305,7 @@ class _Trainer:
         self._prepare_out()
         self._setup_norm_stats(ckpt)
         self._setup_model(ckpt)
-        self._setup_training()
+        self._setup_training(ckpt)
         if ckpt is not None:
             self._restore(ckpt)
         self.records.start(self.step)
@@ -290,7 +323,8 @@ class _Trainer:
         return (
             f"{cfg.method} {cfg.arch}{alpha} | {len(self.source)} patches ({self.source.kind} {self.source.path}) | "
             f"batch {cfg.batch_size} over {ctx.world} process(es) on {ctx.device}, {amp} | crop {cfg.crop_size} | "
-            f"lr {self.init_lr:.4g} cosine over {self.total_steps} steps | {self.steps_per_epoch} steps/epoch, "
+            f"lr {self.init_lr:.4g} cosine over {self.total_steps} steps ({self.schedule_source}) | "
+            f"{self.steps_per_epoch} steps/epoch, "
             f"{cfg.epochs} epochs | loader {cfg.loader}"
         )
 
@@ -349,6 +383,7 @@ class _Trainer:
             norm_stats=self.norm_stats,
             complete=complete,
             keep_as=f"epoch_{self.epoch:04d}.pt" if keep else None,
+            schedule={"steps": self.total_steps, "source": self.schedule_source.split(", ")[0]},
         )
         if self.ctx.is_main:
             atomic_write_json(self.out / "train_config.json", dataclasses.asdict(self.cfg))
@@ -358,20 +393,23 @@ class _Trainer:
                 self._written.append(name)
 
     def write_logs(self) -> None:
+        """log.csv, steps.csv and training.png, with the unfinished epoch's row when the run stopped mid-epoch."""
         if not self.ctx.is_main:
             return
-        self.records.write()
+        self.records.write(self._partial)
         for name in ("log.csv", "steps.csv"):
             if name not in self._written:
                 self._written.append(name)
         try:
             plot_training(
-                self.records.epochs,
+                self.records.epochs + ([{**self._partial, "partial": 1}] if self._partial else []),
                 self.records.steps,
                 self.out / "training.png",
                 title=f"{self.cfg.method} - {self.out}",
                 collapse_warn=self.cfg.collapse_warn,
                 num_clusters=self.cfg.num_clusters if self.cfg.has_clusters else None,
+                min_std=self.cfg.collapse_min_std if self.cfg.stop_on_collapse else None,
+                min_rank=self.cfg.collapse_min_rank if self.cfg.stop_on_collapse else None,
             )
             if "training.png" not in self._written:
                 self._written.append("training.png")
@@ -408,11 +446,11 @@ class _Trainer:
         for view1, view2 in self.loader:
             lr = cosine_lr(self.init_lr, self.step, self.total_steps)
             set_lr(self.optimizer, lr, self.init_lr)
-            terms, collapse = self.trainstep(view1, view2)
+            terms, monitors = self.trainstep(view1, view2)
             self.step += 1
             self.epoch_step += 1
             images += view1.shape[0] * ctx.world
-            self.meter.update(terms, collapse, view1.shape[0] * ctx.world)
+            self.meter.update(terms, monitors, view1.shape[0] * ctx.world)
             if self.on_step is not None:
                 self.on_step(self.step)
             bar.update(1)
@@ -444,17 +482,20 @@ class _Trainer:
         self.meter.skipped += len(skipped)
         for name in skipped:
             tqdm.write(f"[rank {ctx.rank}] skipped unreadable image: {name}")
+        rate = images / max(elapsed, 1e-9)
         if self.epoch_step < self.steps_per_epoch:
+            self._partial = self._epoch_row(epoch, lr, rate, elapsed)
+            self.log(
+                f"epoch {epoch + 1} (partial, {self.epoch_step} of {self.steps_per_epoch} steps): "
+                + self._summary_text(self._partial)
+            )
             return reason if reason != "epoch" else "interrupted"
-        self._finish_epoch(epoch, lr, images / max(elapsed, 1e-9), elapsed)
+        self._finish_epoch(epoch, lr, rate, elapsed)
         return reason
 
-    def _finish_epoch(self, epoch: int, lr: float, rate: float, elapsed: float) -> None:
+    def _epoch_row(self, epoch: int, lr: float, rate: float, elapsed: float) -> dict[str, Any]:
+        """The log.csv row of the epoch's steps so far (collective: every rank calls it)."""
         row = self.meter.summary(self.ctx)
-        if not all(torch.isfinite(torch.tensor([row[k] for k in ("loss", "inv_loss", "cluster_loss")]))):
-            raise self._non_finite(
-                f"the end of epoch {epoch + 1}", {k: row[k] for k in ("loss", "inv_loss", "cluster_loss")}
-            )
         skipped = self.ctx.all_reduce_sum(
             torch.tensor([self.meter.skipped], dtype=torch.float64, device=self.ctx.device)
         )
@@ -468,49 +509,104 @@ class _Trainer:
         )
         if not self.cfg.has_clusters:
             row["cluster_loss"] = None
-        self.records.add_epoch(row)
-        self.epoch, self.epoch_step = epoch + 1, 0
+        return row
+
+    def _summary_text(self, row: dict[str, Any]) -> str:
+        """The progress summary of an epoch row: losses, clusters, collapse monitors, speed."""
+        has_clusters = self.cfg.has_clusters
+
+        def num(key: str, fmt: str) -> str:
+            return "n/a" if row.get(key) is None else format(row[key], fmt)
+
         clusters = (
-            f", active clusters {row['active_clusters']} (gumbel {row['active_clusters_gumbel']})"
-            if self.cfg.has_clusters
+            f", active clusters {row['active_clusters']} (gumbel {row['active_clusters_gumbel']}), "
+            f"assigner entropy {num('assigner_entropy', '.3f')}"
+            if has_clusters
             else ""
         )
-        self.log(
-            f"epoch {epoch + 1}: loss {row['loss']:.4f} (inv {row['inv_loss']:.4f}"
-            + (f", cluster {row['cluster_loss']:.4f}" if self.cfg.has_clusters else "")
-            + f"){clusters}, collapse monitor {row['collapse_std']:.3f}, {rate:.1f} images/s"
+        return (
+            f"loss {row['loss']:.4f} (inv {row['inv_loss']:.4f}"
+            + (f", cluster {row['cluster_loss']:.4f}" if has_clusters else "")
+            + f"){clusters}, backbone std {num('backbone_std', '.3f')}, RankMe {num('backbone_rankme', '.1f')}, "
+            f"projection std {num('projection_std', '.3f')}, {row['images_per_s']:.1f} images/s"
         )
-        self._check_collapse(row["collapse_std"], epoch + 1)
 
-    def _check_collapse(self, value: float, epoch: int) -> None:
-        self._best_collapse = max(self._best_collapse, value)
-        if not self.ctx.is_main:
-            return
-        if value < self.cfg.collapse_warn or value < 0.5 * self._best_collapse:
+    def _finish_epoch(self, epoch: int, lr: float, rate: float, elapsed: float) -> None:
+        row = self._epoch_row(epoch, lr, rate, elapsed)
+        if not all(torch.isfinite(torch.tensor([row[k] or 0.0 for k in ("loss", "inv_loss", "cluster_loss")]))):
+            raise self._non_finite(
+                f"the end of epoch {epoch + 1}", {k: row[k] for k in ("loss", "inv_loss", "cluster_loss")}
+            )
+        self.records.add_epoch(row)
+        self.epoch, self.epoch_step = epoch + 1, 0
+        self.log(f"epoch {epoch + 1}: " + self._summary_text(row))
+        self._check_collapse(row, epoch + 1)
+
+    def _below_thresholds(self, row: dict[str, Any]) -> str:
+        """Which backbone monitor is below its --stop-on-collapse threshold ("" when none)."""
+        cfg = self.cfg
+        std, rank = row.get("backbone_std"), row.get("backbone_rankme")
+        if std is not None and std < cfg.collapse_min_std:
+            return f"backbone_std (std of the normalised backbone features x sqrt(dim)) = {std:.4g} < --collapse-min-std {cfg.collapse_min_std:g}"
+        if rank is not None and rank < cfg.collapse_min_rank:
+            return f"backbone_rankme (effective rank of the backbone features) = {rank:.4g} < --collapse-min-rank {cfg.collapse_min_rank:g}"
+        return ""
+
+    def _check_collapse(self, row: dict[str, Any], epoch: int) -> None:
+        why = self._below_thresholds(row)
+        self._collapse_streak = self._collapse_streak + 1 if why else 0
+        self._collapse_why = why
+        if why and self.cfg.stop_on_collapse:
+            self.log(
+                f"epoch {epoch}: {why} ({self._collapse_streak} of --collapse-patience {self.cfg.collapse_patience} "
+                f"epoch(s) in a row); not saved: {self._on_disk()}"
+            )
+        value = row.get("backbone_std")
+        if self.ctx.is_main and value is not None and value < self.cfg.collapse_warn:
             warnings.warn(
-                f"epoch {epoch}: collapse monitor std(normalised z)*sqrt(dim) = {value:.3f} (best {self._best_collapse:.3f}, "
-                f"warning level {self.cfg.collapse_warn}); the projections are losing their spread. Consider an "
-                f"earlier checkpoint (--keep-every), a lower --lr or a larger batch.",
+                f"epoch {epoch}: collapse monitor backbone_std = std(normalised backbone features) * sqrt(dim) = "
+                f"{value:.3f}, below the warning level {self.cfg.collapse_warn} (RankMe "
+                f"{row.get('backbone_rankme') or float('nan'):.1f}); the backbone features are losing their spread. "
+                "Consider an earlier checkpoint (--keep-every), a lower --lr, a larger batch, or --stop-on-collapse.",
                 CollapseWarning,
                 stacklevel=2,
             )
+
+    def _collapse_error(self) -> CollapseError:
+        cfg = self.cfg
+        return CollapseError(
+            f"backbone collapse at the end of epoch {self.epoch}: {self._collapse_why}, {self._collapse_streak} "
+            f"epoch(s) in a row (--collapse-patience {cfg.collapse_patience}); --stop-on-collapse stopped the run: "
+            f"{self._on_disk()}. log.csv and training.png show every epoch. Lower --lr, enlarge the batch, or set "
+            "--collapse-min-std / --collapse-min-rank."
+        )
 
     # ---------------------------------------------------------------- the job
     def run(self) -> TrainResult:
         cfg = self.cfg
         self.setup()
-        for row in self.records.epochs:
-            self._best_collapse = max(self._best_collapse, row.get("collapse_std") or 0.0)
         self.log(self._describe())
         status = "complete"
         with StopSignal() as stop:
             for epoch in range(self.epoch, cfg.epochs):
                 if self._max_steps_reached():
                     status = "max_steps"
+                    if self._saved is None:  # --max-steps 0 on a new run: the initial state, as asked
+                        self.save(complete=False)
+                        self.write_logs()
                     break
                 reason = self.run_epoch(epoch, stop)
                 if self.epoch == epoch + 1:  # the epoch completed
                     last = self.epoch == cfg.epochs
+                    if cfg.stop_on_collapse and self._collapse_streak:  # below the thresholds: keep the last good one
+                        self.write_logs()
+                        if self._collapse_streak >= cfg.collapse_patience or last:
+                            status = "collapsed"
+                            break
+                        if reason != "epoch":
+                            status = reason
+                            break
+                        continue
                     keep = cfg.keep_every > 0 and self.epoch % cfg.keep_every == 0
                     if last or keep or reason != "epoch" or self.epoch % cfg.save_every == 0:
                         self.save(complete=last, keep=keep)
@@ -519,28 +615,39 @@ class _Trainer:
                         status = reason
                         break
                 else:
-                    self.save(complete=False)
+                    if not (cfg.stop_on_collapse and self._collapse_streak):
+                        self.save(complete=False)
                     self.write_logs()
                     status = reason
                     break
         self.records.close()
+        if status == "collapsed":
+            self.ctx.barrier()
+            raise self._collapse_error()
         backbone = None
         if cfg.export_backbone and status != "interrupted" and self.ctx.is_main:
             backbone = export_backbone(self.raw_model, cfg.export_backbone)
             self._written.append(str(backbone))
         self.ctx.barrier()
         self._report(status, backbone)
-        return TrainResult(self.out, self.ckpt_path, status, self.epoch, self.step, list(self.records.epochs), backbone)
+        return TrainResult(
+            self.out, self.ckpt_path, status, self.epoch, self.step, list(self.records.epochs), backbone, self._partial
+        )
 
     def _report(self, status: str, backbone: Path | None) -> None:
+        unsaved = self.cfg.stop_on_collapse and self._collapse_streak > 0  # the state is below the thresholds
         what = {
             "complete": f"training complete ({self.epoch} epochs, {self.step} steps)",
-            "interrupted": f"interrupted at epoch {self.epoch + 1}, step {self.step}: checkpoint saved; "
-            "run the same command with --resume to continue exactly",
+            "interrupted": f"interrupted at epoch {self.epoch + 1}, step {self.step}: "
+            + ("" if unsaved else "checkpoint saved; run the same command with --resume to continue exactly"),
             "max_steps": f"stopped at --max-steps {self.cfg.max_steps} (epoch {self.epoch + 1}, step {self.step}); "
             "--resume with a larger --max-steps continues",
         }[status]
         lines = [what]
+        if unsaved and status != "complete":
+            lines.append(
+                f"not saved, the last epoch was below the collapse thresholds ({self._collapse_why}): {self._on_disk()}"
+            )
         if CHECKPOINT not in self._written:
             why = (
                 f"--max-steps {self.cfg.max_steps} already reached"
@@ -550,8 +657,8 @@ class _Trainer:
             lines.append(f"nothing to train ({why}): no checkpoint or log written")
         described = {
             CHECKPOINT: "model + optimiser + RNG state (load with clusiam_fast.models.load_checkpoint)",
-            "log.csv": "per-epoch and per-step losses, lr, active clusters, collapse monitor, images/s",
-            "training.png": "loss curves, active clusters, collapse monitor, lr",
+            "log.csv": "per-epoch and per-step losses, lr, active clusters, collapse monitors, images/s",
+            "training.png": "loss curves, active clusters, collapse monitors, lr",
         }
         written = [n for n in self._written if n != "steps.csv" and (backbone is None or n != str(backbone))]
         if written:

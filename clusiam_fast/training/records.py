@@ -3,7 +3,12 @@ and the same scalars in TensorBoard (``OUT/tensorboard``) when it is installed.
 
 Rows live in memory and in the checkpoint, and the CSV files are rewritten
 atomically at each epoch end, so after a resume they hold exactly the rows of
-the steps the model has seen.
+the steps the model has seen. A run that stops mid-epoch (--max-steps, Ctrl-C)
+adds one last row for the steps done so far, ``partial`` = 1 (0 on whole epochs);
+that row is never stored: the resumed run replaces it by the whole epoch's.
+
+Collapse-monitor columns (see :mod:`.monitors`): ``backbone_std``,
+``backbone_rankme``, ``projection_std`` and, with a cluster head, ``assigner_entropy``.
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ EPOCH_FIELDS = (
     "cluster_loss",
     "active_clusters",
     "active_clusters_gumbel",
-    "collapse_std",
+    "assigner_entropy",
+    "backbone_std",
+    "backbone_rankme",
+    "projection_std",
     "images_per_s",
     "skipped_images",
     "epoch_time_s",
+    "partial",
 )
 STEP_FIELDS = ("step", "epoch", "lr", "loss", "inv_loss", "cluster_loss")
 
@@ -74,15 +83,19 @@ class RunRecords:
     def add_epoch(self, row: dict[str, Any]) -> None:
         self.epochs.append(row)
         if self._tb is not None:
-            for key in EPOCH_FIELDS[2:]:
+            for key in EPOCH_FIELDS[2:-1]:
                 if isinstance(row.get(key), (int, float)):
                     self._tb.add_scalar(f"epoch/{key}", row[key], row["epoch"])
             self._tb.flush()
 
-    def write(self) -> None:
+    def write(self, partial: dict[str, Any] | None = None) -> None:
+        """Rewrite log.csv and steps.csv; ``partial``: the unfinished epoch's row, written last."""
         if not self.enabled:
             return
-        atomic_write_text(self.out_dir / "log.csv", _csv_text(EPOCH_FIELDS, self.epochs))
+        epochs = [{**row, "partial": 0} for row in self.epochs]
+        if partial is not None:
+            epochs.append({**partial, "partial": 1})
+        atomic_write_text(self.out_dir / "log.csv", _csv_text(EPOCH_FIELDS, epochs))
         atomic_write_text(self.out_dir / "steps.csv", _csv_text(STEP_FIELDS, self.steps))
 
     def close(self) -> None:
@@ -94,4 +107,8 @@ class RunRecords:
         return {"epochs": list(self.epochs), "steps": list(self.steps)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epochs, self.steps = list(state["epochs"]), list(state["steps"])
+        # rows of checkpoints from before the backbone monitors call the projection monitor collapse_std
+        self.epochs = [
+            {("projection_std" if k == "collapse_std" else k): v for k, v in row.items()} for row in state["epochs"]
+        ]
+        self.steps = list(state["steps"])

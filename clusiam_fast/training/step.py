@@ -11,7 +11,7 @@ import torch
 
 from ..models import method_spec, unwrap
 from .config import TrainConfig
-from .monitors import collapse_std
+from .monitors import StepMonitors, step_monitors
 from .objective import LossTerms, training_loss
 
 
@@ -36,7 +36,10 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
 
 
 class TrainStep:
-    """Callable ``(view1, view2) -> (LossTerms, collapse_std)`` that also updates the model.
+    """Callable ``(view1, view2) -> (LossTerms, StepMonitors)`` that also updates the model.
+
+    The monitors (projection and backbone std, backbone features for RankMe) come from
+    the forward the loss used; they stay on the device.
 
     ``model`` may be wrapped in DistributedDataParallel; the loss then computes the
     cluster centroids over the global batch (``process_group="default"``).
@@ -66,7 +69,7 @@ class TrainStep:
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
-    def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[LossTerms, StepMonitors]:
         x1, x2 = self._to_device(view1), self._to_device(view2)
         with autocast_context(self.device, self.amp_dtype):
             out = self.model(x1, x2)
@@ -88,4 +91,4 @@ class TrainStep:
         self.scaler.update()
         if self.ema:
             unwrap(self.model).update_target()
-        return terms, collapse_std(out.z1)
+        return terms, step_monitors(out)
