@@ -15,14 +15,18 @@ line, its inputs' hashes) and its outputs exist; a step whose settings changed r
 again, and so do the steps after it. A training step that was killed continues from its
 checkpoint (``--resume``, exact); one whose settings changed starts over (``--overwrite``).
 
-Each step runs as a subprocess (``python -m clusiam_fast.train`` / ``extract`` /
-``evaluate``, the same interpreter): every method starts from a fresh torch state
-(threads, RNG, allocator), a crash is confined to its step and its log, and the commands
-in ``<step>.done.json`` can be pasted to repeat a step by hand.
+Training runs as a subprocess (``python -m clusiam_fast.train``, the same interpreter):
+every method starts from a fresh torch state (threads, RNG, allocator, CUDA context), a
+crash is confined to its step and its log, and Ctrl-C / SIGTERM reach the trainer, which
+saves its checkpoint. Extraction and evaluation run in this process through the CLIs'
+``main(argv)`` (the same flags and code path; it saves a torch start-up per step), their
+console output in the step's log; an exception there fails that method's step only. The
+command lines in ``<step>.done.json`` repeat a step by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -69,6 +73,12 @@ class Step:
         if not (self.marker.is_file() and self.output.exists()):
             return False
         return json.loads(self.marker.read_text()).get("hash") == self.hash
+
+
+@contextlib.contextmanager
+def _redirected(log):
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        yield
 
 
 def _seed(cfg: StudyConfig) -> int:
@@ -155,18 +165,13 @@ class Study:
             return [*cmd, *step.argv, "--out", str(step.folder), "--resume" if resume else "--overwrite", *step.extra]
         return [*cmd, *step.argv, "--out", str(step.folder), *step.extra]
 
-    def _execute(self, step: Step) -> dict[str, Any]:
-        step.folder.parent.mkdir(parents=True, exist_ok=True)
-        cmd = self._command(step)
-        if step.kind == "train":
-            atomic_write_json(step.folder.parent / "train.started.json", {"hash": step.hash, "command": cmd})
-        start = time.time()
+    def _subprocess(self, cmd: list[str], step: Step) -> int:
         log = None if self.show_output else open(step.log, "w")
         try:
             child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
             try:
-                rc = child.wait()
-            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: let the child save (the trainer checkpoints), then stop
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: let the trainer save its checkpoint, then stop
                 child.send_signal(signal.SIGINT)
                 try:
                     child.wait(timeout=120)
@@ -176,6 +181,32 @@ class Study:
         finally:
             if log is not None:
                 log.close()
+
+    def _in_process(self, argv: list[str], step: Step) -> int:
+        """extract / evaluate through their CLI ``main(argv)``, the console output into the step's log."""
+        import traceback
+
+        from .. import evaluate, extract
+
+        main = {"extract": extract.main, "evaluate": evaluate.main}[step.kind]
+        with open(step.log, "w") as log:
+            streams = contextlib.nullcontext() if self.show_output else _redirected(log)
+            with streams:
+                try:
+                    return main(argv)
+                except SystemExit as error:  # argparse: a bad flag (the config checks should have caught it)
+                    return error.code if isinstance(error.code, int) else 2
+                except Exception:  # a crash fails this method's step, not the study
+                    traceback.print_exc(file=log if not self.show_output else sys.stderr)
+                    return 1 if step.kind != "extract" else 3
+
+    def _execute(self, step: Step) -> dict[str, Any]:
+        step.folder.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self._command(step)
+        if step.kind == "train":
+            atomic_write_json(step.folder.parent / "train.started.json", {"hash": step.hash, "command": cmd})
+        start = time.time()
+        rc = self._subprocess(cmd, step) if step.kind == "train" else self._in_process(cmd[3:], step)
         seconds = time.time() - start
         # extract exits 1 when some patches or slides failed (listed in extract.json); the bags are usable
         ok = rc == 0 or (step.kind == "extract" and rc == 1 and step.output.exists())
@@ -192,7 +223,7 @@ class Study:
                 },
             )
         else:
-            tail = step.log.read_text(errors="replace").splitlines()[-15:] if log is not None else []
+            tail = step.log.read_text(errors="replace").splitlines()[-15:] if step.log.is_file() else []
             record["error"] = "\n".join(tail) or f"exit status {rc}"
         return record
 
