@@ -114,6 +114,7 @@ def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path):
     again = json.loads((out / "report.json").read_text())
     assert {s["status"] for s in again["steps"]} == {"up to date"}
     assert again["methods"][0]["knn"] == rows["clusiam"]["knn"]
+    assert study_main([str(cfg), "--report-only", "--quiet"]) == 0 and _markers(out) == before
 
 
 def test_a_killed_training_resumes_and_changed_settings_start_over(pcam_dir, tmp_path):

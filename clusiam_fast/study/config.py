@@ -319,7 +319,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> StudyConfig:
             raise _fail(source, "out", "missing: give out: in the config or --out on the command line")
         out = Path(os.path.expanduser(str(raw["out"])))
         out = out if out.is_absolute() else base / out
-    out = Path(out).absolute()
+    out = Path(os.path.normpath(Path(out).absolute()))
     if out.exists() and not out.is_dir():
         raise _fail(source, "out", f"{out} is a file, not a folder")
 
