@@ -8,8 +8,8 @@ Examples::
 
 The config (YAML; schema in ``clusiam_fast/study/config.py``, example in
 ``benchmarks/study_pcam.yaml``) is checked completely before anything runs. Each step
-(train, extract, evaluate of each method) runs as a subprocess with its output in
-``OUT/runs/<name>/<step>.log``, and is skipped when it already finished with the same
+(train, extract, evaluate of each method; training as a subprocess) writes its output
+to ``OUT/runs/<name>/<step>.log`` and is skipped when it already finished with the same
 settings; a killed training continues from its checkpoint.
 
 Exit status: 0 every step done, 1 a step failed (the report lists it with its log;

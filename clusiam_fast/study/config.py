@@ -275,7 +275,11 @@ def _check_methods(
             if k.replace("-", "_") in SHARED_BUDGET:
                 raise _fail(source, f"{key}.{k}", "is part of the shared budget; set it under budget: for every method")
         flags = to_flags(options, train_parser, source, key, RESERVED_TRAIN)
-        flags += _str_list(entry.get("args"), source, f"{key}.args")
+        args = _str_list(entry.get("args"), source, f"{key}.args")
+        for word in args:
+            if word.startswith("--") and word[2:].split("=")[0].replace("-", "_") in SHARED_BUDGET:
+                raise _fail(source, f"{key}.args", f"{word} is part of the shared budget; set it under budget:")
+        flags += args
         runs.append(MethodRun(name, method, flags))
     return runs, list(valid)
 

@@ -172,7 +172,7 @@ class Study:
             try:
                 return child.wait()
             except KeyboardInterrupt:  # Ctrl-C / SIGTERM: let the trainer save its checkpoint, then stop
-                child.send_signal(signal.SIGINT)
+                child.send_signal(signal.SIGTERM)  # (a second SIGINT would make it abort without saving)
                 try:
                     child.wait(timeout=120)
                 except subprocess.TimeoutExpired:
