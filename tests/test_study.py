@@ -134,6 +134,15 @@ def test_a_killed_training_resumes_and_changed_settings_start_over(pcam_dir, tmp
     # The evaluation sets were built once, disjoint: no patch both in the KNN set and in a bag.
     links = [p.resolve() for p in (cfg.out / "data" / "eval").rglob("*.jpg")]
     assert len(links) == len(set(links)) and len(list((cfg.out / "data" / "eval" / "knn").rglob("*.jpg"))) == 40
+    # A pseudo-bag is positive exactly when it holds a tumour patch (PCam class 1).
+    import csv
+
+    with open(cfg.out / "data" / "slides.csv", newline="") as f:
+        bags = list(csv.DictReader(f))
+    assert len(bags) == 24 and sum(b["split"] == "test" for b in bags) == 6
+    for bag in bags:
+        classes = {p.resolve().parent.name for p in (cfg.out / "data" / "eval" / bag["slide_id"]).iterdir()}
+        assert ("1" in classes) == (bag["label"] == "positive"), bag
 
 
 @pytest.mark.parametrize(
