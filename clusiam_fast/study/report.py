@@ -65,10 +65,13 @@ def _number(text: str | None) -> float | None:
 def monitors(train_dir: Path) -> dict[str, dict[str, list[float]]]:
     """``{column: {"step": [...], "value": [...], "from": file}}``: steps.csv where it has the column, else log.csv."""
     found: dict[str, dict[str, Any]] = {}
+    epochs = _read_csv(train_dir / "log.csv")
+    # a column the epoch log leaves blank does not apply to the method (cluster_loss of SimSiam)
+    blank = {c for c in (epochs[0] if epochs else {}) if all(_number(r.get(c)) is None for r in epochs)}
     for name in ("steps.csv", "log.csv"):
         rows = _read_csv(train_dir / name)
         for column in rows[0].keys() if rows else []:
-            if column in NOT_MONITORS or column in found:
+            if column in NOT_MONITORS or column in found or column in blank:
                 continue
             points = [(_number(r.get("step")), _number(r.get(column))) for r in rows]
             points = [(s, v) for s, v in points if s is not None and v is not None]
