@@ -6,7 +6,7 @@ trainer, slide tiling, a DALI data pipeline and MIL evaluation.
 Layering (a module imports only from rooms to its left, or from its own room; a test
 walks every import and fails on one that runs against it)::
 
-    utils < ops < formats < slides < data < models < training, tiling, evaluation < CLI modules
+    utils < ops < formats < slides < data < models < training, tiling, evaluation < CLI modules < study
 
 - ``utils``: atomic writes, optional-dependency hints, thread scopes.
 - ``ops``: the cluster loss (public function, module, reference, registration).
@@ -16,6 +16,7 @@ walks every import and fails on one that runs against it)::
 - ``models``: one file per method (CluSiam, CluBYOL, SimSiam, BYOL), backbones and heads.
 - ``training``, ``tiling``, ``evaluation`` (with ``evaluation.mil``): the three jobs.
 - CLI modules (``train``, ``tile``, ``extract``, ``evaluate``, ``shards``): argparse only.
+- ``study``: compares methods end to end by running the train / extract / evaluate CLIs.
 """
 
 from importlib import import_module

@@ -67,11 +67,54 @@ def knn_top1(
     return best_idx, best_sim
 
 
-def knn_evaluate(train: np.ndarray, train_labels: Sequence, test: np.ndarray, test_labels: Sequence, **options) -> dict:
-    """Top-1 cosine KNN from train to test: macro F1 and accuracy (scikit-learn metrics)."""
+def bootstrap_f1_accuracy(
+    y_true: np.ndarray, y_pred: np.ndarray, *, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Percentile bootstrap intervals of macro F1 and accuracy over the test patches (resampled with replacement).
+
+    Macro F1 of a resample averages the classes present in its labels or predictions, as
+    ``sklearn.metrics.f1_score(average='macro')`` does."""
+    classes, t = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    t, p = t[: len(y_true)], t[len(y_true) :]
+    rng = np.random.default_rng(seed)
+    macro, acc = np.empty(resamples), np.empty(resamples)
+    chunk = max(1, 10_000_000 // max(len(t), 1))  # at most ~10M resampled indices in memory
+    for r0 in range(0, resamples, chunk):
+        idx = rng.integers(0, len(t), size=(min(chunk, resamples - r0), len(t)))
+        tt, pp = t[idx], p[idx]
+        f1_sum, present = np.zeros(len(idx)), np.zeros(len(idx))
+        for c in range(len(classes)):
+            tp = ((tt == c) & (pp == c)).sum(1)
+            support = (tt == c).sum(1) + (pp == c).sum(1)
+            f1_sum += np.where(support > 0, 2 * tp / np.maximum(support, 1), 0.0)
+            present += support > 0
+        macro[r0 : r0 + len(idx)] = f1_sum / present
+        acc[r0 : r0 + len(idx)] = (tt == pp).mean(1)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {
+        "f1_macro_ci95": [float(v) for v in np.percentile(macro, q)],
+        "accuracy_ci95": [float(v) for v in np.percentile(acc, q)],
+        "bootstrap": {"resamples": resamples, "seed": seed, "level": level, "method": "percentile, test patches"},
+    }
+
+
+def knn_evaluate(
+    train: np.ndarray,
+    train_labels: Sequence,
+    test: np.ndarray,
+    test_labels: Sequence,
+    *,
+    bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
+    **options,
+) -> dict:
+    """Top-1 cosine KNN from train to test: macro F1 and accuracy (scikit-learn metrics), with bootstrap
+    95 % intervals over the test patches (``bootstrap`` resamples; 0: none)."""
     train_labels = np.asarray(train_labels)
     idx, _ = knn_top1(train, test, **options)
     predicted = train_labels[idx]
     out = patch_classification_metrics(np.asarray(test_labels), predicted)
     out.update(n_train=int(len(train)), n_test=int(len(test)))
+    if bootstrap:
+        out.update(bootstrap_f1_accuracy(np.asarray(test_labels), predicted, resamples=bootstrap, seed=bootstrap_seed))
     return out

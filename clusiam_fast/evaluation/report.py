@@ -17,6 +17,11 @@ def _ms(d: dict | None) -> str:
     return f"{d['mean']:.4f} ± {d['std']:.4f}"
 
 
+def _ci(d: dict, key: str) -> str:
+    ci = d.get(f"{key}_ci95")
+    return f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(str(c) for c in r) + " |" for r in rows
@@ -229,10 +234,20 @@ def render_markdown(r: dict) -> str:
             "",
             *_table(
                 ["train patches", "test patches", "macro F1", "accuracy"],
-                [[k["n_train"], k["n_test"], _f(k["f1_macro"]), _f(k["accuracy"])]],
+                [
+                    [
+                        k["n_train"],
+                        k["n_test"],
+                        _f(k["f1_macro"]) + _ci(k, "f1_macro"),
+                        _f(k["accuracy"]) + _ci(k, "accuracy"),
+                    ]
+                ],
             ),
             "",
         ]
+        if k.get("bootstrap"):
+            b = k["bootstrap"]
+            lines += [f"[a, b]: {b['level']:.0%} bootstrap interval ({b['method']}, {b['resamples']} resamples).", ""]
     if "mil" in r:
         lines += mil_lines(r["mil"])
     if "cluster_sizes" in r:

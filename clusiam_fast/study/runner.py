@@ -1,0 +1,259 @@
+"""Run a study: train -> extract -> evaluate for each method, each step resumable, then the report.
+
+Layout of ``OUT``::
+
+    data/                      the training sample and the evaluation sets (links, see .datasets)
+    runs/<name>/train/         the trainer's run folder (checkpoint.pt, log.csv, steps.csv, ...)
+    runs/<name>/features/      extracted feature bags
+    runs/<name>/eval/          the evaluation report of this method
+    runs/<name>/<step>.log     the step's console output
+    runs/<name>/<step>.done.json   written when the step succeeded: its settings and their hash
+    report.md, report.json, study.png
+
+A step is skipped when its done marker holds the hash of the same settings (its command
+line, its inputs' hashes) and its outputs exist; a step whose settings changed runs
+again, and so do the steps after it. A training step that was killed continues from its
+checkpoint (``--resume``, exact); one whose settings changed starts over (``--overwrite``).
+
+Training runs as a subprocess (``python -m clusiam_fast.train``, the same interpreter):
+every method starts from a fresh torch state (threads, RNG, allocator, CUDA context), a
+crash is confined to its step and its log, and Ctrl-C / SIGTERM reach the trainer, which
+saves its checkpoint. Extraction and evaluation run in this process through the CLIs'
+``main(argv)`` (the same flags and code path; it saves a torch start-up per step), their
+console output in the step's log; an exception there fails that method's step only. The
+command lines in ``<step>.done.json`` repeat a step by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..utils.atomic import atomic_write_json
+from .config import RANDOM_INIT, MethodRun, StudyConfig, settings_hash
+from .datasets import class_folder_sets, train_sample
+
+STEPS = ("train", "extract", "evaluate")
+
+
+@dataclass
+class Step:
+    run: MethodRun
+    kind: str  # train, extract or evaluate
+    argv: list[str]  # what defines the result (hashed)
+    folder: Path  # the step's output folder
+    output: Path  # must exist for the step to count as done
+    inputs: dict[str, Any] = field(default_factory=dict)  # upstream hashes and data descriptions
+    extra: list[str] = field(default_factory=list)  # console-only flags (not hashed)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "argv": self.argv, "inputs": self.inputs}
+
+    @property
+    def hash(self) -> str:
+        return settings_hash(self.settings)
+
+    @property
+    def marker(self) -> Path:
+        return self.folder.parent / f"{self.kind}.done.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder.parent / f"{self.kind}.log"
+
+    def is_done(self) -> bool:
+        if not (self.marker.is_file() and self.output.exists()):
+            return False
+        return json.loads(self.marker.read_text()).get("hash") == self.hash
+
+
+@contextlib.contextmanager
+def _redirected(log):
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        yield
+
+
+def _seed(cfg: StudyConfig) -> int:
+    flags = cfg.budget_flags
+    return int(flags[flags.index("--seed") + 1]) if "--seed" in flags else 0
+
+
+class Study:
+    """The steps of ``cfg`` and their execution; ``run()`` returns the step records for the report."""
+
+    def __init__(self, cfg: StudyConfig, *, show_output: bool = False, progress: bool = True) -> None:
+        self.cfg, self.show_output, self.progress = cfg, show_output, progress
+        self.out = cfg.out
+        self.data_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ data
+    def prepare_data(self) -> dict[str, Any]:
+        """Training data (maybe a sample) and evaluation sets; returns their paths."""
+        cfg, seed = self.cfg, _seed(self.cfg)
+        data = {"train": cfg.data["train"]}
+        self.data_info["train"] = {"source": str(cfg.data["train"])}
+        if "train_sample" in cfg.data:
+            data["train"], self.data_info["train"] = train_sample(
+                cfg.data["train"], cfg.data["train_sample"], seed, self.out / "data" / "train"
+            )
+        if cfg.builds_eval_set:
+            sets = class_folder_sets(cfg.data, seed, self.out / "data")
+            self.data_info["eval"] = sets.pop("info")
+            data.update(sets)
+        else:
+            data.update({k: cfg.data.get(k) for k in ("eval", "patch_labels", "slide_labels")})
+            self.data_info["eval"] = {k: str(v) for k, v in data.items() if k != "train" and v is not None}
+        return data
+
+    # ------------------------------------------------------------ steps
+    def steps_of(self, run: MethodRun, data: dict[str, Any]) -> list[Step]:
+        cfg, folder = self.cfg, self.out / "runs" / run.name
+        train_dir = folder / "train"
+        argv = [str(data["train"]), "--method", cfg.train_method(run), *cfg.budget_flags, *cfg.train_args, *run.flags]
+        if run.method == RANDOM_INIT:  # the initial weights (same seed as the others), exported untrained
+            weights = train_dir / "backbone.pt"
+            argv += ["--max-steps", "0", "--export-backbone", str(weights)]
+        else:
+            weights = train_dir / "checkpoint.pt"
+        train = Step(run, "train", argv, train_dir, weights, inputs={"data": self.data_info["train"]})
+        train.extra = [] if self.show_output else ["--no-progress"]
+
+        features = folder / "features"
+        extract = Step(
+            run,
+            "extract",
+            [str(weights), str(data["eval"]), *cfg.extract_flags],
+            features,
+            features / "index.csv",
+            inputs={"train": train.hash, "data": self.data_info["eval"]},
+            extra=[] if self.show_output else ["--quiet"],
+        )
+        labels = []
+        if data.get("patch_labels"):
+            labels += ["--patch-labels", str(data["patch_labels"])]
+        if data.get("slide_labels"):
+            labels += ["--labels", str(data["slide_labels"])]
+        report = folder / "eval"
+        evaluate = Step(
+            run,
+            "evaluate",
+            [str(features), *labels, *cfg.evaluate_flags],
+            report,
+            report / "report.json",
+            inputs={"extract": extract.hash},
+            extra=[] if self.show_output else ["--quiet"],
+        )
+        return [train, extract, evaluate]
+
+    def _command(self, step: Step) -> list[str]:
+        cmd = [sys.executable, "-m", f"clusiam_fast.{step.kind}"]
+        if step.kind == "train":
+            started = step.folder.parent / "train.started.json"
+            resume = (
+                started.is_file()
+                and json.loads(started.read_text()).get("hash") == step.hash
+                and (step.folder / "checkpoint.pt").is_file()
+            )
+            return [*cmd, *step.argv, "--out", str(step.folder), "--resume" if resume else "--overwrite", *step.extra]
+        return [*cmd, *step.argv, "--out", str(step.folder), *step.extra]
+
+    def _subprocess(self, cmd: list[str], step: Step) -> int:
+        log = None if self.show_output else open(step.log, "w")
+        try:
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: let the trainer save its checkpoint, then stop
+                child.send_signal(signal.SIGTERM)  # (a second SIGINT would make it abort without saving)
+                try:
+                    child.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                raise
+        finally:
+            if log is not None:
+                log.close()
+
+    def _in_process(self, argv: list[str], step: Step) -> int:
+        """extract / evaluate through their CLI ``main(argv)``, the console output into the step's log."""
+        import traceback
+
+        from .. import evaluate, extract
+
+        main = {"extract": extract.main, "evaluate": evaluate.main}[step.kind]
+        with open(step.log, "w") as log:
+            streams = contextlib.nullcontext() if self.show_output else _redirected(log)
+            with streams:
+                try:
+                    return main(argv)
+                except SystemExit as error:  # argparse: a bad flag (the config checks should have caught it)
+                    return error.code if isinstance(error.code, int) else 2
+                except Exception:  # a crash fails this method's step, not the study
+                    traceback.print_exc(file=log if not self.show_output else sys.stderr)
+                    return 1 if step.kind != "extract" else 3
+
+    def _execute(self, step: Step) -> dict[str, Any]:
+        step.folder.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self._command(step)
+        if step.kind == "train":
+            atomic_write_json(step.folder.parent / "train.started.json", {"hash": step.hash, "command": cmd})
+        start = time.time()
+        rc = self._subprocess(cmd, step) if step.kind == "train" else self._in_process(cmd[3:], step)
+        seconds = time.time() - start
+        # extract exits 1 when some patches or slides failed (listed in extract.json); the bags are usable
+        ok = rc == 0 or (step.kind == "extract" and rc == 1 and step.output.exists())
+        record = {"status": "done" if ok else "failed", "exit_status": rc, "seconds": round(seconds, 1)}
+        if ok:
+            atomic_write_json(
+                step.marker,
+                {
+                    "hash": step.hash,
+                    "settings": step.settings,
+                    "command": cmd,
+                    "seconds": seconds,
+                    "finished": time.time(),
+                },
+            )
+        else:
+            tail = step.log.read_text(errors="replace").splitlines()[-15:] if step.log.is_file() else []
+            record["error"] = "\n".join(tail) or f"exit status {rc}"
+        return record
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every step of every method in order (a failed method's later steps are left out); the records."""
+        from tqdm.auto import tqdm
+
+        data = self.prepare_data()
+        plan = [self.steps_of(run, data) for run in self.cfg.methods]
+        records = []
+        bar = tqdm(total=sum(len(p) for p in plan), desc="study", disable=not self.progress, dynamic_ncols=True)
+        for steps in plan:
+            failed = ran = False  # ran: an earlier step of this method ran now, so the later ones must too
+            for step in steps:
+                bar.set_description(f"{step.run.name}: {step.kind}")
+                base = {"name": step.run.name, "step": step.kind, "hash": step.hash, "log": str(step.log)}
+                if failed:
+                    record = {"status": "not run (an earlier step failed)"}
+                elif not ran and step.is_done():
+                    record = {"status": "up to date", "seconds": 0.0}
+                else:
+                    record, ran = self._execute(step), True
+                    if record["status"] == "failed":
+                        failed = True
+                        tqdm.write(
+                            f"study: {step.run.name}: {step.kind} failed (exit status {record['exit_status']}); "
+                            f"see {step.log}\n{record['error']}",
+                            file=sys.stderr,
+                        )
+                records.append({**base, **record})
+                bar.update(1)
+        bar.close()
+        return records

@@ -1,0 +1,202 @@
+"""``python -m clusiam_fast.study`` on real PCam patches: report, resume after a kill, skipped steps, bad configs.
+
+The study is tiny (48 training patches, crop 32, batch 8, 12 steps; 40 KNN patches and
+24 pseudo-bags of 4-5 patches; 3 MIL epochs) and has two methods: CluSiam (K = 10)
+and the untrained baseline, so that the whole file stays near two minutes on a loaded
+2-core machine. Every step is a real subprocess of the real CLIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clusiam_fast.study.__main__ import main as study_main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BUDGET = (
+    "{epochs: 2, max_steps: 12, batch_size: 8, crop_size: 32, seed: 0, workers: 0, threads: 1, "
+    "log_every: 1, max_stat_images: 48}"
+)
+EVALUATE = (
+    "{models: [maxpool, dsmil], seeds: [0, 1], epochs: 3, warmup_epochs: 1, lrs: [0.01], wds: [0.0001], "
+    "batch_size: 8, no_maps: true, cpu_threads: 1}"
+)
+
+
+def _config(tmp_path: Path, pcam: Path, methods: str, data: str | None = None, budget: str = BUDGET) -> Path:
+    data = data or (
+        f"{{train: {pcam / 'train'}, train_sample: 48, class_folders: {pcam / 'valid'}, "
+        "knn_per_class: 20, mil_bags: 24, bag_size: [4, 6]}"
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        f"out: out\ndata: {data}\nbudget: {budget}\ntrain_args: [--no-tensorboard]\nmethods: {methods}\n"
+        f"extract: {{resize: 32, workers: 0, batch_size: 64}}\nevaluate: {EVALUATE}\n"
+    )
+    return path
+
+
+METHODS = "[{name: clusiam, num_clusters: 10}, {name: random_init, method: random_init}]"
+
+
+def _markers(out: Path) -> dict[str, float]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("runs/*/*.done.json"))}
+
+
+def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path):
+    cfg = _config(tmp_path, pcam_dir, METHODS)
+    out = tmp_path / "out"
+    # 1. Start the study and kill it (SIGKILL, the whole process group) once the first method has trained.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "clusiam_fast.study", str(cfg), "--quiet"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    marker = out / "runs" / "clusiam" / "train.done.json"
+    deadline = time.time() + 300
+    while not marker.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert marker.exists(), first.stderr.read().decode()
+    assert not (out / "report.json").exists() and not (out / "runs" / "random_init" / "train.done.json").exists()
+    trained = marker.stat().st_mtime_ns
+
+    # 2. The same command again: the finished training is skipped, everything else runs.
+    assert study_main([str(cfg), "--quiet"]) == 0
+    assert marker.stat().st_mtime_ns == trained
+    rep = json.loads((out / "report.json").read_text())
+    status = {(s["name"], s["step"]): s["status"] for s in rep["steps"]}
+    assert status.pop(("clusiam", "train")) == "up to date"
+    assert set(status.values()) == {"done"} and len(status) == 5
+
+    rows = {r["name"]: r for r in rep["methods"]}
+    assert list(rows) == ["clusiam", "random_init"]
+    for row in rows.values():
+        knn = row["knn"]
+        assert knn["n_train"] == knn["n_test"] == 20
+        lo, hi = knn["f1_macro_ci95"]
+        assert 0 <= lo <= knn["f1_macro"] <= hi <= 1 and hi > lo
+        assert set(row["mil"]) == {"maxpool", "dsmil"}
+        assert all(0 <= m["auc_macro"] <= 1 and m["seeds"] == 2 for m in row["mil"].values())
+        assert "kmeans" in row["clustering"]
+    clusiam, baseline = rows["clusiam"], rows["random_init"]
+    assert clusiam["clustering"]["assigner"]["k"] == 10 and "assigner" not in baseline["clustering"]
+    assert clusiam["trained_steps"] == 12 and baseline["trained_steps"] == 0
+    assert {"loss", "inv_loss", "cluster_loss", "collapse_std"} <= set(clusiam["monitors"])
+    assert clusiam["monitors"]["loss"]["step"] == list(range(1, 13))  # steps.csv, log_every 1
+    assert baseline["monitors"] == {}  # nothing trained, nothing logged
+    # The same evaluation sets for both: the same test patches and test bags.
+    reports = [json.loads(Path(r["report"]).read_text()) for r in rows.values()]
+    assert reports[0]["mil"]["test_slide_ids"] == reports[1]["mil"]["test_slide_ids"]
+    assert len(reports[0]["mil"]["test_slide_ids"]) == 6
+    md = (out / "report.md").read_text()
+    assert "| clusiam | clusiam | 12 |" in md and "| random_init | random_init | 0 |" in md
+    assert "Did training learn anything?" in md and "![study](study.png)" in md
+    assert (out / "study.png").stat().st_size > 20_000
+
+    # 3. Once more: every step is up to date, nothing reruns, the report is rebuilt.
+    before = _markers(out)
+    assert len(before) == 6
+    assert study_main([str(cfg), "--quiet"]) == 0
+    assert _markers(out) == before
+    again = json.loads((out / "report.json").read_text())
+    assert {s["status"] for s in again["steps"]} == {"up to date"}
+    assert again["methods"][0]["knn"] == rows["clusiam"]["knn"]
+    assert study_main([str(cfg), "--report-only", "--quiet"]) == 0 and _markers(out) == before
+
+
+def test_a_killed_training_resumes_and_changed_settings_start_over(pcam_dir, tmp_path):
+    from clusiam_fast.study import load_config
+    from clusiam_fast.study.runner import Study
+
+    cfg = load_config(_config(tmp_path, pcam_dir, METHODS))
+    study = Study(cfg, progress=False)
+    train = study.steps_of(cfg.methods[0], study.prepare_data())[0]
+    assert "--overwrite" in study._command(train)
+    train.folder.mkdir(parents=True)
+    (train.folder / "checkpoint.pt").write_bytes(b"")
+    (train.folder.parent / "train.started.json").write_text(json.dumps({"hash": train.hash}))
+    assert "--resume" in study._command(train)  # same settings: continue the run exactly
+    (train.folder.parent / "train.started.json").write_text(json.dumps({"hash": "another"}))
+    assert "--overwrite" in study._command(train)
+    # The evaluation sets were built once, disjoint: no patch both in the KNN set and in a bag.
+    links = [p.resolve() for p in (cfg.out / "data" / "eval").rglob("*.jpg")]
+    assert len(links) == len(set(links)) and len(list((cfg.out / "data" / "eval" / "knn").rglob("*.jpg"))) == 40
+    # A pseudo-bag is positive exactly when it holds a tumour patch (PCam class 1).
+    import csv
+
+    with open(cfg.out / "data" / "slides.csv", newline="") as f:
+        bags = list(csv.DictReader(f))
+    assert len(bags) == 24 and sum(b["split"] == "test" for b in bags) == 6
+    for bag in bags:
+        classes = {p.resolve().parent.name for p in (cfg.out / "data" / "eval" / bag["slide_id"]).iterdir()}
+        assert ("1" in classes) == (bag["label"] == "positive"), bag
+
+
+@pytest.mark.parametrize(
+    "methods,data,budget,key",
+    [
+        ("[{name: clusiam}, {name: simclr}]", None, BUDGET, "methods[1].name: unknown method 'simclr'"),
+        ("[{name: a, method: swav}]", None, BUDGET, "methods[0].method: unknown method 'swav'"),
+        ("[{name: a, method: clusiam, max_steps: 99}]", None, BUDGET, "methods[0].max_steps: is part of the shared"),
+        ("[{name: a, method: clusiam, args: [--seed, '3']}]", None, BUDGET, "methods[0].args: --seed is part of"),
+        ("[{name: a, method: clusiam, num_clustrs: 9}]", None, BUDGET, "methods[0].num_clustrs: unknown flag"),
+        ("[{name: simsiam, alpha: 0.5}]", None, BUDGET, "methods[0] (simsiam): train flags rejected: --alpha"),
+        (METHODS, "{train: /no/such/pcam, class_folders: /no/such/valid}", BUDGET, "data.train: /no/such/pcam"),
+        (METHODS, "{train: TRAIN, class_folders: /no/such/valid}", BUDGET, "data.class_folders: folder /no/such"),
+        (METHODS, None, "{batch_size: 8}", "budget: must give epochs and/or max_steps"),
+        (METHODS, None, "{max_steps: -3}", "budget.max_steps: must be an integer >= 1"),
+        (METHODS, None, "{max_steps: 3, batch_size: 1}", "budget.batch_size: must be an integer >= 2"),
+    ],
+    ids=[
+        "unknown-name",
+        "unknown-method",
+        "budget-per-method",
+        "budget-in-args",
+        "unknown-flag",
+        "bad-flag-value",
+        "missing-train",
+        "missing-eval",
+        "no-budget",
+        "negative-steps",
+        "batch-1",
+    ],
+)
+def test_bad_configs_fail_before_any_training_naming_the_key(pcam_dir, tmp_path, capsys, methods, data, budget, key):
+    if data:
+        data = data.replace("TRAIN", str(pcam_dir / "train"))
+    cfg = _config(tmp_path, pcam_dir, methods, data, budget)
+    assert study_main([str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert key in err and str(cfg) in err, err
+    if "unknown method" in key:
+        assert "clusiam, simsiam, clubyol, byol, random_init" in err
+    assert not (tmp_path / "out").exists()  # nothing made, nothing trained
+
+
+def test_knn_bootstrap_interval_is_the_percentiles_of_sklearn_f1_on_resamples():
+    from sklearn.metrics import f1_score
+
+    from clusiam_fast.evaluation.knn import bootstrap_f1_accuracy
+
+    rng = np.random.default_rng(3)
+    y_true = rng.choice(["a", "b", "c"], size=60)
+    y_pred = np.where(rng.random(60) < 0.7, y_true, rng.choice(["a", "b", "c"], size=60))
+    got = bootstrap_f1_accuracy(y_true, y_pred, resamples=200, seed=5)
+    idx = np.random.default_rng(5).integers(0, 60, size=(200, 60))
+    f1 = [f1_score(y_true[i], y_pred[i], average="macro") for i in idx]
+    acc = [(y_true[i] == y_pred[i]).mean() for i in idx]
+    assert got["f1_macro_ci95"] == pytest.approx(np.percentile(f1, [2.5, 97.5]))
+    assert got["accuracy_ci95"] == pytest.approx(np.percentile(acc, [2.5, 97.5]))
