@@ -17,7 +17,7 @@ def _ms(d: dict | None) -> str:
     return f"{d['mean']:.4f} ± {d['std']:.4f}"
 
 
-def _ci(d: dict, key: str) -> str:
+def _knn_ci(d: dict, key: str) -> str:
     ci = d.get(f"{key}_ci95")
     return f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
 
@@ -238,8 +238,8 @@ def render_markdown(r: dict) -> str:
                     [
                         k["n_train"],
                         k["n_test"],
-                        _f(k["f1_macro"]) + _ci(k, "f1_macro"),
-                        _f(k["accuracy"]) + _ci(k, "accuracy"),
+                        _f(k["f1_macro"]) + _knn_ci(k, "f1_macro"),
+                        _f(k["accuracy"]) + _knn_ci(k, "accuracy"),
                     ]
                 ],
             ),

@@ -121,7 +121,7 @@ def method_result(name: str, method: str, folder: Path, records: list[dict]) -> 
                 row["mil"][model] = {
                     "auc_macro": auc.get("mean"),
                     "auc_macro_std": auc.get("std"),
-                    "auc_macro_ci95": interval(summary, "auc_macro"),
+                    "auc_macro_ci95": interval(summary, "auc_macro") or interval(summary, "auc_ci"),
                     "accuracy": summary["accuracy"].get("mean"),
                     "seeds": len(res.get("runs", [])),
                 }
