@@ -192,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (default: torch's default, about one per core); independent of --workers, "
         "so CPU results do not depend on the loader",
     )
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="BatchNorm statistics over the global batch of all torchrun processes (CUDA: SyncBatchNorm; CPU: gloo)",
+    )
     g.add_argument(
         "--no-channels-last",
         dest="channels_last",
