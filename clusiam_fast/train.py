@@ -6,7 +6,12 @@ A thin layer over :func:`clusiam_fast.training.train`. Examples::
     python -m clusiam_fast.train patches/ --out runs/clusiam --amp       # the paper's settings
     python -m clusiam_fast.train tiles/manifest.csv --out runs/x --method clubyol
     torchrun --nproc_per_node 2 -m clusiam_fast.train patches/ --out runs/ddp --sync-bn
+    srun torchrun --nnodes $SLURM_NNODES --nproc_per_node 4 --rdzv-backend c10d \\
+        --rdzv-endpoint $head:29500 -m clusiam_fast.train tiles/manifest.csv --out runs/x   # nodes
     python -m clusiam_fast.train --out runs/clusiam --resume            # continue exactly where it stopped
+
+``--batch-size`` is the global batch, split over the torchrun processes; only global rank 0
+reads and writes --out (see README, "Multi-node training with torchrun").
 
 Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint (one line on
 stderr), 3 the loss or the weights became NaN / inf (the last good checkpoint is left as it was),

@@ -17,6 +17,7 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -106,6 +107,15 @@ def _check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None
                 f"--resume: {path} was trained with {key}={saved[key]!r} but this run asks for "
                 f"{getattr(cfg, key, None)!r}; use the same setting or another --out"
             )
+
+
+def _picklable(error: Exception) -> Exception:
+    """``error``, or a RuntimeError with its message when it cannot cross to the other ranks."""
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 class _Trainer:
@@ -274,7 +284,7 @@ class _Trainer:
             try:
                 outcome = (True, job())
             except Exception as error:
-                outcome = (False, error)
+                outcome = (False, error if not self.ctx.distributed else _picklable(error))
         ok, value = self.ctx.broadcast_object(outcome)
         if not ok:
             raise value
