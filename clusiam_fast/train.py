@@ -6,6 +6,8 @@ A thin layer over :func:`clusiam_fast.training.train`. Examples::
     python -m clusiam_fast.train patches/ --out runs/clusiam --amp       # the paper's settings
     python -m clusiam_fast.train tiles/manifest.csv --out runs/x --method clubyol
     torchrun --nproc_per_node 2 -m clusiam_fast.train patches/ --out runs/ddp --sync-bn
+    srun torchrun --nnodes $SLURM_NNODES --nproc_per_node 4 --rdzv-backend c10d \\
+        --rdzv-endpoint $head:29500 -m clusiam_fast.train tiles/manifest.csv --out runs/x   # nodes
     python -m clusiam_fast.train --out runs/clusiam --resume            # continue exactly where it stopped
 
 Collapse monitors, per epoch in log.csv, the progress summary and training.png: backbone_std
@@ -17,6 +19,9 @@ projector's final BatchNorm keeps near 1 whatever the backbone does).
 Schedule: the cosine spans --schedule-steps, else the run's length (--max-steps when it ends the
 run before --epochs does); --resume keeps the checkpoint's schedule. --max-steps 0 writes the
 initial checkpoint; a run stopped mid-epoch adds a row with partial = 1 to log.csv.
+
+``--batch-size`` is the global batch, split over the torchrun processes; only global rank 0
+reads and writes --out (see README, "Multi-node training with torchrun").
 
 Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint (one line on
 stderr), 3 the loss or the weights became NaN / inf (the last good checkpoint is left as it was),
@@ -216,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (default: torch's default, about one per core); independent of --workers, "
         "so CPU results do not depend on the loader",
     )
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA only)")
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="BatchNorm statistics over the global batch of all torchrun processes (CUDA: SyncBatchNorm; CPU: gloo)",
+    )
     g.add_argument(
         "--no-channels-last",
         dest="channels_last",

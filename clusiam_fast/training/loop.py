@@ -4,7 +4,9 @@ OUT holds ``checkpoint.pt`` (see :mod:`.checkpoint`), ``log.csv`` and
 ``steps.csv`` (see :mod:`.records`), ``training.png`` (see :mod:`.plots`),
 ``norm_stats.json``, ``train_config.json`` (rewritten with each checkpoint, so
 it always describes the run that checkpoint.pt holds) and, on request, the
-exported backbone. Under torchrun only rank 0 writes files, logs and progress bars.
+exported backbone. Under torchrun only global rank 0 reads and writes OUT (it hands a
+checkpoint to resume to the other ranks), logs and shows progress bars: on several nodes,
+OUT need only be on rank 0's disk, DATA on every node's.
 
 Before every save the weights, buffers, optimiser state (and gradients, without a
 float16 loss scaler) are checked for NaN / inf in one fused reduction: a run that
@@ -25,6 +27,7 @@ min(``max_steps``, epochs x steps per epoch); a resumed run keeps the checkpoint
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -51,6 +54,7 @@ from .records import RunRecords
 from .schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
 from .step import TrainStep, resolve_amp_dtype
 from .stop import StopSignal
+from .sync_bn import convert_batchnorm
 
 __all__ = ["CollapseError", "CollapseWarning", "NonFiniteLossError", "OutPathError", "TrainResult", "train"]
 
@@ -84,6 +88,8 @@ def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) 
     cfg = config.resolved()
     ctx = setup_distributed(cfg.device)
     try:
+        if ctx.distributed:  # rank 0's settings: --resume merged them with those saved in its OUT
+            cfg = dataclasses.replace(ctx.broadcast_object(cfg), data=cfg.data)  # DATA: this node's copy
         # Intra-op threads come from --threads alone (None: torch's default), never from --workers,
         # so the numbers a CPU run produces do not depend on how many loader workers it had.
         with torch_threads(cfg.threads):
@@ -113,6 +119,15 @@ def _check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None
                 f"--resume: {path} was trained with {key}={saved[key]!r} but this run asks for "
                 f"{getattr(cfg, key, None)!r}; use the same setting or another --out"
             )
+
+
+def _picklable(error: Exception) -> Exception:
+    """``error``, or a RuntimeError with its message when it cannot cross to the other ranks."""
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 class _Trainer:
@@ -210,15 +225,11 @@ class _Trainer:
         model = build_model(**model_config(dataclasses.asdict(cfg)))
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
-        if cfg.sync_bn:
-            if ctx.distributed and ctx.device.type == "cuda":
+        if cfg.sync_bn and ctx.distributed:  # batch statistics over the global batch
+            if ctx.device.type == "cuda":
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            elif ctx.distributed and ctx.is_main:
-                warnings.warn(
-                    "--sync-bn: PyTorch's SyncBatchNorm runs only on GPUs; ignored on the CPU "
-                    "(each process normalises over its own part of the batch)",
-                    stacklevel=3,
-                )
+            else:  # PyTorch's SyncBatchNorm is GPU-only: the same with gloo collectives
+                model = convert_batchnorm(model)
         model.to(ctx.device)
         if ctx.device.type == "cuda" and cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -295,13 +306,40 @@ class _Trainer:
             f"{self.epoch + 1} done (step {self.step})"
         )
 
+    def _on_main(self, job: Callable[[], Any]) -> Any:
+        """``job()`` run on global rank 0 only, its result (or its error, raised) on every rank.
+
+        OUT is rank 0's alone: other nodes need not see its disk, and no rank waits in a
+        collective for one that failed a check.
+        """
+        outcome: tuple[bool, Any] | None = None
+        if self.ctx.is_main:
+            try:
+                outcome = (True, job())
+            except Exception as error:
+                outcome = (False, error if not self.ctx.distributed else _picklable(error))
+        ok, value = self.ctx.broadcast_object(outcome)
+        if not ok:
+            raise value
+        return value
+
+    def _check_out_and_resume(self) -> dict[str, Any] | None:
+        self._check_out()
+        return self._load_resume()
+
     def setup(self) -> None:
         """Check OUT, read the checkpoint to resume, then build data, model and optimiser (nothing is
-        written to OUT before every check has passed, except norm_stats.json for a new run)."""
-        self._check_out()
-        ckpt = self._load_resume()
+        written to OUT before every check has passed, except norm_stats.json for a new run). OUT is
+        looked at on global rank 0 only, which hands the checkpoint to the other ranks."""
+        ckpt = self._on_main(self._check_out_and_resume)
         self.source = resolve_source(self.cfg.data)
-        self._check_out_outside_data()
+        sizes = self.ctx.gather_objects(len(self.source))
+        if len(set(sizes)) > 1:
+            raise ValueError(
+                f"DATA {self.cfg.data} holds {', '.join(map(str, sizes))} patches on ranks 0..{len(sizes) - 1}: "
+                "every node must see the same data (the same files, or a copy of them)"
+            )
+        self._on_main(self._check_out_outside_data)
         self._prepare_out()
         self._setup_norm_stats(ckpt)
         self._setup_model(ckpt)
