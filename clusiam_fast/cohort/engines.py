@@ -276,3 +276,68 @@ def _run_ray(jobs, fn, call, workers, address, cpus, gpus, max_retries) -> Itera
             write_failed(call[0], job.slide_id, job.path, reason)
             result = CohortResult(job, "failed", reason)
         yield result
+
+
+def run_actor_cohort(
+    jobs: Iterable[SlideJob],
+    actor_cls: type,
+    init_args: tuple,
+    out: str | Path,
+    settings: dict,
+    *,
+    actors: int | None = None,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = 1.0,
+    ray_address: str | None = None,
+    num_cpus: float = 2.0,
+    redo: bool = False,
+    since: float | None = None,
+    lock_timeout: float = DEFAULT_TIMEOUT_S,
+    max_restarts: int = 1,
+) -> Iterator[CohortResult]:
+    """Run jobs on a pool of Ray actors ``actor_cls(*init_args)`` (each holding e.g. a model); yields as they finish.
+
+    The actor's ``run(job, settings, since, lock_timeout)`` must return :func:`do_slide`'s result (so it
+    locks, records and writes its outputs itself). ``actors``: default one per GPU of the cluster
+    with ``gpus_per_actor`` > 0, else 1. Each actor has at most two slides queued; an actor that
+    dies is restarted (``max_restarts``) and its slide failed (a re-run does it).
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return
+    ray = connect_ray(ray_address, num_cpus, 0)
+    if actors is None:
+        actors = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_actor)) if gpus_per_actor else 1
+    since = (since or time.time()) if redo else None
+    remote = ray.remote(actor_cls).options(
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=max_restarts, max_task_retries=0
+    )
+    pool = [remote.remote(*init_args) for _ in range(min(actors, len(jobs)))]
+    queue = list(reversed(jobs))
+    pending: dict[Any, tuple[SlideJob, Any]] = {}
+
+    def feed(actor) -> None:
+        if queue:
+            job = queue.pop()
+            pending[actor.run.remote(job, settings, since, lock_timeout)] = (job, actor)
+
+    for actor in pool:
+        feed(actor)
+        feed(actor)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job, actor = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
+                result = _died(job, str(out), "Ray actor")
+            except ray.exceptions.RayError as error:
+                reason = f"Ray could not run it: {str(error)[-500:]}"
+                write_failed(str(out), job.slide_id, job.path, reason)
+                result = CohortResult(job, "failed", reason)
+            feed(actor)
+            yield result
+    finally:
+        for actor in pool:
+            ray.kill(actor)
