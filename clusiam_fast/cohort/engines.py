@@ -249,8 +249,9 @@ def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s
     thread.join(timeout_s)
     if thread.is_alive():
         raise ConnectionError(
-            f"the Ray cluster at --ray-address {address} did not answer within {timeout_s:.0f} s; "
-            "check `ray status` there, or leave --ray-address out to start a local instance"
+            f"the Ray cluster at --ray-address {address} did not answer within {timeout_s:.0f} s: is a Ray head "
+            "running there (`ray start --head`; `ray status` there tells)? Or leave --ray-address out to start a "
+            "local instance"
         )
     if errors:
         raise ConnectionError(f"cannot join the Ray cluster at --ray-address {address}: {errors[0]}") from errors[0]

@@ -6,6 +6,8 @@ the step reports (``result``: e.g. the manifest row), plus who did it (host, pid
 A slide is done when its record exists, its inputs are unchanged and its settings hash
 matches; a record with other settings is refused (:class:`SettingsChangedError`) unless
 ``redo``. Failed slides get ``OUT/failed/<slide_id>.json`` (removed once they succeed).
+``OUT/done.log`` gets one line per completed slide (JSON: slide_id, host, pid, time), appended
+with a single ``O_APPEND`` write: the audit trail that no slide was done twice.
 """
 
 from __future__ import annotations
@@ -91,7 +93,23 @@ def write_done(
     )
     with contextlib.suppress(FileNotFoundError):
         record_path(out, slide_id, FAILED).unlink()
+    line = json.dumps({"slide_id": slide_id, **_who()}) + "\n"
+    fd = os.open(Path(out) / "done.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
     return path
+
+
+def read_done_log(out: str | Path) -> list[dict[str, Any]]:
+    """The lines of ``OUT/done.log`` (a torn last line, from a kill mid-write, is left out)."""
+    path = Path(out) / "done.log"
+    entries = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            entries.append(json.loads(line))
+    return entries
 
 
 def write_failed(out: str | Path, slide_id: str, slide_path: str, reason: str) -> Path:

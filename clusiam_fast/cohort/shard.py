@@ -28,9 +28,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def select_shard(items: Sequence[T], ids: Sequence[str], shard: tuple[int, int] | None) -> list[T]:
-    """The items (keyed by ``ids``) of shard ``(I, N)``; all of them for None."""
+    """The items (keyed by ``ids``) of shard ``(I, N)``, in their given order; all of them for None."""
     if shard is None:
         return list(items)
     index, count = shard
     order = sorted(range(len(items)), key=lambda k: ids[k])
-    return [items[k] for position, k in enumerate(order) if position % count == index]
+    mine = {k for position, k in enumerate(order) if position % count == index}
+    return [item for k, item in enumerate(items) if k in mine]
