@@ -206,3 +206,46 @@ def test_ray_actors_extract_the_bags_the_local_engine_extracts(ray_cluster, wsi_
     assert len((tmp_path / "ray" / "index.csv").read_text().splitlines()) == 4  # every bag of the folder
     with pytest.raises(ValueError, match="other settings"):
         extract(tmp_path / "bb.pt", tmp_path / "tiles", tmp_path / "ray", **{**kwargs, "resize": 48})
+
+
+def test_ray_address_joins_a_cluster_started_with_ray_start(wsi_dir, tmp_path):
+    """`ray start --head` in its own temp dir (so no other Ray user on this machine finds it), then --ray-address."""
+    port = _free_port()
+    temp = Path(f"/tmp/rt{os.getpid()}")  # short: Ray's socket paths must fit in 107 characters
+    ray_cli = Path(sys.executable).with_name("ray")
+    # no token auth on either side: a token in ~/.ray (made by an earlier local instance) would make the head
+    # require it, and a driver naming an address sends it only with RAY_AUTH_MODE=token (see the README)
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false"]
+        + ["--block", "--disable-usage-stats", "--temp-dir", str(temp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    try:
+        for line in head.stdout:  # wait until it is up
+            if "Ray runtime started" in line or head.poll() is not None:
+                break
+        assert head.poll() is None, "ray start --head failed"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+        done = subprocess.run(
+            [sys.executable, "-m", "clusiam_fast.tile", str(wsi_dir / "CMU-1-Small-Region.svs"), "--out"]
+            + [str(tmp_path / "out"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        record = json.loads((tmp_path / "out" / "done" / "CMU-1-Small-Region.json").read_text())
+        assert record["result"]["num_patches"] > 0
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: stops the processes it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        subprocess.run(["rm", "-rf", str(temp)], check=False)

@@ -21,6 +21,7 @@ with ``workers x cpus_per_task`` CPUs. A Ray worker that dies mid-slide is retri
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -108,8 +109,6 @@ def do_slide(
     fn: Callable, job: SlideJob, out: str, settings: dict, since: float | None, lock_timeout: float, args: tuple
 ) -> CohortResult:
     """Lock, re-check, run ``fn`` and record one slide (runs in the worker). ``since``: redo records older than it."""
-    import os
-
     who = {"host": socket.gethostname(), "pid": os.getpid()}
     lock = acquire_lock(out, job.slide_id, lock_timeout)
     if lock is None:
@@ -250,8 +249,9 @@ def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s
     if thread.is_alive():
         raise ConnectionError(
             f"the Ray cluster at --ray-address {address} did not answer within {timeout_s:.0f} s: is a Ray head "
-            "running there (`ray start --head`; `ray status` there tells)? Or leave --ray-address out to start a "
-            "local instance"
+            "running there (`ray start --head`; `ray status` there tells)? If it uses token authentication (Ray's "
+            "default), set RAY_AUTH_MODE=token here, with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token. Or leave "
+            "--ray-address out to start a local instance"
         )
     if errors:
         raise ConnectionError(f"cannot join the Ray cluster at --ray-address {address}: {errors[0]}") from errors[0]
