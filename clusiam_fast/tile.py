@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive(int),
         default=max(1, min(8, (os.cpu_count() or 2) // 2)),
-        help="slides tiled in parallel processes",
+        help="slides tiled in parallel (local engine: processes; ray without --ray-address: the local instance's CPUs)",
     )
     parser.add_argument(
         "--save-tiles",
