@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..formats.feature_bags import FeatureBag, safe_name, write_bag, write_index
-from ..utils.atomic import atomic_write_json
+from ..utils.atomic import atomic_write_json, remove_stale_temps
 from .encoder import Encoder, load_encoder
 from .sources import PatchSource, SlideEntry, collate_patches, open_source
 
@@ -261,6 +261,8 @@ def extract(
         workers=workers,
         out=str(out),
     )
+    for folder in ("bags", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
+        remove_stale_temps(out / folder)
     jobs = select_shard(_slide_jobs(source), [s.slide_id for s in source.slides], shard)
     settings = spec.settings()
     plan = plan_cohort(jobs, out, settings, redo)

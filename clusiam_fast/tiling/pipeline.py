@@ -46,6 +46,7 @@ from ..slides import (
     open_slide,
     slide_id_from_path,
 )
+from ..utils.atomic import remove_stale_temps
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
@@ -412,6 +413,8 @@ def tile_slides(
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in ("patches", "thumbnails", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
+        remove_stale_temps(out_dir / folder)
     paths, failures = find_slides(inputs)
     jobs: list[SlideJob] = []
     owner: dict[str, Path] = {}
