@@ -30,6 +30,7 @@ from clusiam_fast.tiling import TileConfig, tile_slides
 
 ray = pytest.importorskip("ray")
 ROUNDS = int(os.environ.get("CLUSIAM_BENCH_ROUNDS", "2"))
+THROUGHPUT: dict[str, str] = {}  # benchmark key -> "slides/h, patches/s" (printed with the ratios)
 
 
 def _spec(name: str, default: str) -> tuple[int, tuple[int, int]] | None:
@@ -101,13 +102,17 @@ def test_tile(benchmark, workloads, tmp_path, workload, engine, workers):
     assert report.ok, report.summary()
     seconds = benchmark.stats.stats.median
     patches = sum(int(r["num_patches"]) for r in report.rows)
+    key = f"tile-{workload}-{engine}-{workers}"
     record(
         benchmark,
-        f"tile-{workload}-{engine}-{workers}",
+        key,
         slides_per_hour=len(slides) * 3600 / seconds,
         patches_per_second=patches / seconds,
         slides=len(slides),
         patches=patches,
+    )
+    THROUGHPUT[key] = (
+        f"{len(slides) * 3600 / seconds:8.0f} slides/h {patches / seconds:8.0f} patches/s ({patches} patches)"
     )
 
 
@@ -159,7 +164,9 @@ def test_extract(benchmark, extraction_input, tmp_path, engine, one_thread):
     benchmark.pedantic(run, setup=fresh, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     summary = summaries[-1]
     assert summary["num_slides"] == 3 and not summary["failed_slides"]
-    record(benchmark, f"extract-{engine}", patches_per_second=summary["num_patches"] / benchmark.stats.stats.median)
+    speed = summary["num_patches"] / benchmark.stats.stats.median
+    record(benchmark, f"extract-{engine}", patches_per_second=speed)
+    THROUGHPUT[f"extract-{engine}"] = f"{speed:8.0f} patches/s ({summary['num_patches']} patches, actor start included)"
 
 
 def _summary() -> str:
@@ -185,7 +192,8 @@ def _summary() -> str:
     rows.append(("extract: ray actor/local speed (CPU)", ratio("extract-local", "extract-ray"), ">= 0.9"))
     if not any(key.startswith(("tile-", "extract-")) for key in RESULTS):
         return ""
-    return write_summary("cohort", rows)
+    lines = [f"{key:22s} {text}" for key, text in THROUGHPUT.items()]
+    return "\n".join(lines) + "\n\n" + write_summary("cohort", rows)
 
 
 SUMMARIES.append(_summary)

@@ -309,6 +309,12 @@ def run_actor_cohort(
     ray = connect_ray(ray_address, num_cpus, 0)
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_actor)) if gpus_per_actor else 1
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < actors * cpus_per_actor + 1:  # the read tasks would wait forever for a free CPU
+        raise ValueError(
+            f"the Ray cluster has {cpus:g} CPUs: {actors} actor(s) of {cpus_per_actor:g} CPU need at least "
+            f"{actors * cpus_per_actor + 1:g} (one more for the read tasks); use fewer --actors"
+        )
     since = (since or time.time()) if redo else None
     remote = ray.remote(actor_cls).options(
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=max_restarts, max_task_retries=0

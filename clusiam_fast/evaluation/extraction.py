@@ -3,6 +3,12 @@
 The output format and the order in which the normalisation statistics are looked up
 are documented in :mod:`clusiam_fast.extract`; the bag schema is
 :mod:`clusiam_fast.formats.feature_bags`.
+
+Slides are the unit of work (:mod:`clusiam_fast.cohort`: done records, locks, shards,
+cohort.json): the local engine reads each slide with a DataLoader and encodes it in this
+process; the Ray engine hands slides to :class:`SlideEncoder` actors (one model each) that
+have the patches read by Ray CPU tasks (:func:`read_patch_batch`) and write their bags.
+Whoever encodes a slide writes its bag (atomically) and then its done record.
 """
 
 from __future__ import annotations
@@ -91,14 +97,13 @@ def build_transform(mean: Sequence[float], std: Sequence[float], resize: int | N
 
 
 class _BagWriter:
-    """Collects per-patch outputs in dataset order and writes a slide's bag once it is complete."""
+    """Collects per-patch outputs of a slide and writes its bag (:meth:`write_slide`) once it is complete."""
 
     def __init__(self, source: PatchSource, out: Path, attrs: dict, dtype: np.dtype) -> None:
         self.source, self.out, self.attrs, self.dtype = source, out, attrs, dtype
         self.starts = np.array([s.start for s in source.slides])
         self.parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
         self.failed: dict[int, list[dict]] = {}
-        self.next_slide = 0
         self.rows: list[dict] = []
         self.failed_slides: list[dict] = []
         self.used_names: set[str] = set()
@@ -119,12 +124,6 @@ class _BagWriter:
                     (indices[sel], features[sel], None if probs is None else probs[sel])
                 )
 
-    def flush_until(self, done: int) -> None:
-        """Write every slide whose patches all have index < ``done``."""
-        while self.next_slide < len(self.source.slides) and self.source.slides[self.next_slide].stop <= done:
-            self._write(self.next_slide, self.source.slides[self.next_slide])
-            self.next_slide += 1
-
     def write_slide(self, k: int) -> tuple[bool, dict | str]:
         """Write slide ``k``'s bag now (cohort engines: one slide at a time); (True, index row) or (False, reason)."""
         rows, failed = len(self.rows), len(self.failed_slides)
@@ -132,21 +131,6 @@ class _BagWriter:
         if len(self.rows) > rows:
             return True, self.rows[-1]
         return False, self.failed_slides[failed]["reason"] if len(self.failed_slides) > failed else "no bag written"
-
-    def num_failed_patches(self) -> int:
-        return sum(len(v) for v in self.failed.values()) + sum(r["num_failed"] for r in self.rows)
-
-    def totals(self) -> dict:
-        """The counts and failures of the summary (extract.json)."""
-        return {
-            "num_slides": len(self.rows),
-            "num_patches": int(sum(r["num_patches"] for r in self.rows)),
-            "num_failed_patches": int(
-                sum(r["num_failed"] for r in self.rows) + sum(f["num_failed"] for f in self.failed_slides)
-            ),
-            "failed_patches": {r["slide_id"]: r["failures"] for r in self.rows if r["failures"]},
-            "failed_slides": self.failed_slides,
-        }
 
     def _write(self, k: int, slide: SlideEntry) -> None:
         parts = self.parts.pop(k, [])
