@@ -15,6 +15,8 @@ to 2 workers for the cohort (a single slide is one task: 2 workers cannot speed 
 
     python -m pytest benchmarks/bench_cohort.py --benchmark-only
     CLUSIAM_BENCH_COHORT=4x2000x1500 CLUSIAM_BENCH_BIG=0 python -m pytest benchmarks/bench_cohort.py  # quick
+
+``CLUSIAM_BENCH_ROUNDS`` (default 2) and ``CLUSIAM_BENCH_WARMUP`` (default 1) set the rounds.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from clusiam_fast.tiling import TileConfig, tile_slides
 
 ray = pytest.importorskip("ray")
 ROUNDS = int(os.environ.get("CLUSIAM_BENCH_ROUNDS", "2"))
+WARMUP = int(os.environ.get("CLUSIAM_BENCH_WARMUP", "1"))
 THROUGHPUT: dict[str, str] = {}  # benchmark key -> "slides/h, patches/s" (printed with the ratios)
 
 
@@ -97,7 +100,7 @@ def test_tile(benchmark, workloads, tmp_path, workload, engine, workers):
     def run(out):
         reports.append(tile_slides(slides, out, TileConfig(), workers=workers, engine=engine, progress=False))
 
-    benchmark.pedantic(run, setup=fresh, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(run, setup=fresh, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     report = reports[-1]
     assert report.ok, report.summary()
     seconds = benchmark.stats.stats.median
@@ -161,7 +164,7 @@ def test_extract(benchmark, extraction_input, tmp_path, engine, one_thread):
             )
         )
 
-    benchmark.pedantic(run, setup=fresh, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(run, setup=fresh, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     summary = summaries[-1]
     assert summary["num_slides"] == 3 and not summary["failed_slides"]
     speed = summary["num_patches"] / benchmark.stats.stats.median
