@@ -1,7 +1,7 @@
 """Cohort engines: slides per hour and patches per second, local process pool vs Ray, 1 and 2 workers.
 
 Workloads (made once per session by ``benchmarks/make_cohort.py``: pyramidal JPEG SVS slides of
-real tissue): a 12-slide cohort (``CLUSIAM_BENCH_COHORT``, default ``12x4000x3000``) and one big
+real tissue): a 12-slide cohort (``CLUSIAM_BENCH_COHORT``, default ``12x8000x6000``) and one big
 slide (``CLUSIAM_BENCH_BIG``, default ``40000x30000``; ``0`` leaves it out). Every round tiles the
 workload into a fresh folder, after one warm-up round (the pool's / Ray's workers have imported
 the tiler). Engines: ``local`` with 1 and 2 worker processes; ``ray`` with a local instance of 1
@@ -52,7 +52,7 @@ def workloads(tmp_path_factory) -> dict[str, list[Path]]:
         pytest.skip(f"real slides {make_cohort.SHARED_WSI} are absent (the cohort is cut from them)")
     root = tmp_path_factory.mktemp("cohort")
     found: dict[str, list[Path]] = {}
-    cohort = _spec("CLUSIAM_BENCH_COHORT", "12x4000x3000")
+    cohort = _spec("CLUSIAM_BENCH_COHORT", "12x8000x6000")
     if cohort:
         found["cohort"] = make_cohort.write_cohort(root / "cohort", n=cohort[0], size=cohort[1], seed=0)
     big = _spec("CLUSIAM_BENCH_BIG", "40000x30000")
