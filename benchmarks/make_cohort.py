@@ -24,7 +24,8 @@ then the label (subfile type 1) and macro (subfile type 9) images. JPEG tiles ar
 Memory-safe at any size: tiles are rendered one at a time from the cell layout and handed
 to tifffile as an iterator of encoded tiles (encoded in ``--workers`` threads; glass tiles
 are encoded once per level and reused), and every level is cut from sources downsampled
-once, so no level is ever held whole. The 40,000 x 30,000 slide needs about 100 MB of memory.
+once, so no level is ever held whole. The 40,000 x 30,000 slide (4 levels, 19,812 tiles,
+about 136 MB) takes 12-18 s on 2 busy CPU cores, at a peak of about 130 MB resident memory.
 
 From Python::
 
