@@ -6,12 +6,13 @@ trainer, slide tiling, a DALI data pipeline and MIL evaluation.
 Layering (a module imports only from rooms to its left, or from its own room; a test
 walks every import and fails on one that runs against it)::
 
-    utils < ops < formats < slides < data < models < training, tiling, evaluation < CLI modules < study
+    utils < ops < formats < slides, cohort < data < models < training, tiling, evaluation < CLI modules < study
 
 - ``utils``: atomic writes, optional-dependency hints, thread scopes.
 - ``ops``: the cluster loss (public function, module, reference, registration).
 - ``formats``: the files other tools read: coordinate HDF5 (CLAM, TRIDENT), the tiler manifest, feature bags.
 - ``slides``: whole-slide readers (cuCIM, OpenSlide, tifffile) behind one interface.
+- ``cohort``: resumable cohorts: done records, per-slide locks, shards, cohort.json, local / Ray engines.
 - ``data``: what DATA is, patch datasets, augmentation, DALI pipeline, shards.
 - ``models``: one file per method (CluSiam, CluBYOL, SimSiam, BYOL), backbones and heads.
 - ``training``, ``tiling``, ``evaluation`` (with ``evaluation.mil``): the three jobs.

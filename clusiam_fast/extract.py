@@ -41,6 +41,18 @@ sizes is resized to the checkpoint's training size (``crop_size`` of its config;
 first patch's size for a plain state_dict), and extract.json (``size_note``) and the
 console say so.
 
+Cohorts (``clusiam_fast/cohort``, as for the tiler): every bag gets a done record
+``DIR/done/<slide_id>.json`` (the slide and coordinate files' size and mtime, or its image
+folder's; the checkpoint file and the transform settings, hashed) written after the bag; a
+re-run skips done slides and says how many (``skipped_slides``), ``--redo`` forces, other
+settings (e.g. another checkpoint) are refused unless ``--redo``. Jobs may share DIR:
+per-slide locks (``--lock-timeout``) and ``--shard I/N``; ``DIR/cohort.json`` is rewritten as
+slides finish and ``index.csv`` lists every bag done in DIR. ``--engine ray`` runs a pool of
+``--actors`` Ray actors, each holding one model (``num_gpus=1`` each on GPUs, CPU actors
+otherwise), fed patch batches read by Ray CPU tasks; each actor writes the bags it made,
+atomically. ``--ray-address`` joins a running cluster (``ray start --head``; ``auto``);
+without it a local Ray instance is started (``--actors`` + ``--workers`` CPUs).
+
 Checkpoints with NaN/Inf weights are refused (exit status 2), as are ``--mean/--std``
 that cannot be statistics of [0, 1] pixels (non-finite, std <= 0, values > 1 which
 suggest 0-255 units).
@@ -161,6 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
         "their recorded paths (slides moved)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = p.add_argument_group("cohort (resumable, shared folders, Ray)")
+    c.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (+ --workers readers); ray: a pool of Ray actors each holding the model, fed by "
+        "Ray CPU read tasks (pip install '.[ray]')",
+    )
+    c.add_argument("--ray-address", default=None, metavar="ADDR", help="join this Ray cluster (host:port or auto)")
+    c.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="Ray actors (models); default: one per GPU of the cluster (num_gpus=1 each), else 1 CPU actor",
+    )
+    c.add_argument("--redo", action="store_true", help="extract slides again even if done (also with new settings)")
+    c.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="take over a slide lock not refreshed for S seconds (default 600)",
+    )
+    c.add_argument("--shard", default=None, metavar="I/N", help="only part I (0-based) of N of the slides")
     return p
 
 
@@ -173,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("DATA is required (CHECKPOINT DATA, or --encoder timm:NAME --weights FILE DATA)")
     import warnings
 
+    from .cohort import SettingsChangedError, parse_shard
     from .evaluation.extraction import extract
 
     try:
@@ -198,8 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weights=args.weights,
                 random_init=args.random_init,
                 encoder_kwargs=args.encoder_kwargs,
+                engine=args.engine,
+                ray_address=args.ray_address,
+                actors=args.actors,
+                redo=args.redo,
+                lock_timeout=args.lock_timeout,
+                shard=parse_shard(args.shard),
             )
-    except (FileNotFoundError, ValueError, ImportError) as error:
+    except (FileNotFoundError, ValueError, ImportError, ConnectionError, SettingsChangedError) as error:
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
     if summary.get("size_note"):
@@ -210,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wrote {summary['num_slides']} bags ({summary['num_patches']} patches, {summary['feature_dim']}-d, "
         f"{summary['num_clusters']} clusters) to {args.out} at {summary['patches_per_second']:.0f} patches/s"
     )
+    if summary.get("skipped_slides"):
+        print(f"skipped {summary['skipped_slides']} slide(s) already extracted into {args.out} (--redo to redo them)")
+    for failed in summary["failed_slides"]:
+        print(f"extract: FAILED {failed['slide_id']}: {failed['reason']}", file=sys.stderr)
     if summary["num_failed_patches"] or summary["failed_slides"]:
         print(
             f"{summary['num_failed_patches']} patches and {len(summary['failed_slides'])} slides failed; see {args.out / 'extract.json'}",

@@ -6,6 +6,8 @@ Usage::
         [--stride 224] [--min-tissue 0.5] [--slide-mpp X]
         [--backend auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
         [--on-corrupt-tile fail|skip] [--decode-device cpu|cuda] [--coords-format clam|trident]
+        [--engine local|ray] [--ray-address ADDR] [--cpus-per-task C]
+        [--redo] [--lock-timeout S] [--shard I/N]
 
 For every slide (files named, or the slide files of a folder: .svs .tif .tiff .ndpi .vms
 .vmu .scn .mrxs .svslide .bif .qptiff, not recursive) it
@@ -52,7 +54,22 @@ on it and reports how many per slide (summary, manifest ``corrupt_patches``).
 ``--decode-device cuda`` decodes the ``--save-tiles`` patches on the GPU (cuCIM's cuslide2 /
 nvImageCodec; needs cuCIM and a visible GPU).
 
-Slides run in ``--workers`` parallel processes with a progress bar. A slide that cannot be
+Cohorts (``clusiam_fast/cohort``): ``--engine local`` (default) tiles ``--workers`` slides
+at a time in local processes; ``--engine ray`` runs one Ray task per slide (``--cpus-per-task``
+CPUs each) on the cluster at ``--ray-address`` (``auto``: the one ``ray start --head`` made
+on this machine; an address that does not answer fails within 30 s) or on a local Ray
+instance of ``--workers x --cpus-per-task`` CPUs (``pip install ".[ray]"``). Every tiled slide
+gets a done record ``DIR/done/<slide_id>.json`` (its file's size and mtime, the settings and
+their hash, the manifest row) written after its outputs; a re-run skips done slides and
+says how many; ``--redo`` tiles them again; a folder tiled with other settings is refused
+unless ``--redo``. Jobs may share DIR (Slurm array tasks, several nodes): each slide is
+locked while tiled (``DIR/locks/<slide_id>.lock``: host, pid, time; taken over when its pid
+is dead on this host or it is older than ``--lock-timeout``) and ``--shard I/N`` takes part
+I of N of the sorted slide ids. ``DIR/cohort.json`` (done, failed with reasons, skipped,
+pending, patches, seconds) is rewritten as slides finish, and the manifest is rebuilt from
+the done records at the end.
+
+Slides run in parallel with a progress bar (slides; patches so far). A slide that cannot be
 tiled (unreadable, corrupt, unknown format, no mpp, no tissue) is reported by file name as
 soon as it fails and in the summary; the others go on; the exit status is 1 if any slide
 failed (2 for bad arguments). The tiler does not import torch. Files are written under temporary names and renamed when
@@ -134,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive(int),
         default=max(1, min(8, (os.cpu_count() or 2) // 2)),
-        help="slides tiled in parallel processes",
+        help="slides tiled in parallel (local engine: processes; ray without --ray-address: the local instance's CPUs)",
     )
     parser.add_argument(
         "--save-tiles",
@@ -161,6 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="convention of patches/*.h5: clam (patch_size = px read at patch_level) or trident "
         "(patch_size at the target, patch_size_level0, magnifications; <slide>_patches.h5)",
     )
+    cohort = parser.add_argument_group("cohort (resumable, shared folders, Ray)")
+    cohort.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: --workers processes on this machine; ray: one Ray task per slide (pip install '.[ray]')",
+    )
+    cohort.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join this Ray cluster (host:port of the head, or auto); default: start a local instance",
+    )
+    cohort.add_argument(
+        "--cpus-per-task", type=_positive(float), default=1.0, metavar="C", help="CPUs Ray reserves per slide task"
+    )
+    cohort.add_argument("--redo", action="store_true", help="tile slides again even if done (also with new settings)")
+    cohort.add_argument(
+        "--lock-timeout",
+        type=_positive(float),
+        default=600.0,
+        metavar="S",
+        help="take over a slide lock not refreshed for S seconds (its job died on another host)",
+    )
+    cohort.add_argument(
+        "--shard", default=None, metavar="I/N", help="tile only part I (0-based) of N of the slides (e.g. Slurm arrays)"
+    )
     return parser
 
 
@@ -168,9 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some slide failed, 2 bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from clusiam_fast.cohort import SettingsChangedError, parse_shard
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
 
     try:
+        shard = parse_shard(args.shard)
         config = TileConfig(
             target_mpp=args.mpp,
             patch_size=args.patch_size,
@@ -183,8 +229,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             decode_device=args.decode_device,
             coords_format=args.coords_format,
         )
-        report = tile_slides(args.slides, args.out, config, workers=args.workers)
-    except (ValueError, FileNotFoundError) as error:
+        report = tile_slides(
+            args.slides,
+            args.out,
+            config,
+            workers=args.workers,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            cpus_per_task=args.cpus_per_task,
+            redo=args.redo,
+            lock_timeout=args.lock_timeout,
+            shard=shard,
+        )
+    except (ValueError, FileNotFoundError, ImportError, ConnectionError, SettingsChangedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.summary())

@@ -19,6 +19,7 @@ LEVELS = {
     "reference": 2,  # thin re-export of ops
     "formats": 2,
     "slides": 3,
+    "cohort": 3,  # done records, locks, engines: used by tiling and evaluation, imports no torch
     "data": 4,
     "models": 5,
     "training": 6,

@@ -148,7 +148,7 @@ def test_tiling_into_an_existing_folder_merges_the_manifest(wsi_dir, tmp_path):
     out = tmp_path / "out"
     first = tile_slides([wsi_dir / CMU, wsi_dir / OME], out, TileConfig(), progress=False)
     assert first.ok
-    again = tile_slides([wsi_dir / CMU], out, TileConfig(min_tissue=0.8), progress=False)
+    again = tile_slides([wsi_dir / CMU], out, TileConfig(min_tissue=0.8), progress=False, redo=True)  # new settings
     assert again.ok and again.kept == 1 and "1 slide(s) tiled earlier" in again.summary()
     with open(out / "manifest.csv", newline="") as f:
         rows = {r["slide_id"]: r for r in csv.DictReader(f)}

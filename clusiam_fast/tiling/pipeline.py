@@ -1,10 +1,11 @@
 """Tile slides: tissue mask -> patch grid -> coordinate h5 + QA thumbnail (+ tiles) -> manifest.
 
-:func:`tile_slide` does one slide and raises on any problem; :func:`tile_slides` runs many
-(in parallel processes), turns each slide's error into a reported failure, and writes the
-manifest of the slides that succeeded (merged into the folder's existing manifest). Every output file is written under a temporary name
-and renamed when complete; a slide's h5 file is written last, so a slide with an h5 file
-has all its outputs.
+:func:`tile_slide` does one slide and raises on any problem; :func:`tile_slides` runs a
+cohort through :mod:`clusiam_fast.cohort` (local processes or Ray; done records, locks,
+shards; slides already done are skipped), turns each slide's error into a reported failure,
+and rebuilds the manifest of the folder's done slides. Every output file is written under a
+temporary name and renamed when complete; a slide's h5 file is written last, then its done
+record, so a slide with a done record has all its outputs.
 
 Output folder::
 
@@ -13,6 +14,9 @@ Output folder::
     OUT/patches/<slide_id>_patches.h5  TRIDENT's with coords_format="trident"
     OUT/thumbnails/<slide_id>.png    QA picture (tiling/thumbnail.py)
     OUT/tiles/<slide_id>/*.jpg|png   only with save_tiles (tiling/export.py)
+    OUT/done/<slide_id>.json         done record (cohort/records.py); failed/ for failures
+    OUT/locks/<slide_id>.lock        while a job tiles it (cohort/locks.py)
+    OUT/cohort.json                  done, failed with reasons, skipped, patches, time
 
 Damaged tile data (found as ``slides/integrity.py`` explains) fails the slide with an error
 naming the level-0 region; with ``on_corrupt_tile="skip"`` the patches on it are dropped,
@@ -22,17 +26,17 @@ counted in the manifest (``corrupt_patches``), the h5 attributes and the summary
 from __future__ import annotations
 
 import math
-import multiprocessing
 import sys
+import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..cohort import CohortSummary, SlideJob, done_records, plan_cohort, run_cohort, select_shard, waiting_lock
+from ..cohort.locks import DEFAULT_TIMEOUT_S
 from ..formats.coords_h5 import COORDS_FORMATS, write_coords_h5
 from ..formats.manifest import merge_manifest
 from ..slides import (
@@ -43,6 +47,7 @@ from ..slides import (
     open_slide,
     slide_id_from_path,
 )
+from ..utils.atomic import remove_stale_temps
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
@@ -120,7 +125,9 @@ class TilingReport:
     rows: list[dict[str, Any]]
     failures: list[SlideFailure]
     manifest: Path
-    kept: int = 0  # rows of earlier runs kept in the merged manifest
+    kept: int = 0  # rows of earlier runs (or other jobs) kept in the merged manifest
+    skipped: int = 0  # slides found done (done records) and not tiled again
+    elsewhere: list[str] = field(default_factory=list)  # slides another job sharing the folder did or is doing
 
     @property
     def ok(self) -> bool:
@@ -134,6 +141,12 @@ class TilingReport:
         if dropped:
             lines.append(f"{len(dropped)} slide(s) with patches dropped on corrupt tile data (--on-corrupt-tile skip):")
             lines += [f"  {r['slide_id']}: {r['corrupt_patches']} patch(es) dropped" for r in dropped]
+        if self.skipped:
+            lines.append(f"skipped {self.skipped} slide(s) already tiled into this folder (--redo tiles them again)")
+        if self.elsewhere:
+            lines.append(
+                f"left {len(self.elsewhere)} slide(s) to another job sharing this folder (locked or done by it)"
+            )
         if self.kept:
             lines.append(f"manifest also lists {self.kept} slide(s) tiled earlier into this folder")
         if self.failures:
@@ -403,25 +416,57 @@ def _run_one(path: Path, slide_id: str, out_dir: Path, config: TileConfig) -> tu
         return False, message.removeprefix(f"{path.name}: ")
 
 
+def _tile_job(job: SlideJob, out_dir: str, config: TileConfig) -> tuple[bool, Any, list[str]]:
+    """One cohort job (``cohort.run_cohort``): (ok, manifest row or reason, outputs relative to OUT)."""
+    ok, value = _run_one(Path(job.path), job.slide_id, Path(out_dir), config)
+    outputs = [value["h5_path"], value["thumbnail"]] if ok else []
+    if ok and config.save_tiles != "none":
+        outputs.append(f"tiles/{job.slide_id}")
+    return ok, value, outputs
+
+
+def tile_settings(config: TileConfig) -> dict[str, Any]:
+    """The settings recorded with (and compared against) every done slide: all that changes the outputs."""
+    settings = asdict(config)
+    for key in ("read_threads", "decode_device"):  # how, not what
+        settings.pop(key)
+    return settings
+
+
 def tile_slides(
     inputs: Iterable[str | Path],
     out_dir: str | Path,
     config: TileConfig = TileConfig(),
     workers: int = 1,
     progress: bool = True,
+    *,
+    engine: str = "local",
+    ray_address: str | None = None,
+    cpus_per_task: float = 1.0,
+    redo: bool = False,
+    lock_timeout: float = DEFAULT_TIMEOUT_S,
+    shard: tuple[int, int] | None = None,
 ) -> TilingReport:
     """Tile every slide of ``inputs`` (files or folders) into ``out_dir``, ``workers`` at a time.
 
-    Failures are collected (never raised). The manifest lists the slides that succeeded; an
-    existing ``out_dir/manifest.csv`` is merged: its rows stay, except those of slides tiled
-    again successfully now, which are replaced.
+    Resumable (``clusiam_fast/cohort``): slides with a done record for these inputs and
+    settings are skipped (``redo`` forces them; other settings are refused with
+    :class:`SettingsChangedError` unless ``redo``); ``shard=(I, N)`` takes part I of N;
+    jobs sharing ``out_dir`` lock slides so that none is tiled twice. ``engine``: ``local``
+    (``workers`` processes) or ``ray`` (one task per slide, ``cpus_per_task`` CPUs each,
+    on ``ray_address`` or a local instance of ``workers x cpus_per_task`` CPUs).
+    Failures are collected (never raised). The manifest is rebuilt, under a lock, from the
+    done records of ``out_dir`` (plus rows of an older manifest for slides without one).
     """
     from tqdm.auto import tqdm
 
+    started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in ("patches", "thumbnails", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
+        remove_stale_temps(out_dir / folder)
     paths, failures = find_slides(inputs)
-    jobs: list[tuple[Path, str]] = []
+    jobs: list[SlideJob] = []
     owner: dict[str, Path] = {}
     for path in paths:
         slide_id = slide_id_from_path(path)
@@ -431,37 +476,61 @@ def tile_slides(
             )
             continue
         owner[slide_id] = path
-        jobs.append((path, slide_id))
+        jobs.append(SlideJob(slide_id, str(path)))
+    jobs = select_shard(jobs, [j.slide_id for j in jobs], shard)
+    settings = tile_settings(config)
+    plan = plan_cohort(jobs, out_dir, settings, redo)
+    summary = CohortSummary(out_dir, "tile", [j.slide_id for j in jobs])
+    summary.skipped, summary.engine = len(plan.skipped), engine
+    summary.write()
 
-    results: dict[Path, dict[str, Any]] = {}
-    bar = tqdm(total=len(jobs), unit="slide", desc="tiling", disable=not progress, file=sys.stderr)
-
-    def record(path: Path, ok: bool, value: Any) -> None:
-        if ok:
-            results[path] = value
-        else:
-            failures.append(SlideFailure(path, value))
-            bar.write(f"FAILED {path.name}: {value}", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
+    locked: list[str] = []
+    patches = 0
+    bar = tqdm(total=len(plan.todo), unit="slide", desc="tiling", disable=not progress, file=sys.stderr)
+    if plan.skipped:
+        bar.write(f"skipping {len(plan.skipped)} slide(s) already tiled into {out_dir} (--redo to tile them again)")
+    for result in run_cohort(
+        plan.todo,
+        _tile_job,
+        out_dir,
+        settings,
+        args=(str(out_dir), config),
+        engine=engine,
+        workers=workers,
+        redo=redo,
+        since=started,
+        lock_timeout=lock_timeout,
+        ray_address=ray_address,
+        cpus_per_task=cpus_per_task,
+        preload=WORKER_PRELOAD,
+    ):
+        path = Path(result.job.path)
+        if result.status == "done":
+            results[result.job.slide_id] = result.value
+            patches += int(result.value["num_patches"])
+        elif result.status == "failed":
+            failures.append(SlideFailure(path, result.value))
+            bar.write(f"FAILED {path.name}: {result.value}", file=sys.stderr)
+        else:  # skipped (done by another job meanwhile) or locked (being done by one)
+            locked.append(result.job.slide_id)
+        summary.write()
         bar.update(1)
-        bar.set_postfix(failed=len(failures))
-
-    if workers <= 1 or len(jobs) <= 1:
-        for path, slide_id in jobs:
-            record(path, *_run_one(path, slide_id, out_dir, config))
-    else:
-        # not fork: cuCIM/OpenSlide threads and handles must not be copied into children. A fork
-        # server that has imported this module once starts each worker without re-importing.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(list(WORKER_PRELOAD))
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            futures = {pool.submit(_run_one, path, sid, out_dir, config): path for path, sid in jobs}
-            for future in as_completed(futures):
-                try:
-                    ok, value = future.result()
-                except BrokenProcessPool:
-                    ok, value = False, "the worker process died while tiling it (crash in a native library?)"
-                record(futures[future], ok, value)
+        bar.set_postfix(patches=patches, failed=len(failures))
     bar.close()
-    rows = [results[path] for path, _ in jobs if path in results]
-    manifest, kept = merge_manifest(out_dir / "manifest.csv", rows)
-    return TilingReport(rows, failures, manifest, kept)
+    rows = [results[j.slide_id] for j in jobs if j.slide_id in results]
+    with waiting_lock(out_dir, "manifest.csv", lock_timeout):
+        manifest, kept = rebuild_manifest(out_dir / "manifest.csv", done_records(out_dir), rows)
+    summary.write()
+    return TilingReport(rows, failures, manifest, kept, skipped=len(plan.skipped), elsewhere=locked)
+
+
+def rebuild_manifest(path: Path, records: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[Path, int]:
+    """The manifest of every slide done in the folder: rows of the done records (this run's last),
+    after the rows of an older manifest for slides that have no record. Returns (path, rows not from this run)."""
+    mine = {str(row["slide_id"]) for row in rows}
+    recorded = [
+        r["result"] for sid, r in sorted(records.items()) if sid not in mine and isinstance(r.get("result"), dict)
+    ]
+    manifest, kept = merge_manifest(path, recorded + rows)  # an older manifest's rows without a record stay
+    return manifest, kept + len(recorded)

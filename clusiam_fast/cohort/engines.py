@@ -1,0 +1,350 @@
+"""Run one function per slide, locally (a process pool) or on Ray, yielding results as slides finish.
+
+``run_cohort(jobs, fn, ...)`` first sorts the jobs with their done records: done ones
+(same inputs, same settings) are skipped and counted; done with other settings is refused
+(:class:`SettingsChangedError`) unless ``redo``. Every other slide runs :func:`do_slide`
+wherever the engine puts it (so that the worker, not the driver, writes the outputs and
+the records, and a killed driver loses nothing finished):
+
+1. take the slide's lock (``locks.py``); held by a live job -> ``locked`` (left to it);
+2. look at the done record again (another job may have finished it meanwhile) -> ``skipped``;
+3. ``fn(job, *args)`` returns ``(True, result, outputs)`` or ``(False, reason, [])``; its
+   outputs are written atomically by ``fn``; then the done (or failure) record is written.
+
+Engines: ``local`` runs ``workers`` forkserver processes (1: in this process); ``ray``
+runs one task per slide (``cpus_per_task`` / ``gpus_per_task`` resources), on the cluster at
+``ray_address`` (``auto``: the one ``ray start`` made here) or on a local instance started
+with ``workers x cpus_per_task`` CPUs. A Ray worker that dies mid-slide is retried once
+(``max_retries``), then the slide is failed; its lock (dead pid) is taken over.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .locks import DEFAULT_TIMEOUT_S, acquire_lock
+from .records import (
+    SettingsChangedError,
+    done_state,
+    inputs_stamp,
+    read_done,
+    settings_difference,
+    settings_hash,
+    write_done,
+    write_failed,
+)
+
+ENGINES = ("local", "ray")
+RAY_CONNECT_TIMEOUT_S = 20.0  # an address that does not answer fails within this (plus the TCP probe's 5 s)
+RAY_HINT = 'the Ray engine needs Ray: pip install ".[ray]" (or use --engine local)'
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide's work: its id, the main input (named in messages) and every input file deciding "done"."""
+
+    slide_id: str
+    path: str
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.inputs or (self.path,)
+
+
+@dataclass
+class CohortResult:
+    """What happened to one slide: status ``done``, ``failed``, ``skipped`` or ``locked``."""
+
+    job: SlideJob
+    status: str
+    value: Any = None  # done: fn's result; failed: the reason
+    seconds: float = 0.0
+    worker: dict[str, Any] = field(default_factory=dict)  # host and pid that did it
+
+
+@dataclass
+class CohortPlan:
+    """The jobs to run and those skipped as done, from :func:`plan_cohort`."""
+
+    todo: list[SlideJob]
+    skipped: list[SlideJob]
+    inputs_changed: list[SlideJob]
+
+
+def plan_cohort(jobs: Sequence[SlideJob], out: str | Path, settings: dict, redo: bool = False) -> CohortPlan:
+    """Split ``jobs`` into to-do and done; refuse done slides with other settings unless ``redo``."""
+    digest = settings_hash(settings)
+    todo, skipped, changed_inputs, changed = [], [], [], []
+    for job in jobs:
+        record = read_done(out, job.slide_id)
+        state = done_state(record, inputs_stamp(job.files), digest)
+        if state == "done" and not redo:
+            skipped.append(job)
+            continue
+        todo.append(job)
+        if state == "inputs-changed":
+            changed_inputs.append(job)
+        elif state == "settings-changed":
+            changed.append((job, record))
+    if changed and not redo:
+        job, record = changed[0]
+        raise SettingsChangedError(
+            f"{len(changed)} slide(s) in {out} were done with other settings (e.g. {job.slide_id}: "
+            f"{settings_difference(record.get('settings', {}), settings)}); pass --redo to do them again "
+            "with these settings, or choose another --out"
+        )
+    return CohortPlan(todo, skipped, changed_inputs)
+
+
+def do_slide(
+    fn: Callable, job: SlideJob, out: str, settings: dict, since: float | None, lock_timeout: float, args: tuple
+) -> CohortResult:
+    """Lock, re-check, run ``fn`` and record one slide (runs in the worker). ``since``: redo records older than it."""
+    who = {"host": socket.gethostname(), "pid": os.getpid()}
+    lock = acquire_lock(out, job.slide_id, lock_timeout)
+    if lock is None:
+        return CohortResult(job, "locked", "another job holds its lock", worker=who)
+    with lock:
+        record = read_done(out, job.slide_id)
+        if done_state(record, inputs_stamp(job.files), settings_hash(settings)) == "done":
+            if since is None or float(record.get("time", 0)) >= since:
+                return CohortResult(job, "skipped", record.get("result"), worker=who)
+        start = time.perf_counter()
+        stamp = inputs_stamp(job.files)  # before reading: a file changed while read is redone next time
+        try:
+            ok, value, outputs = fn(job, *args)
+        except Exception as error:  # one bad slide never stops the cohort
+            ok, value, outputs = False, f"{type(error).__name__}: {error}", []
+        seconds = time.perf_counter() - start
+        if ok:
+            write_done(out, job.slide_id, stamp, settings, value, outputs, seconds)
+        else:
+            write_failed(out, job.slide_id, job.path, str(value))
+        return CohortResult(job, "done" if ok else "failed", value, seconds, who)
+
+
+def run_cohort(
+    jobs: Iterable[SlideJob],
+    fn: Callable,
+    out: str | Path,
+    settings: dict,
+    *,
+    args: tuple = (),
+    engine: str = "local",
+    workers: int = 1,
+    redo: bool = False,
+    since: float | None = None,
+    lock_timeout: float = DEFAULT_TIMEOUT_S,
+    ray_address: str | None = None,
+    cpus_per_task: float = 1.0,
+    gpus_per_task: float = 0.0,
+    max_retries: int = 1,
+    preload: Sequence[str] = (),
+) -> Iterator[CohortResult]:
+    """Run ``fn`` on every job not done yet (see the module docstring); yields as slides finish.
+
+    ``fn`` must be a module-level function (it is pickled to the workers); ``preload``: modules
+    the local fork server imports once. ``since`` (with ``redo``): the run's start time.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    jobs = list(jobs)
+    out = str(out)
+    since = (since or time.time()) if redo else None
+    call = (out, settings, since, lock_timeout, args)
+    if engine == "ray":
+        yield from _run_ray(jobs, fn, call, workers, ray_address, cpus_per_task, gpus_per_task, max_retries)
+    elif workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield do_slide(fn, job, *call)
+    else:
+        yield from _run_pool(jobs, fn, call, workers, preload)
+
+
+def _died(job: SlideJob, out: str, what: str) -> CohortResult:
+    reason = f"the {what} died while doing it (killed, out of memory, or a crash in a native library)"
+    write_failed(out, job.slide_id, job.path, reason)
+    return CohortResult(job, "failed", reason)
+
+
+def _run_pool(jobs, fn, call, workers, preload) -> Iterator[CohortResult]:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # not fork: cuCIM/OpenSlide threads and handles must not be copied into children
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, *preload])
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        futures = {pool.submit(do_slide, fn, job, *call): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                yield _died(futures[future], call[0], "worker process")
+
+
+def import_ray():
+    """``ray``, or ImportError with the install hint."""
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError(RAY_HINT) from error
+    return ray
+
+
+def _probe(address: str) -> None:
+    """Fail fast (5 s) when nothing listens at an explicit ``host:port`` (Ray itself retries for minutes)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"--ray-address must be host:port (the head's GCS port, 6379 by default) or auto, got {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5.0).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"no Ray cluster answers at --ray-address {address} ({error}); start one there with "
+            "`ray start --head`, or leave --ray-address out to start a local instance"
+        ) from None
+
+
+def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s: float = RAY_CONNECT_TIMEOUT_S):
+    """Initialise Ray once: join ``address`` (a clear error within ``timeout_s`` when it does not answer) or
+    start a local instance with these resources."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    if not address:  # in this thread: Ray's processes die with the thread that started them (PDEATHSIG)
+        ray.init(
+            address="local",
+            num_cpus=max(1, int(num_cpus)),
+            num_gpus=int(num_gpus),
+            include_dashboard=False,
+            configure_logging=False,
+        )
+        return ray
+    _probe(address)
+    errors: list[BaseException] = []
+
+    def join() -> None:  # a driver joining a cluster starts no process; Ray retries an address for minutes
+        try:
+            ray.init(address=address, configure_logging=False)
+        except BaseException as error:  # handed to the caller
+            errors.append(error)
+
+    thread = threading.Thread(target=join, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise ConnectionError(
+            f"the Ray cluster at --ray-address {address} did not answer within {timeout_s:.0f} s: is a Ray head "
+            "running there (`ray start --head`; `ray status` there tells)? If it uses token authentication (Ray's "
+            "default), set RAY_AUTH_MODE=token here, with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token. Or leave "
+            "--ray-address out to start a local instance"
+        )
+    if errors:
+        raise ConnectionError(f"cannot join the Ray cluster at --ray-address {address}: {errors[0]}") from errors[0]
+    return ray
+
+
+def _run_ray(jobs, fn, call, workers, address, cpus, gpus, max_retries) -> Iterator[CohortResult]:
+    if not jobs:
+        return
+    ray = connect_ray(address, workers * cpus, workers * gpus)
+    task = ray.remote(do_slide).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries)
+    fn_ref = ray.put(fn)
+    pending = {task.remote(fn_ref, job, *call): job for job in jobs}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
+            result = _died(job, call[0], "Ray worker")
+        except ray.exceptions.RayError as error:  # do_slide catches fn's errors: this is Ray's own
+            reason = f"Ray could not run it: {str(error)[-500:]}"
+            write_failed(call[0], job.slide_id, job.path, reason)
+            result = CohortResult(job, "failed", reason)
+        yield result
+
+
+def run_actor_cohort(
+    jobs: Iterable[SlideJob],
+    actor_cls: type,
+    init_args: tuple,
+    out: str | Path,
+    settings: dict,
+    *,
+    actors: int | None = None,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = 1.0,
+    ray_address: str | None = None,
+    num_cpus: float = 2.0,
+    redo: bool = False,
+    since: float | None = None,
+    lock_timeout: float = DEFAULT_TIMEOUT_S,
+    max_restarts: int = 1,
+) -> Iterator[CohortResult]:
+    """Run jobs on a pool of Ray actors ``actor_cls(*init_args)`` (each holding e.g. a model); yields as they finish.
+
+    The actor's ``run(job, settings, since, lock_timeout)`` must return :func:`do_slide`'s result (so it
+    locks, records and writes its outputs itself). ``actors``: default one per GPU of the cluster
+    with ``gpus_per_actor`` > 0, else 1. Each actor has at most two slides queued; an actor that
+    dies is restarted (``max_restarts``) and its slide failed (a re-run does it).
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return
+    ray = connect_ray(ray_address, num_cpus, 0)
+    if actors is None:
+        actors = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_actor)) if gpus_per_actor else 1
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < actors * cpus_per_actor + 1:  # the read tasks would wait forever for a free CPU
+        raise ValueError(
+            f"the Ray cluster has {cpus:g} CPUs: {actors} actor(s) of {cpus_per_actor:g} CPU need at least "
+            f"{actors * cpus_per_actor + 1:g} (one more for the read tasks); use fewer --actors"
+        )
+    since = (since or time.time()) if redo else None
+    remote = ray.remote(actor_cls).options(
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=max_restarts, max_task_retries=0
+    )
+    pool = [remote.remote(*init_args) for _ in range(min(actors, len(jobs)))]
+    queue = list(reversed(jobs))
+    pending: dict[Any, tuple[SlideJob, Any]] = {}
+
+    def feed(actor) -> None:
+        if queue:
+            job = queue.pop()
+            pending[actor.run.remote(job, settings, since, lock_timeout)] = (job, actor)
+
+    for actor in pool:
+        feed(actor)
+        feed(actor)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job, actor = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
+                result = _died(job, str(out), "Ray actor")
+            except ray.exceptions.RayError as error:
+                reason = f"Ray could not run it: {str(error)[-500:]}"
+                write_failed(str(out), job.slide_id, job.path, reason)
+                result = CohortResult(job, "failed", reason)
+            feed(actor)
+            yield result
+    finally:
+        for actor in pool:
+            ray.kill(actor)
