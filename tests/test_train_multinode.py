@@ -118,7 +118,8 @@ def test_two_nodes_match_one_process_and_resume_from_rank0s_disk(patches, tmp_pa
     node0, node1 = tmp_path / "node0", tmp_path / "node1"
     # Stop after 2 of the 3 steps, then resume: node 1's --out never holds a checkpoint (rank 0
     # reads it and hands it over), so this also covers nodes that share no disk.
-    first = _two_nodes(patches, (node0, node1), tmp_path, "--max-steps", "2")
+    # --schedule-steps 3: the cosine of the whole 3-step run (else it spans the 2 steps); resume keeps it.
+    first = _two_nodes(patches, (node0, node1), tmp_path, "--max-steps", "2", "--schedule-steps", "3")
     assert "batch 16 over 2 process(es)" in first[0].stdout
     at_step2 = torch.load(node0 / "checkpoint.pt", weights_only=False)["model"]
     _two_nodes(patches, (node0, node1), tmp_path, "--resume", "--max-steps", "3")
