@@ -94,7 +94,9 @@ def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path):
     clusiam, baseline = rows["clusiam"], rows["random_init"]
     assert clusiam["clustering"]["assigner"]["k"] == 10 and "assigner" not in baseline["clustering"]
     assert clusiam["trained_steps"] == 12 and baseline["trained_steps"] == 0
-    assert {"loss", "inv_loss", "cluster_loss", "projection_std", "backbone_std", "backbone_rankme"} <= set(clusiam["monitors"])
+    assert {"loss", "inv_loss", "cluster_loss", "projection_std", "backbone_std", "backbone_rankme"} <= set(
+        clusiam["monitors"]
+    )
     assert clusiam["monitors"]["loss"]["step"] == list(range(1, 13))  # steps.csv, log_every 1
     assert baseline["monitors"] == {}  # nothing trained, nothing logged
     # The same evaluation sets for both: the same test patches and test bags.

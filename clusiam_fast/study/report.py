@@ -236,7 +236,15 @@ def _separation_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-FIRST_MONITORS = ("loss", "inv_loss", "cluster_loss", "backbone_std", "backbone_rankme", "assigner_entropy", "projection_std")
+FIRST_MONITORS = (
+    "loss",
+    "inv_loss",
+    "cluster_loss",
+    "backbone_std",
+    "backbone_rankme",
+    "assigner_entropy",
+    "projection_std",
+)
 
 
 def _monitor_order(names: set[str]) -> list[str]:
