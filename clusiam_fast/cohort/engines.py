@@ -11,7 +11,8 @@ the records, and a killed driver loses nothing finished):
 3. ``fn(job, *args)`` returns ``(True, result, outputs)`` or ``(False, reason, [])``; its
    outputs are written atomically by ``fn``; then the done (or failure) record is written.
 
-Engines: ``local`` runs ``workers`` forkserver processes (1: in this process); ``ray``
+Engines: ``local`` runs ``workers`` forkserver processes (1: in this process; the pool is
+kept for the next cohort of the process); ``ray``
 runs one task per slide (``cpus_per_task`` / ``gpus_per_task`` resources), on the cluster at
 ``ray_address`` (``auto``: the one ``ray start`` made here) or on a local instance started
 with ``workers x cpus_per_task`` CPUs. A Ray worker that dies mid-slide is retried once
@@ -20,6 +21,7 @@ with ``workers x cpus_per_task`` CPUs. A Ray worker that dies mid-slide is retri
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import socket
@@ -176,20 +178,49 @@ def _died(job: SlideJob, out: str, what: str) -> CohortResult:
     return CohortResult(job, "failed", reason)
 
 
+_POOLS: dict[tuple, Any] = {}  # (workers, preload) -> a live process pool, reused by later cohorts of this process
+
+
+def _local_pool(workers: int, preload: Sequence[str]):
+    """A forkserver pool of ``workers`` processes, kept for the next cohort of this process (as Ray keeps
+    its workers), so that a notebook or a benchmark tiling cohort after cohort pays the imports once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    key = (workers, tuple(preload))
+    pool = _POOLS.get(key)
+    if pool is None or getattr(pool, "_broken", False):
+        # not fork: cuCIM/OpenSlide threads and handles must not be copied into children
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__, *preload])
+        pool = _POOLS[key] = ProcessPoolExecutor(workers, mp_context=context)
+        if len(_POOLS) == 1:
+            atexit.register(_close_pools)
+    return pool
+
+
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
 def _run_pool(jobs, fn, call, workers, preload) -> Iterator[CohortResult]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    # not fork: cuCIM/OpenSlide threads and handles must not be copied into children
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, *preload])
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        futures = {pool.submit(do_slide, fn, job, *call): job for job in jobs}
+    key = (workers, tuple(preload))
+    pool = _local_pool(workers, preload)
+    futures = {pool.submit(do_slide, fn, job, *call): job for job in jobs}
+    try:
         for future in as_completed(futures):
             try:
                 yield future.result()
             except BrokenProcessPool:
+                _POOLS.pop(key, None)
                 yield _died(futures[future], call[0], "worker process")
+    finally:  # the caller stopped early (Ctrl-C, an error): drop what has not started
+        for future in futures:
+            future.cancel()
 
 
 def import_ray():
