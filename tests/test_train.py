@@ -194,15 +194,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(patches, tmp_path):
     assert {name: _digest(run / name) for name in before} == before
 
 
-def test_unreadable_image_is_reported_and_replaced(patches, tmp_path):
+def test_unreadable_image_is_reported_once_and_replaced(patches, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     for src in sorted(patches.iterdir())[:15]:
         (data / src.name).symlink_to(src.resolve())
     (data / "broken.jpg").write_bytes(b"not a jpeg at all")
-    result = train(_config(data, tmp_path / "run", method="simsiam"))
-    (row,) = _rows(tmp_path / "run" / "log.csv")
-    assert result.step == 2 and row["skipped_images"] == "1"
+    result = train(_config(data, tmp_path / "run", method="simsiam", epochs=2))
+    rows = _rows(tmp_path / "run" / "log.csv")
+    assert result.step == 4 and [r["skipped_images"] for r in rows] == ["1", "1"]
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert text.count("skipped unreadable image: ") == 1, text  # named at epoch 1, counted at epoch 2
+    assert "skipped 1 unreadable image(s) named before" in text
 
 
 def test_data_errors_name_the_path(tmp_path, capsys):

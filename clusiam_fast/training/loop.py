@@ -518,8 +518,12 @@ class _Trainer:
         elapsed = time.perf_counter() - start
         skipped = self.loader.pop_skipped()
         self.meter.skipped += len(skipped)
-        for name in skipped:
+        seen = getattr(self, "_reported_bad", set())  # each bad file is named once per run, then counted
+        self._reported_bad = seen | set(skipped)
+        for name in dict.fromkeys(n for n in skipped if n not in seen):
             tqdm.write(f"[rank {ctx.rank}] skipped unreadable image: {name}")
+        if again := sum(n in seen for n in skipped):
+            tqdm.write(f"[rank {ctx.rank}] skipped {again} unreadable image(s) named before")
         rate = images / max(elapsed, 1e-9)
         if self.epoch_step < self.steps_per_epoch:
             self._partial = self._epoch_row(epoch, lr, rate, elapsed)
