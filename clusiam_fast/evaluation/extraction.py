@@ -5,30 +5,36 @@ are documented in :mod:`clusiam_fast.extract`; the bag schema is
 :mod:`clusiam_fast.formats.feature_bags`.
 
 Slides are the unit of work (:mod:`clusiam_fast.cohort`: done records, locks, shards,
-cohort.json): the local engine reads each slide with a DataLoader and encodes it in this
-process; the Ray engine hands slides to :class:`SlideEncoder` actors (one model each) that
-have the patches read by Ray CPU tasks (:func:`read_patch_batch`) and write their bags.
-Whoever encodes a slide writes its bag (atomically) and then its done record.
+cohort.json); what a worker does with one (read, encode, write its bag) is
+:mod:`clusiam_fast.evaluation.slide_encoding`: the local engine encodes each slide in this
+process, the Ray engine hands slides to its ``SlideEncoder`` actors.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..formats.feature_bags import FeatureBag, safe_name, write_bag, write_index
+from ..formats.feature_bags import write_index
 from ..utils.atomic import atomic_write_json, remove_stale_temps
-from .encoder import Encoder, load_encoder
-from .sources import PatchSource, SlideEntry, collate_patches, open_source
+from .encoder import Encoder
+from .slide_encoding import (
+    ExtractSpec,
+    SlideEncoder,
+    _encode_slide_job,
+    _LocalEncoder,
+    _slide_jobs,
+    build_transform,
+    load_any_encoder,
+)
+from .sources import PatchSource, open_source
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,126 +89,6 @@ def check_normalisation(mean: Sequence[float], std: Sequence[float], origin: str
         raise ValueError(f"normalisation std from {origin} is {list(std)}: every std must be > 0")
     if any(float(v) < 0 for v in mean):
         raise ValueError(f"normalisation mean from {origin} is {list(mean)}: a mean of [0, 1] pixels lies in [0, 1]")
-
-
-def build_transform(
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize: int | None = None,
-    crop: int | None = None,
-    interpolation: str = "bilinear",
-):
-    """PIL RGB -> normalised tensor: optional resize (shorter side), optional centre crop."""
-    from torchvision import transforms as T
-
-    steps = []
-    if resize:
-        steps.append(T.Resize(resize, interpolation=T.InterpolationMode(interpolation)))
-    if crop:
-        steps.append(T.CenterCrop(crop))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
-
-
-class _BagWriter:
-    """Collects per-patch outputs of a slide and writes its bag (:meth:`write_slide`) once it is complete."""
-
-    def __init__(self, source: PatchSource, out: Path, attrs: dict, dtype: np.dtype) -> None:
-        self.source, self.out, self.attrs, self.dtype = source, out, attrs, dtype
-        self.starts = np.array([s.start for s in source.slides])
-        self.parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
-        self.failed: dict[int, list[dict]] = {}
-        self.rows: list[dict] = []
-        self.failed_slides: list[dict] = []
-        self.used_names: set[str] = set()
-
-    def slide_of(self, index: int) -> int:
-        return int(np.searchsorted(self.starts, index, side="right") - 1)
-
-    def add(
-        self, indices: np.ndarray, features: np.ndarray, probs: np.ndarray | None, failures: list[tuple[int, str]]
-    ) -> None:
-        for i, error in failures:
-            self.failed.setdefault(self.slide_of(i), []).append({"patch": self.source.item_name(i), "error": error})
-        if len(indices):
-            owner = np.searchsorted(self.starts, indices, side="right") - 1
-            for s in np.unique(owner):
-                sel = owner == s
-                self.parts.setdefault(int(s), []).append(
-                    (indices[sel], features[sel], None if probs is None else probs[sel])
-                )
-
-    def write_slide(self, k: int) -> tuple[bool, dict | str]:
-        """Write slide ``k``'s bag now (cohort engines: one slide at a time); (True, index row) or (False, reason)."""
-        rows, failed = len(self.rows), len(self.failed_slides)
-        self._write(k, self.source.slides[k])
-        if len(self.rows) > rows:
-            return True, self.rows[-1]
-        return False, self.failed_slides[failed]["reason"] if len(self.failed_slides) > failed else "no bag written"
-
-    def _write(self, k: int, slide: SlideEntry) -> None:
-        parts = self.parts.pop(k, [])
-        failures = self.failed.pop(k, [])
-        if not parts:
-            errors = {f["error"] for f in failures}
-            same = f": {next(iter(errors))}" if len(errors) == 1 else ""  # e.g. the slide file cannot be opened
-            self.failed_slides.append(
-                {
-                    "slide_id": slide.slide_id,
-                    "reason": f"all {slide.stop - slide.start} patches failed{same}",
-                    "num_failed": len(failures),
-                    "failures": failures[:20],
-                }
-            )
-            return
-        idx = np.concatenate([p[0] for p in parts]) - slide.start
-        feats = np.concatenate([p[1] for p in parts]).astype(self.dtype)
-        probs = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
-        name = safe_name(slide.slide_id)
-        while name in self.used_names:
-            name += "_"
-        self.used_names.add(name)
-        bag = FeatureBag(
-            slide_id=slide.slide_id,
-            features=feats,
-            probs=None if probs is None else probs.astype(self.dtype),
-            clusters=None if probs is None else probs.argmax(1).astype(np.int32),
-            coords=None if slide.coords is None else slide.coords[idx],
-            paths=None if slide.paths is None else [slide.paths[i] for i in idx],
-            attrs={**slide.attrs, **self.attrs, "num_failed": len(failures)},
-        )
-        rel = Path("bags") / f"{name}.h5"
-        write_bag(self.out / rel, bag)
-        self.rows.append(
-            {
-                "slide_id": slide.slide_id,
-                "bag_path": rel.as_posix(),
-                "num_patches": len(bag),
-                "num_failed": len(failures),
-                "failures": failures,
-            }
-        )
-
-
-def load_any_encoder(
-    checkpoint: str | Path | None,
-    encoder: str = "checkpoint",
-    weights: str | Path | None = None,
-    random_init: bool = False,
-    encoder_kwargs: dict | None = None,
-) -> Encoder:
-    """The trainer checkpoint / exported backbone, or a ``timm:NAME`` / ``torchvision:NAME`` baseline."""
-    from .baselines import load_baseline_encoder, parse_encoder
-
-    if parse_encoder(encoder)[0] == "checkpoint":
-        if checkpoint is None:
-            raise ValueError("give a CHECKPOINT, or --encoder timm:NAME / torchvision:NAME with --weights FILE")
-        if weights is not None or random_init or encoder_kwargs:
-            raise ValueError("--weights, --random-init and --encoder-kwargs go with --encoder timm:/torchvision:")
-        return load_encoder(checkpoint)
-    if checkpoint is not None:
-        raise ValueError(f"--encoder {encoder} takes no CHECKPOINT (its weights come from --weights)")
-    return load_baseline_encoder(encoder, weights, random_init=random_init, model_kwargs=encoder_kwargs)
 
 
 def extract(
@@ -392,224 +278,6 @@ def extract(
     }
     atomic_write_json(out / "extract.json", summary)
     return summary
-
-
-@dataclass(frozen=True)
-class ExtractSpec:
-    """Everything a worker (this process, or a Ray actor / read task) needs to rebuild the extraction."""
-
-    checkpoint: str | None
-    data: str
-    slide_dir: str | None
-    mean: tuple
-    std: tuple
-    resize: int | None
-    crop: int | None
-    fit_size: int | None
-    device: str
-    amp: bool
-    fp16: bool
-    batch_size: int
-    workers: int
-    out: str
-    encoder: str = "checkpoint"  # or timm:NAME / torchvision:NAME (evaluation/baselines.py)
-    weights: str | None = None
-    random_init: bool = False
-    encoder_kwargs: str | None = None  # JSON (the spec is hashable: read sources are cached by it)
-    interpolation: str = "bilinear"
-
-    @property
-    def dtype(self):
-        return np.float16 if self.fp16 else np.float32
-
-    def settings(self) -> dict:
-        """What decides the bags (recorded with each, compared on re-runs): the model's files and the transform."""
-        model_file = self.checkpoint or self.weights
-        st = os.stat(model_file) if model_file else None
-        return {
-            "checkpoint": self.checkpoint,
-            "encoder": self.encoder,
-            "weights": self.weights,
-            "random_init": self.random_init,
-            "encoder_kwargs": self.encoder_kwargs,
-            "checkpoint_size": st.st_size if st else None,
-            "checkpoint_mtime_ns": st.st_mtime_ns if st else None,
-            "interpolation": self.interpolation,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "resize": self.resize,
-            "crop": self.crop,
-            "fit_size": self.fit_size,
-            "fp16": self.fp16,
-        }
-
-    def open_source(self) -> PatchSource:
-        source = open_source(
-            self.data,
-            build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation),
-            slide_dir=self.slide_dir,
-        )
-        if self.fit_size:
-            source.fit(self.fit_size)
-        return source
-
-    def load_encoder(self) -> Encoder:
-        kwargs = json.loads(self.encoder_kwargs) if self.encoder_kwargs else None
-        return load_any_encoder(self.checkpoint, self.encoder, self.weights, self.random_init, kwargs)
-
-    def attrs(self, encoder: Encoder) -> dict:
-        return {
-            "method": encoder.config.get("method", ""),
-            "arch": encoder.config.get("arch", ""),
-            "checkpoint": self.checkpoint or "",
-            "encoder": encoder.kind,
-            "weights": encoder.config.get("weights") or "",
-            "weights_sha256": encoder.config.get("weights_sha256", ""),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "resize": self.resize or 0,
-            "crop": self.crop or 0,
-            "dtype": np.dtype(self.dtype).name,
-        }
-
-    @staticmethod
-    def slide_index(source: PatchSource, slide_id: str) -> int:
-        return next(k for k, s in enumerate(source.slides) if s.slide_id == slide_id)
-
-
-def _slide_jobs(source: PatchSource):
-    """One cohort job per slide: its inputs are the slide and coordinate files (manifest) or its image folder."""
-    from ..cohort import SlideJob
-
-    jobs = []
-    for slide in source.slides:
-        if source.kind == "manifest":
-            path = str(slide.attrs.get("slide_path", slide.slide_id))
-            inputs = tuple(str(p) for p in (path, slide.attrs.get("h5_path")) if p)
-        else:
-            folder = source.root / slide.slide_id
-            path = str(folder if folder.is_dir() else source.root)
-            inputs = (path,)
-        jobs.append(SlideJob(slide.slide_id, path, inputs))
-    return jobs
-
-
-def _encode(encoder, images: torch.Tensor, device: str, use_amp: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    images = images.to(device, non_blocking=True)
-    if device.startswith("cuda"):
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-        f, p = encoder(images)
-    return f.float().cpu().numpy(), None if p is None else p.float().cpu().numpy()
-
-
-class _SlideEncoding:
-    """An encoder, a patch source and a bag writer: encodes batches of one slide and writes its bag."""
-
-    def __init__(self, spec: ExtractSpec, encoder: Encoder, source: PatchSource) -> None:
-        self.spec, self.source = spec, source
-        self.encoder = encoder.to(spec.device)
-        if spec.device.startswith("cuda"):
-            self.encoder = self.encoder.to(memory_format=torch.channels_last)
-        self.writer = _BagWriter(source, Path(spec.out), spec.attrs(encoder), spec.dtype)
-
-    def add(self, images, indices, failures) -> int:
-        feats = probs = None
-        if images is not None:
-            feats, probs = _encode(self.encoder, torch.as_tensor(images), self.spec.device, self.spec.amp)
-            self.writer.attrs.update(feature_dim=feats.shape[1], num_clusters=0 if probs is None else probs.shape[1])
-        self.writer.add(np.asarray(indices), feats if feats is not None else np.zeros((0, 0)), probs, failures)
-        return len(indices) + len(failures)
-
-    def finish(self, job) -> tuple[bool, dict | str, list[str]]:
-        ok, value = self.writer.write_slide(self.spec.slide_index(self.source, job.slide_id))
-        if not ok:
-            return False, value, []
-        row = {k: v for k, v in value.items() if k != "failures"}
-        row["failures"] = value["failures"][:20]
-        row.update(
-            feature_dim=self.writer.attrs.get("feature_dim", 0), num_clusters=self.writer.attrs.get("num_clusters", 0)
-        )
-        return True, row, [row["bag_path"]]
-
-
-class _LocalEncoder(_SlideEncoding):
-    """The local engine: a DataLoader (``workers`` processes) over each slide's patches, in this process."""
-
-    def __init__(self, spec: ExtractSpec, encoder: Encoder, source: PatchSource, bar) -> None:
-        super().__init__(spec, encoder, source)
-        self.bar = bar
-
-
-def _encode_slide_job(job, local: _LocalEncoder) -> tuple[bool, dict | str, list[str]]:
-    """Cohort job of the local engine: read (DataLoader), encode and write one slide's bag."""
-    slide = local.source.slides[local.spec.slide_index(local.source, job.slide_id)]
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(local.source.dataset, range(slide.start, slide.stop)),
-        batch_size=local.spec.batch_size,
-        shuffle=False,
-        num_workers=local.spec.workers,
-        collate_fn=collate_patches,
-        pin_memory=local.spec.device.startswith("cuda"),
-    )
-    for images, indices, failures in loader:
-        local.bar.update(local.add(images, indices.numpy(), failures))
-    return local.finish(job)
-
-
-_READ_SOURCES: dict[ExtractSpec, PatchSource] = {}  # per Ray worker process: the source of each spec, opened once
-
-
-def read_patch_batch(spec: ExtractSpec, start: int, stop: int):
-    """A Ray CPU task: patches ``start:stop`` of the source read and transformed -> (images, indices, failures)."""
-    from ..utils.threads import torch_threads
-
-    source = _READ_SOURCES.get(spec)
-    if source is None:
-        source = _READ_SOURCES[spec] = spec.open_source()
-    with torch_threads(1):
-        images, indices, failures = collate_patches(source.dataset.__getitems__(list(range(start, stop))))
-    return None if images is None else images.numpy(), indices.numpy(), failures
-
-
-class SlideEncoder(_SlideEncoding):
-    """A Ray actor holding one model: for each slide it is given, under the slide's lock, it has its
-    patches read by Ray CPU tasks (:func:`read_patch_batch`, a few batches ahead), encodes them and
-    writes the bag itself, atomically, then the done record.
-
-    Ray Data was not used: a bag is one slide's patches in order, written once by whoever
-    encoded them, under the slide's lock and with its done record; Ray Data's streaming
-    batches mix slides and would need a group-by (and its extra dependencies) to rebuild them.
-    """
-
-    READ_AHEAD = 4
-
-    def __init__(self, spec: ExtractSpec) -> None:
-        torch.set_num_threads(1)
-        super().__init__(spec, spec.load_encoder(), spec.open_source())
-
-    def run(self, job, settings: dict, since: float | None, lock_timeout: float):
-        from ..cohort.engines import do_slide
-
-        return do_slide(_actor_slide_job, job, self.spec.out, settings, since, lock_timeout, (self,))
-
-
-def _actor_slide_job(job, actor: SlideEncoder) -> tuple[bool, dict | str, list[str]]:
-    import ray
-
-    slide = actor.source.slides[actor.spec.slide_index(actor.source, job.slide_id)]
-    read = ray.remote(read_patch_batch).options(num_cpus=1)
-    step = actor.spec.batch_size
-    starts = list(range(slide.start, slide.stop, step))
-    inflight = [read.remote(actor.spec, a, min(a + step, slide.stop)) for a in starts[: actor.READ_AHEAD]]
-    for k in range(len(starts)):
-        images, indices, failures = ray.get(inflight.pop(0))
-        following = k + actor.READ_AHEAD
-        if following < len(starts):
-            a = starts[following]
-            inflight.append(read.remote(actor.spec, a, min(a + step, slide.stop)))
-        actor.add(images, indices, failures)
-    return actor.finish(job)
 
 
 def _fit_sizes(source: PatchSource, encoder: Encoder, resize: int | None, crop: int | None) -> tuple[int | None, str]:
