@@ -385,3 +385,22 @@ def test_ctrl_c_on_the_cli_with_loader_workers_saves_and_resumes(patches, tmp_pa
     epochs = saved["epoch"] + 1  # finish the interrupted epoch
     assert cli_main(["--out", str(out), "--resume", "--epochs", str(epochs), "--no-progress"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 6 * epochs
+
+
+def test_loader_workers_stop_with_the_run(patches, tmp_path):
+    # Persistent workers left to interpreter exit deadlock it (exit joins them after a SIGTERM they
+    # ignore, while they wait for their live parent): the run must stop them itself.
+    # With the garbage collector off, nothing but the run itself can stop them (the trainer's reference
+    # cycles would keep them alive, as at exit).
+    import gc
+    import multiprocessing
+
+    gc.disable()
+    try:
+        result = train(_config(patches, tmp_path / "run", method="simsiam", epochs=2, workers=1))
+        assert result.status == "complete"
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()
+        for child in multiprocessing.active_children():  # on failure: else pytest's own exit would hang
+            child.kill()

@@ -203,6 +203,14 @@ class TorchTrainLoader:
         out, self._skipped = self._skipped, []
         return out
 
+    def close(self) -> None:
+        """Stop the persistent workers now. Left to interpreter exit, they would deadlock: exit joins
+        them after a SIGTERM they ignore (``_worker_init``), and they wait for the live parent."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
+
 
 class DaliTrainLoader:
     """Adapter over ``clusiam_fast.data.dali.build_dali_loader`` (built once; ``set_epoch`` per epoch).

@@ -93,7 +93,13 @@ def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) 
         # Intra-op threads come from --threads alone (None: torch's default), never from --workers,
         # so the numbers a CPU run produces do not depend on how many loader workers it had.
         with torch_threads(cfg.threads):
-            return _Trainer(cfg, ctx, on_step).run()
+            trainer = _Trainer(cfg, ctx, on_step)
+            try:
+                return trainer.run()
+            finally:  # loader workers stop with the run, whatever ended it
+                close = getattr(getattr(trainer, "loader", None), "close", None)
+                if close is not None:
+                    close()
     finally:
         cleanup_distributed(ctx)
 
