@@ -22,7 +22,7 @@ from typing import Any
 
 from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
-NOT_MONITORS = {"epoch", "step", "lr", "images_per_s", "skipped_images", "epoch_time_s"}
+NOT_MONITORS = {"epoch", "step", "lr", "images_per_s", "skipped_images", "epoch_time_s", "partial"}
 
 
 def interval(parent: dict | None, key: str) -> tuple[float, float] | None:
