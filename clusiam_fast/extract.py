@@ -74,6 +74,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cohort.cli import add_cohort_arguments
+
 USAGE = (
     "python -m clusiam_fast.extract CHECKPOINT DATA --out DIR [options]\n"
     "       python -m clusiam_fast.extract --encoder timm:NAME|torchvision:NAME --weights FILE DATA --out DIR [options]"
@@ -173,30 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         "their recorded paths (slides moved)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    c = p.add_argument_group("cohort (resumable, shared folders, Ray)")
-    c.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="local: this process (+ --workers readers); ray: a pool of Ray actors each holding the model, fed by "
+    c = add_cohort_arguments(
+        p,
+        "extract",
+        "local: this process (+ --workers readers); ray: a pool of Ray actors each holding the model, fed by "
         "Ray CPU read tasks (pip install '.[ray]')",
     )
-    c.add_argument("--ray-address", default=None, metavar="ADDR", help="join this Ray cluster (host:port or auto)")
     c.add_argument(
         "--actors",
         type=int,
         default=None,
         help="Ray actors (models); default: one per GPU of the cluster (num_gpus=1 each), else 1 CPU actor",
     )
-    c.add_argument("--redo", action="store_true", help="extract slides again even if done (also with new settings)")
-    c.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=600.0,
-        metavar="S",
-        help="take over a slide lock not refreshed for S seconds (default 600)",
-    )
-    c.add_argument("--shard", default=None, metavar="I/N", help="only part I (0-based) of N of the slides")
     return p
 
 

@@ -83,6 +83,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .cohort.cli import add_cohort_arguments
+
 # the tiling pipeline (numpy, readers) is imported in main(), so that --help answers at once
 
 
@@ -178,32 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="convention of patches/*.h5: clam (patch_size = px read at patch_level) or trident "
         "(patch_size at the target, patch_size_level0, magnifications; <slide>_patches.h5)",
     )
-    cohort = parser.add_argument_group("cohort (resumable, shared folders, Ray)")
-    cohort.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="local: --workers processes on this machine; ray: one Ray task per slide (pip install '.[ray]')",
-    )
-    cohort.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="ADDR",
-        help="join this Ray cluster (host:port of the head, or auto); default: start a local instance",
+    cohort = add_cohort_arguments(
+        parser, "tile", "local: --workers processes on this machine; ray: one Ray task per slide (pip install '.[ray]')"
     )
     cohort.add_argument(
         "--cpus-per-task", type=_positive(float), default=1.0, metavar="C", help="CPUs Ray reserves per slide task"
-    )
-    cohort.add_argument("--redo", action="store_true", help="tile slides again even if done (also with new settings)")
-    cohort.add_argument(
-        "--lock-timeout",
-        type=_positive(float),
-        default=600.0,
-        metavar="S",
-        help="take over a slide lock not refreshed for S seconds (its job died on another host)",
-    )
-    cohort.add_argument(
-        "--shard", default=None, metavar="I/N", help="tile only part I (0-based) of N of the slides (e.g. Slurm arrays)"
     )
     return parser
 
