@@ -76,3 +76,13 @@ def crc_random_bags(crc_dir, tmp_path_factory) -> list:
         progress=False,
     )
     return load_bags(root / "bags")
+
+
+@pytest.fixture(scope="session")
+def patches(pcam_dir, tmp_path_factory) -> Path:
+    """48 real PCam patches (24 per class), linked (not copied) into a temporary folder: 3 steps of 16 per epoch."""
+    root = tmp_path_factory.mktemp("pcam48")
+    for label in ("0", "1"):
+        for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
+            (root / f"{label}_{src.name}").symlink_to(src)
+    return root

@@ -6,8 +6,6 @@ file stays within the CI budget on a 2-core machine.
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import math
 import os
 import re
@@ -16,49 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_cases import file_digest, read_rows, small_config
 
 from clusiam_fast.models import build_model, load_checkpoint
 from clusiam_fast.train import main as cli_main
-from clusiam_fast.training import CollapseWarning, NonFiniteLossError, TrainConfig, autocast_context, train
+from clusiam_fast.training import CollapseWarning, NonFiniteLossError, autocast_context, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on 2 shared cores
-
-
-@pytest.fixture(scope="module")
-def patches(pcam_dir, tmp_path_factory) -> Path:
-    """48 real PCam patches (24 per class), linked (not copied) into a temporary folder."""
-    root = tmp_path_factory.mktemp("pcam48")
-    for label in ("0", "1"):
-        for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
-            (root / f"{label}_{src.name}").symlink_to(src)
-    return root
-
-
-def _config(data, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(data),
-        out=str(out),
-        crop_size=32,
-        batch_size=8,
-        num_clusters=10,
-        epochs=1,
-        workers=0,
-        log_every=1,
-        progress=False,
-        tensorboard=False,
-        max_stat_images=64,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -75,15 +37,15 @@ def _digest(path: Path) -> str:
     ids=["clusiam", "clubyol", "simsiam", "byol", "no-gumbel", "alpha1", "projector-linear"],
 )
 def test_every_method_trains_one_epoch(patches, tmp_path, method, extra):
-    result = train(_config(patches, tmp_path / "run", method=method, **extra))
+    result = train(small_config(patches, tmp_path / "run", method=method, **extra))
     assert result.status == "complete" and result.step == 6
-    (row,) = _rows(tmp_path / "run" / "log.csv")
+    (row,) = read_rows(tmp_path / "run" / "log.csv")
     assert math.isfinite(float(row["loss"])) and math.isfinite(float(row["inv_loss"]))
     assert 0.5 < float(row["projection_std"]) < 1.5  # far from collapse after one short epoch
     assert 0.1 < float(row["backbone_std"]) < 1.5 and float(row["backbone_rankme"]) > 2
     assert row["partial"] == "0"
     assert float(row["images_per_s"]) > 0
-    steps = _rows(tmp_path / "run" / "steps.csv")
+    steps = read_rows(tmp_path / "run" / "steps.csv")
     assert [int(r["step"]) for r in steps] == list(range(1, 7))
     assert float(steps[0]["lr"]) > float(steps[-1]["lr"])  # cosine decay per step
     assert (tmp_path / "run" / "training.png").stat().st_size > 10_000
@@ -102,7 +64,7 @@ def test_every_method_trains_one_epoch(patches, tmp_path, method, extra):
 
 def test_alpha_one_leaves_the_predictor_untrained(patches, tmp_path):
     """alpha = 1: only the cluster loss; the invariance term (the predictor's only signal) gets zero weight."""
-    cfg = _config(
+    cfg = small_config(
         patches, tmp_path / "run", method="clusiam", alpha=1.0, max_steps=2, weight_decay=0.0, fix_pred_lr=False
     )
     torch.manual_seed(cfg.seed)  # the trainer's initial weights
@@ -123,17 +85,17 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(patches, tmp_path):
     generator, and the partial epoch's meters. The uninterrupted run uses 2 loader
     workers and the interrupted one none: augmentation does not depend on workers.
     """
-    straight = train(_config(patches, tmp_path / "a", method="clusiam", epochs=2, workers=2))
+    straight = train(small_config(patches, tmp_path / "a", method="clusiam", epochs=2, workers=2))
 
     def press_ctrl_c(step: int) -> None:
         if step == 4:
             os.kill(os.getpid(), signal.SIGINT)
 
-    first = train(_config(patches, tmp_path / "b", method="clusiam", epochs=2), on_step=press_ctrl_c)
+    first = train(small_config(patches, tmp_path / "b", method="clusiam", epochs=2), on_step=press_ctrl_c)
     assert first.status == "interrupted" and first.step == 4
     saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert (saved["epoch"], saved["epoch_step"], saved["step"]) == (0, 4, 4)
-    resumed = train(_config(patches, tmp_path / "b", method="clusiam", epochs=2, resume=True))
+    resumed = train(small_config(patches, tmp_path / "b", method="clusiam", epochs=2, resume=True))
     assert resumed.status == "complete" and resumed.step == straight.step == 12
 
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
@@ -154,8 +116,8 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(patches, tmp_path):
         "backbone_rankme",
         "assigner_entropy",
     )
-    assert [[r[k] for k in keys] for r in _rows(tmp_path / "a" / "log.csv")] == [
-        [r[k] for k in keys] for r in _rows(tmp_path / "b" / "log.csv")
+    assert [[r[k] for k in keys] for r in read_rows(tmp_path / "a" / "log.csv")] == [
+        [r[k] for k in keys] for r in read_rows(tmp_path / "b" / "log.csv")
     ]
 
 
@@ -164,9 +126,9 @@ def test_amp_on_cpu_uses_bfloat16_and_trains(patches, tmp_path):
     with autocast_context(torch.device("cpu"), torch.bfloat16):
         out = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))
     assert out.z1.dtype == torch.bfloat16 and out.a1.dtype == torch.bfloat16
-    result = train(_config(patches, tmp_path / "run", method="clusiam", amp=True, max_steps=3))
+    result = train(small_config(patches, tmp_path / "run", method="clusiam", amp=True, max_steps=3))
     assert result.status == "max_steps"
-    steps = _rows(tmp_path / "run" / "steps.csv")
+    steps = read_rows(tmp_path / "run" / "steps.csv")
     assert len(steps) == 3 and all(math.isfinite(float(r["loss"])) for r in steps)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["config"]["amp"] is True
 
@@ -175,7 +137,7 @@ def test_export_backbone_loads_into_torchvision(patches, tmp_path):
     import torchvision
 
     out = tmp_path / "backbone.pt"
-    result = train(_config(patches, tmp_path / "run", method="simsiam", max_steps=1, export_backbone=str(out)))
+    result = train(small_config(patches, tmp_path / "run", method="simsiam", max_steps=1, export_backbone=str(out)))
     assert result.backbone == out
     net = torchvision.models.resnet18()
     missing, unexpected = net.load_state_dict(torch.load(out, weights_only=True), strict=False)
@@ -186,12 +148,12 @@ def test_export_backbone_loads_into_torchvision(patches, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(patches, tmp_path):
     run = tmp_path / "run"
-    train(_config(patches, run, method="clusiam"))
-    before = {name: _digest(run / name) for name in ("checkpoint.pt", "log.csv")}
+    train(small_config(patches, run, method="clusiam"))
+    before = {name: file_digest(run / name) for name in ("checkpoint.pt", "log.csv")}
     # lr 1e30: weight decay alone multiplies the weights by ~-1e26 per step -> inf -> NaN.
     with pytest.raises(NonFiniteLossError, match="non-finite loss at epoch 2.*checkpoint.pt \\(epoch 1\\)"):
-        train(_config(patches, run, method="clusiam", epochs=2, lr=1e30, resume=True))
-    assert {name: _digest(run / name) for name in before} == before
+        train(small_config(patches, run, method="clusiam", epochs=2, lr=1e30, resume=True))
+    assert {name: file_digest(run / name) for name in before} == before
 
 
 def test_unreadable_image_is_reported_once_and_replaced(patches, tmp_path, capsys):
@@ -200,8 +162,8 @@ def test_unreadable_image_is_reported_once_and_replaced(patches, tmp_path, capsy
     for src in sorted(patches.iterdir())[:15]:
         (data / src.name).symlink_to(src.resolve())
     (data / "broken.jpg").write_bytes(b"not a jpeg at all")
-    result = train(_config(data, tmp_path / "run", method="simsiam", epochs=2))
-    rows = _rows(tmp_path / "run" / "log.csv")
+    result = train(small_config(data, tmp_path / "run", method="simsiam", epochs=2))
+    rows = read_rows(tmp_path / "run" / "log.csv")
     assert result.step == 4 and [r["skipped_images"] for r in rows] == ["1", "1"]
     out = capsys.readouterr()
     text = out.out + out.err
@@ -214,9 +176,9 @@ def test_data_errors_name_the_path(tmp_path, capsys):
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match=f"{re.escape(str(empty))} holds no images"):
-        train(_config(empty, tmp_path / "run"))
+        train(small_config(empty, tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match=f"{re.escape(str(tmp_path / 'missing'))} does not exist"):
-        train(_config(tmp_path / "missing", tmp_path / "run"))
+        train(small_config(tmp_path / "missing", tmp_path / "run"))
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -225,7 +187,7 @@ def test_data_errors_name_the_path(tmp_path, capsys):
     with pytest.raises(
         ValueError, match=f"data {re.escape(str(corrupt))}: .*none of the 3 sampled images could be read"
     ):
-        train(_config(corrupt, tmp_path / "run"))
+        train(small_config(corrupt, tmp_path / "run"))
 
     # The CLI turns them into one line on stderr and exit status 2.
     assert cli_main([str(empty), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
@@ -234,10 +196,10 @@ def test_data_errors_name_the_path(tmp_path, capsys):
 
 def test_too_few_images_for_a_batch_and_existing_run(patches, tmp_path):
     with pytest.raises(ValueError, match="make no full batch of 64"):
-        train(_config(patches, tmp_path / "run", batch_size=64))
-    train(_config(patches, tmp_path / "done", max_steps=1))
+        train(small_config(patches, tmp_path / "run", batch_size=64))
+    train(small_config(patches, tmp_path / "done", max_steps=1))
     with pytest.raises(FileExistsError, match="pass --resume"):
-        train(_config(patches, tmp_path / "done", max_steps=1))
+        train(small_config(patches, tmp_path / "done", max_steps=1))
 
 
 def test_cli_resume_keeps_saved_settings_and_continues(patches, tmp_path):
@@ -272,7 +234,7 @@ def test_cli_resume_keeps_saved_settings_and_continues(patches, tmp_path):
     assert ckpt["step"] == 5 and ckpt["config"]["method"] == "clubyol" and ckpt["config"]["crop_size"] == 32
     # Changing what defines the model is refused.
     with pytest.raises(ValueError, match="num_clusters=10"):
-        train(_config(patches, out, method="clubyol", num_clusters=20, resume=True))
+        train(small_config(patches, out, method="clubyol", num_clusters=20, resume=True))
 
 
 def test_demo_generates_tissue_patches_and_trains(tmp_path, capsys):
@@ -311,9 +273,9 @@ def test_demo_generates_tissue_patches_and_trains(tmp_path, capsys):
 
 def test_dali_loader_plugs_into_the_trainer(patches, tmp_path):
     pytest.importorskip("nvidia.dali")
-    result = train(_config(patches, tmp_path / "run", method="clusiam", loader="dali", max_steps=2, workers=1))
+    result = train(small_config(patches, tmp_path / "run", method="clusiam", loader="dali", max_steps=2, workers=1))
     assert result.status == "max_steps" and result.step == 2
-    steps = _rows(tmp_path / "run" / "steps.csv")
+    steps = read_rows(tmp_path / "run" / "steps.csv")
     assert all(math.isfinite(float(r["loss"])) for r in steps)
 
 
@@ -323,17 +285,17 @@ def test_trains_straight_from_slides_via_the_tiler_manifest(wsi_dir, tmp_path):
 
     tiles = tmp_path / "tiles"
     assert tile_main([str(wsi_dir / "CMU-1-Small-Region.svs"), "--out", str(tiles)]) == 0
-    result = train(_config(tiles / "manifest.csv", tmp_path / "run", method="clusiam", max_steps=2, workers=1))
+    result = train(small_config(tiles / "manifest.csv", tmp_path / "run", method="clusiam", max_steps=2, workers=1))
     assert result.step == 2
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert saved["norm_stats"]["fingerprint"].startswith("manifest:")
-    assert all(math.isfinite(float(r["loss"])) for r in _rows(tmp_path / "run" / "steps.csv"))
+    assert all(math.isfinite(float(r["loss"])) for r in read_rows(tmp_path / "run" / "steps.csv"))
 
 
 def test_collapse_monitor_warns_when_it_falls_below_the_level(patches, tmp_path):
     # A healthy run sits near 1.0; a warning level above that must fire at the epoch end.
     with pytest.warns(CollapseWarning, match="collapse monitor"):
-        train(_config(patches, tmp_path / "run", method="simsiam", collapse_warn=1.5))
+        train(small_config(patches, tmp_path / "run", method="simsiam", collapse_warn=1.5))
 
 
 def test_ctrl_c_on_the_cli_with_loader_workers_saves_and_resumes(patches, tmp_path):
@@ -397,7 +359,7 @@ def test_loader_workers_stop_with_the_run(patches, tmp_path):
 
     gc.disable()
     try:
-        result = train(_config(patches, tmp_path / "run", method="simsiam", epochs=2, workers=1))
+        result = train(small_config(patches, tmp_path / "run", method="simsiam", epochs=2, workers=1))
         assert result.status == "complete"
         assert multiprocessing.active_children() == []
     finally:

@@ -8,20 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def patches(pcam_dir, tmp_path_factory) -> Path:
-    """48 real PCam patches (24 per class), linked into a temporary folder."""
-    root = tmp_path_factory.mktemp("pcam48_ddp")
-    for label in ("0", "1"):
-        for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
-            (root / f"{label}_{src.name}").symlink_to(src)
-    return root
 
 
 def _torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

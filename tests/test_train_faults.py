@@ -16,21 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_cases import small_config
 
 from clusiam_fast.train import build_parser
 from clusiam_fast.train import main as cli_main
 from clusiam_fast.training import TrainConfig, train
 from clusiam_fast.utils.atomic import atomic_write_text, remove_stale_temps
-
-
-@pytest.fixture(scope="module")
-def patches(pcam_dir, tmp_path_factory) -> Path:
-    """48 real PCam patches (24 per class), linked (not copied) into a temporary folder."""
-    root = tmp_path_factory.mktemp("pcam48")
-    for label in ("0", "1"):
-        for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
-            (root / f"{label}_{src.name}").symlink_to(src)
-    return root
 
 
 @pytest.fixture
@@ -65,24 +56,6 @@ def _args(data, out, *extra) -> list[str]:
         "64",
         *extra,
     ]
-
-
-def _config(data, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(data),
-        out=str(out),
-        crop_size=32,
-        batch_size=8,
-        num_clusters=10,
-        epochs=1,
-        workers=0,
-        log_every=1,
-        progress=False,
-        tensorboard=False,
-        max_stat_images=64,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def _sha256(path: Path) -> str:
@@ -171,7 +144,7 @@ def test_resume_with_another_method_names_both(patches, tmp_path, capsys):
     assert "leave --method out" in err
     assert _digests(run) == before
     with pytest.raises(ValueError, match="--method clusiam, this run asks for --method byol"):
-        train(_config(patches, run, method="byol", resume=True))
+        train(small_config(patches, run, method="byol", resume=True))
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -247,7 +220,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask_022):
 @pytest.mark.usefixtures("one_thread")
 def test_run_outputs_honour_the_umask(patches, tmp_path, umask_022):
     run = tmp_path / "run"
-    train(_config(patches, run, keep_every=1))
+    train(small_config(patches, run, keep_every=1))
     for name in ("checkpoint.pt", "checkpoints/epoch_0001.pt", "log.csv", "steps.csv", "training.png"):
         assert (run / name).stat().st_mode & 0o777 == 0o644, name
     for name in ("norm_stats.json", "train_config.json"):
@@ -279,7 +252,7 @@ def test_temp_files_of_killed_writes_are_removed_at_the_next_start(patches, tmp_
         os.utime(names[key], (old, old))
     legacy_old = time.time() - 2 * 3600
     os.utime(names["stale_legacy"], (legacy_old, legacy_old))
-    train(_config(patches, run, max_steps=1))
+    train(small_config(patches, run, max_steps=1))
     gone = {key for key, path in names.items() if not path.exists()}
     assert gone == {"stale", "stale_kept_copy", "stale_legacy"}
     leftover = set(run.rglob(".*.tmp"))  # this run's own writes left none behind
@@ -297,7 +270,7 @@ def test_cpu_threads_follow_threads_flag_not_workers(patches, tmp_path):
     for name, extra in (("w0", dict(workers=0)), ("w2", dict(workers=2)), ("t1", dict(workers=2, threads=1))):
         got: set[int] = seen.setdefault(name, set())
         train(
-            _config(patches, tmp_path / name, max_steps=2, **extra),
+            small_config(patches, tmp_path / name, max_steps=2, **extra),
             on_step=lambda _s, got=got: got.add(torch.get_num_threads()),
         )
         assert torch.get_num_threads() == outside  # restored after the run

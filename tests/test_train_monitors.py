@@ -9,18 +9,16 @@ trainings (resnet18, crop 32, batch 8, 48 patches = 6 steps per epoch).
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import math
 import os
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
+from train_cases import file_digest, read_rows, small_config
 
 from clusiam_fast.models import build_model
 from clusiam_fast.train import main as cli_main
@@ -33,16 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def patches(pcam_dir, tmp_path_factory) -> Path:
-    """48 real PCam patches (24 per class), linked (not copied) into a temporary folder."""
-    root = tmp_path_factory.mktemp("pcam48")
-    for label in ("0", "1"):
-        for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
-            (root / f"{label}_{src.name}").symlink_to(src)
-    return root
-
-
-@pytest.fixture(scope="module")
 def views(pcam_dir) -> tuple[torch.Tensor, torch.Tensor]:
     """Two batches of 32 real patches (32 x 32 px, standardised): the two views of a step."""
     files = (
@@ -52,33 +40,6 @@ def views(pcam_dir) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.permute(0, 3, 1, 2).float() / 255
     x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
     return x[::2].contiguous(), x[1::2].contiguous()
-
-
-def _config(data, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(data),
-        out=str(out),
-        crop_size=32,
-        batch_size=8,
-        num_clusters=10,
-        epochs=1,
-        workers=0,
-        log_every=1,
-        progress=False,
-        tensorboard=False,
-        max_stat_images=64,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 class NearlyConstantBackbone(nn.Module):
@@ -176,8 +137,8 @@ def test_feature_window_keeps_the_most_recent_rows():
 
 
 def test_training_logs_every_monitor_each_epoch(patches, tmp_path, capsys):
-    train(_config(patches, tmp_path / "run", method="clusiam", epochs=1))
-    (row,) = _rows(tmp_path / "run" / "log.csv")
+    train(small_config(patches, tmp_path / "run", method="clusiam", epochs=1))
+    (row,) = read_rows(tmp_path / "run" / "log.csv")
     for key in ("backbone_std", "backbone_rankme", "projection_std", "assigner_entropy"):
         assert math.isfinite(float(row[key])), key
     assert 0.1 < float(row["backbone_std"]) < 1.5 and float(row["backbone_rankme"]) > 2
@@ -192,7 +153,7 @@ def test_stop_on_collapse_stops_with_status_5_and_keeps_the_last_good_checkpoint
     args = [str(patches), "--out", str(run), "--crop-size", "32", "--batch-size", "8", "--num-clusters", "10"]
     args += ["--workers", "0", "--no-progress", "--no-tensorboard", "--max-stat-images", "64", "--epochs", "1"]
     assert cli_main(args) == 0
-    good = _digest(run / "checkpoint.pt")
+    good = file_digest(run / "checkpoint.pt")
     capsys.readouterr()
     resume = ["--out", str(run), "--resume", "--epochs", "5", "--stop-on-collapse", "--collapse-min-std", "5"]
     assert cli_main(resume + ["--no-progress"]) == 5
@@ -200,40 +161,42 @@ def test_stop_on_collapse_stops_with_status_5_and_keeps_the_last_good_checkpoint
     assert "backbone collapse at the end of epoch 3: backbone_std" in err
     assert "< --collapse-min-std 5, 2 epoch(s) in a row" in err
     assert "checkpoint.pt (epoch 1), step 6, is untouched" in err
-    assert _digest(run / "checkpoint.pt") == good
-    rows = _rows(run / "log.csv")
+    assert file_digest(run / "checkpoint.pt") == good
+    rows = read_rows(run / "log.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # the collapsed epochs are logged, not saved
     assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
 
 
 def test_stop_on_collapse_names_rankme_and_a_run_without_a_good_epoch_saves_nothing(patches, tmp_path):
     run = tmp_path / "run"
-    cfg = _config(patches, run, method="simsiam", stop_on_collapse=True, collapse_min_rank=1e4, collapse_patience=3)
+    cfg = small_config(
+        patches, run, method="simsiam", stop_on_collapse=True, collapse_min_rank=1e4, collapse_patience=3
+    )
     with pytest.raises(CollapseError, match="backbone_rankme .* < --collapse-min-rank 10000.*no checkpoint"):
         train(cfg)  # the last epoch below a level stops the run even before the patience is used up
-    assert not (run / "checkpoint.pt").exists() and len(_rows(run / "log.csv")) == 1
+    assert not (run / "checkpoint.pt").exists() and len(read_rows(run / "log.csv")) == 1
 
 
 def test_max_steps_spans_the_cosine_and_stops_mid_epoch_with_a_partial_row(patches, tmp_path, capsys):
     run = tmp_path / "run"
-    result = train(_config(patches, run, method="simsiam", epochs=2, max_steps=10))
+    result = train(small_config(patches, run, method="simsiam", epochs=2, max_steps=10))
     assert result.status == "max_steps" and result.step == 10
     assert "cosine over 10 steps (--max-steps 10)" in capsys.readouterr().out
     init = scaled_lr(0.05, 8)
-    lrs = [float(r["lr"]) for r in _rows(run / "steps.csv")]
+    lrs = [float(r["lr"]) for r in read_rows(run / "steps.csv")]
     assert lrs == pytest.approx([cosine_lr(init, s, 10) for s in range(10)], rel=1e-5)
     assert lrs[-1] < 0.03 * init  # the last step is near the end of the decay, not mid-way as over --epochs
-    rows = _rows(run / "log.csv")
+    rows = read_rows(run / "log.csv")
     assert [(r["epoch"], r["step"], r["partial"]) for r in rows] == [("1", "6", "0"), ("2", "10", "1")]
     assert all(math.isfinite(float(rows[1][k])) for k in ("loss", "backbone_std", "backbone_rankme"))
     assert result.partial["step"] == 10
 
-    resumed = train(_config(patches, run, method="simsiam", epochs=2, resume=True))  # no --max-steps now
+    resumed = train(small_config(patches, run, method="simsiam", epochs=2, resume=True))  # no --max-steps now
     assert resumed.status == "complete" and resumed.step == 12
     assert "cosine over 10 steps (--max-steps 10, kept from the checkpoint)" in capsys.readouterr().out
-    rows = _rows(run / "log.csv")
+    rows = read_rows(run / "log.csv")
     assert [(r["epoch"], r["step"], r["partial"]) for r in rows] == [("1", "6", "0"), ("2", "12", "0")]
-    lrs = [float(r["lr"]) for r in _rows(run / "steps.csv")]
+    lrs = [float(r["lr"]) for r in read_rows(run / "steps.csv")]
     assert lrs[10:] == [0.0, 0.0]  # past the checkpoint's 10-step schedule
 
 
@@ -242,9 +205,9 @@ def test_ctrl_c_mid_epoch_writes_a_partial_row(patches, tmp_path):
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    result = train(_config(patches, tmp_path / "run", method="clusiam"), on_step=press_ctrl_c)
+    result = train(small_config(patches, tmp_path / "run", method="clusiam"), on_step=press_ctrl_c)
     assert result.status == "interrupted"
-    (row,) = _rows(tmp_path / "run" / "log.csv")
+    (row,) = read_rows(tmp_path / "run" / "log.csv")
     assert (row["epoch"], row["step"], row["partial"]) == ("1", "2", "1")
     assert float(row["assigner_entropy"]) > 0
 
@@ -261,12 +224,12 @@ def test_max_steps_zero_writes_the_initial_checkpoint_and_schedule_steps_overrid
     torch.manual_seed(0)
     initial = build_model("clusiam", num_clusters=10)
     assert torch.equal(saved["model"]["backbone.conv1.weight"], initial.backbone.conv1.weight)
-    assert _rows(run / "log.csv") == []
+    assert read_rows(run / "log.csv") == []
 
     assert cli_main(["--out", str(run), "--resume", "--max-steps", "2", "--schedule-steps", "20", "--no-progress"]) == 0
     assert "cosine over 20 steps (--schedule-steps, replacing the checkpoint's)" in capsys.readouterr().out
     init = scaled_lr(0.05, 8)
-    lrs = [float(r["lr"]) for r in _rows(run / "steps.csv")]
+    lrs = [float(r["lr"]) for r in read_rows(run / "steps.csv")]
     assert lrs == pytest.approx([cosine_lr(init, 0, 20), cosine_lr(init, 1, 20)], rel=1e-5)
     assert torch.load(run / "checkpoint.pt", weights_only=False)["schedule"] == {
         "steps": 20,

@@ -9,7 +9,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,16 +36,6 @@ TRAIN = [
 ]
 RTOL, ATOL = 1e-5, 1e-6
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-@pytest.fixture(scope="module")
-def patches(pcam_dir, tmp_path_factory) -> Path:
-    """48 real PCam patches (24 per class): 3 steps of 16 per epoch."""
-    root = tmp_path_factory.mktemp("pcam48_nodes")
-    for label in ("0", "1"):
-        for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
-            (root / f"{label}_{src.name}").symlink_to(src)
-    return root
 
 
 def _free_port() -> int:

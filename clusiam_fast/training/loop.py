@@ -146,6 +146,7 @@ class _Trainer:
         self.epoch = self.epoch_step = self.step = 0
         self._collapse_streak, self._collapse_why = 0, ""  # epochs in a row below the thresholds, and why
         self._partial: dict[str, Any] | None = None  # the unfinished epoch's row, when the run stops mid-epoch
+        self._reported_bad: set[str] = set()  # unreadable files named so far (each is named once per run)
         self._saved: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
         self._written: list[str] = []  # what this run wrote into OUT, for the final report
 
@@ -524,8 +525,8 @@ class _Trainer:
         elapsed = time.perf_counter() - start
         skipped = self.loader.pop_skipped()
         self.meter.skipped += len(skipped)
-        seen = getattr(self, "_reported_bad", set())  # each bad file is named once per run, then counted
-        self._reported_bad = seen | set(skipped)
+        seen = set(self._reported_bad)
+        self._reported_bad.update(skipped)
         for name in dict.fromkeys(n for n in skipped if n not in seen):
             tqdm.write(f"[rank {ctx.rank}] skipped unreadable image: {name}")
         if again := sum(n in seen for n in skipped):
