@@ -3,8 +3,10 @@
     python -m clusiam_fast.shards SRC --out DIR [--shard-size 10000] [--seed 0]
         [--format jpg|png] [--quality 95] [--workers N]
 
-SRC is a folder of image files (copied byte for byte) or a tiler ``manifest.csv``
-(patches read from the slides and encoded). See :mod:`clusiam_fast.data.shards`.
+SRC is resolved as DATA is for ``train`` (:mod:`clusiam_fast.data.resolve`): a tiler
+``manifest.csv`` or a tiler output folder (patches read from the slides and encoded;
+the folder's QA thumbnails are never packed), else a folder of image files (copied
+byte for byte). See :mod:`clusiam_fast.data.shards`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Pack a folder of image patches or a tiler manifest.csv into webdataset tar shards "
         "(with DALI index files) for build_dali_loader.",
     )
-    parser.add_argument("source", help="folder of images (searched recursively) or a tiler manifest.csv")
+    parser.add_argument(
+        "source", help="a tiler manifest.csv or output folder, or a folder of images (searched recursively)"
+    )
     parser.add_argument("--out", required=True, help="output folder for shard-*.tar, shard-*.idx, shards.json")
     parser.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample shuffle before packing")
@@ -35,13 +38,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="threads / processes reading the inputs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from .data.patch_folder import find_images
+    from .data.resolve import resolve_data
+
+    try:
+        data = resolve_data(args.source, accept=("manifest", "folder"), what="SRC")
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
     from .data.shards import pack_images, pack_manifest
 
-    source = Path(args.source)
-    if source.suffix.lower() == ".csv":
+    if data.kind == "manifest":
         summary = pack_manifest(
-            source,
+            data.path,
             args.out,
             shard_size=args.shard_size,
             seed=args.seed,
@@ -50,9 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
         )
     else:
-        summary = pack_images(
-            find_images(source), args.out, shard_size=args.shard_size, seed=args.seed, workers=args.workers
-        )
+        if not data.files:
+            parser.error(f"SRC {data.path} holds no image files")
+        summary = pack_images(data.files, args.out, shard_size=args.shard_size, seed=args.seed, workers=args.workers)
     print(
         f"wrote {summary['num_shards']} shard(s) with {summary['num_samples']} samples to {args.out}"
         + (f"; {len(summary['skipped'])} left out (see shards.json)" if summary["skipped"] else "")

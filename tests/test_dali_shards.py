@@ -171,3 +171,16 @@ def test_pack_manifest_into_shards(cmu_manifest, tmp_path):
     with tarfile.open(tmp_path / "shards" / summary["shards"][0]) as tar:
         meta = json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".json"))).read())
     assert meta["slide_id"] == "CMU-1-Small-Region" and {"x", "y"} <= set(meta)
+
+
+def test_shards_cli_packs_a_tiler_folder_patches_not_its_thumbnails(cmu_manifest, tmp_path):
+    """DATA is resolved as for train: a tiler output folder means its manifest, never its QA pictures."""
+    from clusiam_fast.data.slide_dataset import SlidePatchDataset
+    from clusiam_fast.shards import main
+
+    folder = cmu_manifest.parent
+    assert any(p.suffix.lower() in (".png", ".jpg") for p in folder.rglob("*")), "the tiler wrote no QA picture"
+    assert main([str(folder), "--out", str(tmp_path / "shards"), "--workers", "0"]) == 0
+    summary = json.loads((tmp_path / "shards" / "shards.json").read_text())
+    assert summary["num_samples"] == len(SlidePatchDataset(str(cmu_manifest))) > 1
+    assert summary["source"] == str(cmu_manifest)
