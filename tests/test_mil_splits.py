@@ -346,7 +346,12 @@ def test_evaluate_refuses_mixed_patients_too_many_folds_and_split_leaks(tmp_path
     plain.write_text("slide_id,label\n" + "".join(f"s{i:02d},{y}\n" for i, y in enumerate(labels)))
     assert main([*base, "--labels", str(plain), "--folds", "7"]) == 2
     err = capsys.readouterr().err
-    assert "--folds 7" in err and "class '0' has 6" in err and "use --folds 6 or fewer" in err
+    assert (
+        "--folds 7" in err
+        and "class '0' has 6" in err
+        and "allow one train/test split and --folds 2 to 6" in err
+        and "use --folds 6" in err
+    )
     leak = tmp_path / "leak.csv"
     leak.write_text(
         "slide_id,label,split,patient_id\n"
