@@ -134,6 +134,25 @@ def test_more_folds_than_the_smallest_class_is_a_clear_error():
         kfold_splits(y, 1, seed=0)
 
 
+def test_plan_names_what_a_split_column_and_patients_allow():
+    from clusiam_fast.evaluation.mil.plan import plan_splits
+
+    classes = ["normal", "tumour"]
+    y = [0] * 4 + [1] * 4
+    with pytest.raises(ValueError) as info:
+        plan_splits(y, classes, split_column=["train"] * 8, source="slides.csv")
+    msg = str(info.value)
+    assert msg.startswith("slides.csv: slide classification on one train/test split is not possible")
+    assert "the split column marks no labelled slide 'test'" in msg and "allow --folds 3 to 4" in msg
+    assert "change the split column" in msg and "drop the split column" in msg
+    patients = ["P0", "P0", "P1", "P1", "Q0", "Q1", "Q2", "Q3"]  # 2 normal patients, 4 tumour patients
+    with pytest.raises(ValueError, match=r"Patients per class: normal 2, tumour 4.*1 more patient of class 'normal'"):
+        plan_splits(y, classes, groups=patients)
+    more = patients + ["P2", "P3"]  # 4 normal patients: the split (by patient) can be made
+    ((train, test),) = plan_splits(y + [0, 0], classes, groups=more, seed=1)
+    assert len(test) and not {more[i] for i in train} & {more[i] for i in test}
+
+
 # ---------------------------------------------------------------- bootstrap CI
 
 

@@ -164,13 +164,17 @@ def plan_splits(
         changes.append(f"use --folds {max(allowed)}")
     if single and folds:
         changes.append("drop --folds")
+    if split_column is not None and not folds:
+        changes.append(f"change the split column (2 training {unit} of every class, and test {unit})")
+        if _try(y, g, classes, None, None, test_fraction, val_fraction, seed)[1] is None:
+            changes.append("drop the split column (a seeded stratified split is made)")
     m = per_class_minimum(folds, split_column)
     short = [
         f"{m - n} more {unit if m - n > 1 else unit[:-1]} of class {c!r}" for c, n in zip(classes, counts) if n < m
     ]
     if short and split_column is None:
         changes.append(f"label at least {' and '.join(short)}")
-    else:
+    elif split_column is None or folds:
         changes.append(f"label more {unit} of class {classes[int(np.argmin(counts))]!r}")
     asked = f"with --folds {folds}" if folds else "on one train/test split"
     return_text = (
