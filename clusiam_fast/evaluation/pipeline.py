@@ -208,10 +208,10 @@ def _slide_classification(plan: SlidePlan, bags: list[FeatureBag], cfg: EvalConf
     if plan.skipped:
         results["skipped"]["mil"] = plan.skipped
         return
-    by_id = {b.slide_id: b for b in bags}
+    labelled = set(plan.slide_ids)
     classes = plan.classes
     ds = BagDataset(
-        [torch.from_numpy(np.asarray(by_id[s].features)) for s in plan.slide_ids],
+        [torch.from_numpy(np.asarray(b.features)) for b in bags if b.slide_id in labelled],  # plan's order
         torch.tensor(plan.labels),
         list(plan.slide_ids),
         classes,
