@@ -21,6 +21,12 @@ CLAM-style .h5 feature files). Runs what the labels allow:
   F1 from train to test patches when a split is given.
 - always: cluster sizes and, for bags with coordinates, cluster maps over the thumbnails.
 
+Checked before anything runs: a bag with no patches or with NaN/Inf features is left
+out, named on the console and in the report (``left_out_bags``); with --labels, every
+split the protocol will make (the test split or the --folds, and the validation split
+taken from each training part); when one cannot be made, one line names the classes and
+their counts, what the labels allow (one split, which --folds) and what to change.
+
 Writes REPORT/report.md, REPORT/report.json (every number) and PNG figures.
 """
 
@@ -173,8 +179,6 @@ def config_from_args(args: argparse.Namespace):
         bootstrap=args.bootstrap,
         progress=not args.quiet,
     )
-    if args.folds is not None and args.folds < 2:
-        raise ValueError(f"--folds must be at least 2, got {args.folds}")
     return EvalConfig(
         mil=mil,
         mil_models=tuple(args.models),
@@ -204,8 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
+    from .evaluation.bag_checks import left_out_lines
     from .evaluation.report import slide_label_lines
 
+    for line in left_out_lines(results["left_out_bags"]["bags"]):
+        print(f"evaluate: {line}", file=sys.stderr)
     for line in slide_label_lines(results):
         print(line)
     if "mil" in results:

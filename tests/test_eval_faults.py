@@ -420,6 +420,104 @@ def test_evaluate_names_the_classes(small_bags, tmp_path, capsys):
     assert "Classes (model output index: name): 0: 0, 1: 1." in md and "1 rows repeating an earlier row" in md
 
 
+def _labelled_bags(folder, classes: list[str], *, empty=(), nan=()):
+    """One 4-patch bag per entry of ``classes`` (s0, s1, ...), slides.csv beside them; bags in ``empty``
+    have no patch, bags in ``nan`` one NaN feature."""
+    from clusiam_fast.formats.feature_bags import FeatureBag, write_bag, write_index
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i, label in enumerate(classes):
+        x = rng.normal(size=(0 if i in empty else 4, 8)).astype(np.float32) + (label == "tumour")
+        if i in nan:
+            x[2, 5] = np.nan
+        write_bag(folder / "bags" / f"s{i}.h5", FeatureBag(f"s{i}", x, attrs={"method": "backbone"}))
+        rows.append({"slide_id": f"s{i}", "bag_path": f"bags/s{i}.h5", "num_patches": len(x), "num_failed": 0})
+    write_index(folder, rows)
+    labels = _write(
+        folder.parent / "slides.csv", "slide_id,label\n" + "".join(f"s{i},{c}\n" for i, c in enumerate(classes))
+    )
+    return folder, labels
+
+
+TINY_MIL = ["--epochs", "1", "--warmup-epochs", "0", "--lrs", "1e-3", "--wds", "1e-4", "--seeds", "0"]
+TINY_MIL += ["--models", "maxpool", "--bootstrap", "0", "--no-maps", "--quiet"]
+
+
+def test_a_pilot_is_told_by_class_name_what_its_labels_allow(tmp_path, capsys):
+    """1 normal + 2 tumour slides: no split, no --folds; said with names, the validation split and what to change."""
+    from clusiam_fast.evaluate import main
+
+    feats, labels = _labelled_bags(tmp_path / "feats", ["normal", "tumour", "tumour"])
+    args = [str(feats), "--labels", str(labels), "--out", str(tmp_path / "r"), *TINY_MIL]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "class index" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "class 'normal' has 1" in err and "Slides per class: normal 1, tumour 2" in err
+    assert "at least 3 slides per class: 1 to test and 2 to train on" in err
+    assert "validation split (--val-fraction) from the training slides" in err
+    assert "allow no train/test split and no --folds" in err
+    assert "label at least 2 more slides of class 'normal' and 1 more slide of class 'tumour'" in err
+    assert not (tmp_path / "r" / "report.json").exists()  # said up front, before anything ran
+    assert main([*args, "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "or fewer" not in err and "--folds 2 puts slides of every class in each test fold" in err
+    assert "class 'normal' has 1" in err and "--folds 2 needs at least 4 slides per class" in err
+
+
+def test_the_largest_folds_the_labels_allow_runs_and_one_more_is_refused(tmp_path, capsys):
+    import json
+
+    from clusiam_fast.evaluate import main
+
+    feats, labels = _labelled_bags(tmp_path / "feats", ["normal"] * 4 + ["tumour"] * 8)
+    args = [str(feats), "--labels", str(labels), "--out", str(tmp_path / "r"), *TINY_MIL]
+    assert main([*args, "--folds", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--folds 5" in err and "class 'normal' has 4" in err and "Slides per class: normal 4, tumour 8" in err
+    assert "allow one train/test split and --folds 2 to 4" in err and "use --folds 4" in err
+    assert main([*args, "--folds", "4"]) == 0
+    assert len(json.loads((tmp_path / "r" / "report.json").read_text())["mil"]["folds"]) == 4
+    # The validation split binds: 3 + 3 slides leave 4 training slides of a fold, and 25 % of 4 is one slide.
+    feats, labels = _labelled_bags(tmp_path / "six", ["normal"] * 3 + ["tumour"] * 3)
+    args = [str(feats), "--labels", str(labels), "--out", str(tmp_path / "r6"), *TINY_MIL]
+    assert main([*args, "--folds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "validation split (--val-fraction 0.25) that model selection takes from the 4 training slides" in err
+    assert "holds out 1 of 4 slides" in err and "(raise --val-fraction)" in err
+    assert main([*args, "--folds", "3", "--val-fraction", "0.5"]) == 0
+    assert main([*args, "--folds", "2", "--val-fraction", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "class 'normal' has 1" in err and "--folds 3" in err and "use --folds 3" in err
+
+
+def test_empty_and_nan_bags_are_left_out_by_name_and_counted(tmp_path, capsys):
+    import json
+
+    from clusiam_fast.evaluate import main
+
+    classes = ["normal", "tumour"] * 5
+    feats, labels = _labelled_bags(tmp_path / "feats", classes, empty=(3,), nan=(4,))
+    out = tmp_path / "r"
+    assert main([str(feats), "--labels", str(labels), "--out", str(out), "--val-fraction", "0.5", *TINY_MIL]) == 0
+    err = capsys.readouterr().err
+    assert f"left out bag s3 ({feats / 'bags' / 's3.h5'}): no patches" in err
+    assert f"left out bag s4 ({feats / 'bags' / 's4.h5'}): 1 of 4 patches have NaN or Inf features" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["left_out_bags"]["count"] == 2 and report["inputs"]["num_slides"] == 8
+    assert [b["slide_id"] for b in report["left_out_bags"]["bags"]] == ["s3", "s4"]
+    assert report["slide_labels"]["labels_without_bag"] == ["s3", "s4"] and "mil" in report
+    assert "## Left-out bags (2)" in (out / "report.md").read_text()
+    # Too few remain: the failure names the classes and the left-out bags.
+    feats, labels = _labelled_bags(tmp_path / "few", ["normal"] * 3 + ["tumour"] * 3, empty=(0,), nan=(1,))
+    assert main([str(feats), "--labels", str(labels), "--out", str(tmp_path / "r2"), *TINY_MIL]) == 2
+    err = capsys.readouterr().err
+    assert "class 'normal' has 1" in err and "2 bag(s) were left out before: s0 (no patches), s1 (1 of 4" in err
+    feats, _ = _labelled_bags(tmp_path / "none", ["normal"], nan=(0,))
+    assert main([str(feats), "--out", str(tmp_path / "r3"), "--quiet"]) == 2
+    assert "no feature bag can be evaluated" in capsys.readouterr().err
+
+
 # -- --help is instant ---------------------------------------------------------------------------
 
 

@@ -134,6 +134,25 @@ def test_more_folds_than_the_smallest_class_is_a_clear_error():
         kfold_splits(y, 1, seed=0)
 
 
+def test_plan_names_what_a_split_column_and_patients_allow():
+    from clusiam_fast.evaluation.mil.plan import plan_splits
+
+    classes = ["normal", "tumour"]
+    y = [0] * 4 + [1] * 4
+    with pytest.raises(ValueError) as info:
+        plan_splits(y, classes, split_column=["train"] * 8, source="slides.csv")
+    msg = str(info.value)
+    assert msg.startswith("slides.csv: slide classification on one train/test split is not possible")
+    assert "the split column marks no labelled slide 'test'" in msg and "allow --folds 3 to 4" in msg
+    assert "change the split column" in msg and "drop the split column" in msg
+    patients = ["P0", "P0", "P1", "P1", "Q0", "Q1", "Q2", "Q3"]  # 2 normal patients, 4 tumour patients
+    with pytest.raises(ValueError, match=r"Patients per class: normal 2, tumour 4.*1 more patient of class 'normal'"):
+        plan_splits(y, classes, groups=patients)
+    more = patients + ["P2", "P3"]  # 4 normal patients: the split (by patient) can be made
+    ((train, test),) = plan_splits(y + [0, 0], classes, groups=more, seed=1)
+    assert len(test) and not {more[i] for i in train} & {more[i] for i in test}
+
+
 # ---------------------------------------------------------------- bootstrap CI
 
 
@@ -346,7 +365,12 @@ def test_evaluate_refuses_mixed_patients_too_many_folds_and_split_leaks(tmp_path
     plain.write_text("slide_id,label\n" + "".join(f"s{i:02d},{y}\n" for i, y in enumerate(labels)))
     assert main([*base, "--labels", str(plain), "--folds", "7"]) == 2
     err = capsys.readouterr().err
-    assert "--folds 7" in err and "class '0' has 6" in err and "use --folds 6 or fewer" in err
+    assert (
+        "--folds 7" in err
+        and "class '0' has 6" in err
+        and "allow one train/test split and --folds 2 to 6" in err
+        and "use --folds 6" in err
+    )
     leak = tmp_path / "leak.csv"
     leak.write_text(
         "slide_id,label,split,patient_id\n"

@@ -33,7 +33,9 @@ EVALUATE = (
 )
 
 
-def _config(tmp_path: Path, pcam: Path, methods: str, data: str | None = None, budget: str = BUDGET) -> Path:
+def _config(
+    tmp_path: Path, pcam: Path, methods: str, data: str | None = None, budget: str = BUDGET, evaluate: str = EVALUATE
+) -> Path:
     data = data or (
         f"{{train: {pcam / 'train'}, train_sample: 48, class_folders: {pcam / 'valid'}, "
         "knn_per_class: 20, mil_bags: 24, bag_size: [4, 6]}"
@@ -41,7 +43,7 @@ def _config(tmp_path: Path, pcam: Path, methods: str, data: str | None = None, b
     path = tmp_path / "study.yaml"
     path.write_text(
         f"out: out\ndata: {data}\nbudget: {budget}\ntrain_args: [--no-tensorboard]\nmethods: {methods}\n"
-        f"extract: {{resize: 32, workers: 0, batch_size: 64}}\nevaluate: {EVALUATE}\n"
+        f"extract: {{resize: 32, workers: 0, batch_size: 64}}\nevaluate: {evaluate}\n"
     )
     return path
 
@@ -186,6 +188,49 @@ def test_bad_configs_fail_before_any_training_naming_the_key(pcam_dir, tmp_path,
     if "unknown method" in key:
         assert "clusiam, simsiam, clubyol, byol, random_init" in err
     assert not (tmp_path / "out").exists()  # nothing made, nothing trained
+
+
+BASELINE = "[{name: random_init, method: random_init}]"
+
+
+def test_evaluate_settings_are_checked_against_the_labels_before_any_step(pcam_dir, tmp_path, capsys):
+    """folds: 99 on 12 + 12 pseudo-bags: refused before training, with evaluate's own check and words."""
+    cfg = _config(tmp_path, pcam_dir, BASELINE, evaluate=EVALUATE[:-1] + ", folds: 99}")
+    assert study_main([str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: evaluate: " in err and "slide classification with --folds 99 is not possible" in err
+    assert "class 'negative' has 12" in err and "use --folds 12" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained or extracted
+    # A value evaluate itself refuses is a config error at once, before the data are built.
+    (tmp_path / "v").mkdir()
+    cfg = _config(tmp_path / "v", pcam_dir, BASELINE, evaluate="{epochs: 3, warmup_epochs: 9}")
+    assert study_main([str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: evaluate: need epochs >= 1 and 0 <= warmup_epochs <= epochs" in err
+    assert not (tmp_path / "v" / "out").exists()
+
+
+def test_extract_failing_on_every_slide_fails_the_extract_step_by_name(pcam_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    for slide in ("a", "b"):
+        (broken / slide).mkdir(parents=True)
+        (broken / slide / "0.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "patches.csv").write_text("path,label\na/0.jpg,0\nb/0.jpg,1\n")
+    data = (
+        f"{{train: {pcam_dir / 'train'}, train_sample: 48, eval: {broken}, patch_labels: {tmp_path / 'patches.csv'}}}"
+    )
+    cfg = _config(tmp_path, pcam_dir, BASELINE, data=data)
+    assert study_main([str(cfg), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "random_init: extract failed" in err and "extract made no feature bag: 2 slides failed (a: " in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    steps = {s["step"]: s for s in report["steps"]}
+    assert steps["train"]["status"] == "done" and steps["extract"]["status"] == "failed"
+    assert steps["evaluate"]["status"] == "not run (an earlier step failed)"
+    assert "extract made no feature bag" in steps["extract"]["error"]
+    assert not (tmp_path / "out" / "runs" / "random_init" / "extract.done.json").exists()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "random_init: extract failed" in md and "evaluate failed" not in md
 
 
 def test_knn_bootstrap_interval_is_the_percentiles_of_sklearn_f1_on_resamples():

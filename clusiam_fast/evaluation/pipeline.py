@@ -10,6 +10,10 @@
   (:mod:`clusiam_fast.evaluation.mil.crossval`); by patient when slides.csv has a
   ``patient_id`` column; test AUC with a bootstrap 95% CI.
 
+Before anything runs, bags that cannot be evaluated are left out by name
+(:mod:`.bag_checks`) and :func:`plan_slide_classification` makes every split of the MIL
+protocol (:mod:`.mil.plan`); ``clusiam_fast.study`` runs the same check before training.
+
 Writes ``OUT/report.md``, ``OUT/report.json`` (every number), PNG figures, each test
 slide's attention (``OUT/attention/<model>/<slide>.npy``, one row per seed) and ABMIL (else DSMIL)
 attention heatmaps of a few test slides with coordinates (``OUT/attention/*.png``).
@@ -27,15 +31,17 @@ import torch
 
 from ..formats.feature_bags import FeatureBag, load_bags, safe_name
 from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from .bag_checks import screen_bags
 from .cluster_map import save_cluster_map, save_score_map
 from .clustering import evaluate_clustering, kmeans
 from .knn import knn_evaluate
 from .labels import join_patch_labels, read_slide_table
 from .mil.crossval import run_cross_validation
 from .mil.data import BagDataset
+from .mil.plan import plan_splits
 from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
 from .mil.registry import DEFAULT_MODELS
-from .mil.splits import check_patients, holdout_split, kfold_splits
+from .mil.splits import check_patients
 from .plots import plot_cluster_sizes, plot_roc
 from .report import render_markdown
 
@@ -76,6 +82,12 @@ class EvalConfig:
     annotations: Path | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.folds is not None and self.folds < 2:
+            raise ValueError(f"--folds must be at least 2, got {self.folds}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+
 
 def _sorted_classes(labels: list[str]) -> list[str]:
     unique = sorted(set(labels))
@@ -115,12 +127,32 @@ def _summary(bags: list[FeatureBag], features: Path) -> dict:
     }
 
 
-def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalConfig, out: Path, results: dict) -> None:
+@dataclass
+class SlidePlan:
+    """The labelled slides (in bag order), their classes and the test splits, checked before any
+    evaluation runs (:func:`plan_slide_classification`); ``skipped`` says why MIL cannot run at all."""
+
+    labels_csv: Path
+    info: dict
+    slide_ids: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    groups: list[str] | None = None
+    split_column: list[str | None] = field(default_factory=list)
+    test_splits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    skipped: str | None = None
+
+
+def plan_slide_classification(labels_csv: Path, cfg: EvalConfig, bag_ids: list[str] | None = None) -> SlidePlan:
+    """Read slides.csv, join it with the bags' slide ids (``None``: every labelled slide, as a study
+    checks before extraction) and make every split of the MIL protocol; a ValueError naming the
+    classes, their counts and what to change when the labels do not allow the settings of ``cfg``."""
     checked = read_slide_table(labels_csv)
     table = checked.labels
-    labelled = [b for b in bags if b.slide_id in table]
-    unlabelled = sorted(b.slide_id for b in bags if b.slide_id not in table)
-    missing_bags = sorted(set(table) - {b.slide_id for b in bags})
+    ids = list(table) if bag_ids is None else list(bag_ids)
+    labelled = [s for s in ids if s in table]
+    unlabelled = sorted(s for s in ids if s not in table)
+    missing_bags = sorted(set(table) - set(ids))
     info: dict[str, Any] = {
         "labels_file": str(labels_csv),
         "labelled_slides": len(labelled),
@@ -131,59 +163,74 @@ def _slide_classification(bags: list[FeatureBag], labels_csv: Path, cfg: EvalCon
         "blank_label_lines": checked.blank_rows,
         "duplicate_lines": checked.duplicate_rows,
         "class_counts": {
-            c: sum(table[b.slide_id][0] == c for b in labelled)
-            for c in _sorted_classes([table[b.slide_id][0] for b in labelled])
+            c: sum(table[s][0] == c for s in labelled) for c in _sorted_classes([table[s][0] for s in labelled])
         },
     }
-    results["slide_labels"] = info
+    plan = SlidePlan(labels_csv, info)
     if not labelled:
-        results["skipped"]["mil"] = (
-            f"no bag's slide_id appears in {labels_csv} ({len(bags)} bags, e.g. {unlabelled[0]!r}; "
+        plan.skipped = (
+            f"no bag's slide_id appears in {labels_csv} ({len(ids)} bags, e.g. {unlabelled[0]!r}; "
             f"{len(table)} labelled slides, e.g. {next(iter(table), '')!r})"
         )
-        return
-    classes = _sorted_classes([table[b.slide_id][0] for b in labelled])
+        return plan
+    classes = _sorted_classes([table[s][0] for s in labelled])
     if len(classes) < 2:
-        results["skipped"]["mil"] = (
-            f"the {len(labelled)} labelled bags all have class {classes[0]!r} in {labels_csv}; slide classification needs two"
-        )
-        return
-    patients = checked.patients
-    ds = BagDataset(
-        [torch.from_numpy(np.asarray(b.features)) for b in labelled],
-        torch.tensor([classes.index(table[b.slide_id][0]) for b in labelled]),
-        [b.slide_id for b in labelled],
-        classes,
-        None if patients is None else [patients[b.slide_id] for b in labelled],
-    )
-    if ds.groups is not None:
-        check_patients(ds.labels.tolist(), ds.groups, ds.slide_ids, classes)
-        info["grouping"] = f"by patient: {len(set(ds.groups))} patients (patient_id column of {labels_csv})"
+        plan.skipped = f"the {len(labelled)} labelled bags all have class {classes[0]!r} in {labels_csv}; slide classification needs two"
+        return plan
+    plan.slide_ids, plan.classes = labelled, classes
+    plan.labels = [classes.index(table[s][0]) for s in labelled]
+    if checked.patients is not None:
+        plan.groups = [checked.patients[s] for s in labelled]
+        check_patients(plan.labels, plan.groups, labelled, classes)
+        info["grouping"] = f"by patient: {len(set(plan.groups))} patients (patient_id column of {labels_csv})"
     else:
         info["grouping"] = f"by slide (no patient_id column in {labels_csv})"
-    splits = [table[b.slide_id][1] for b in labelled]
-    if cfg.folds:
-        _cross_validation(ds, bags, labels_csv, splits, cfg, out, info, results)
+    plan.split_column = [table[s][1] for s in labelled]
+    given = [s is not None for s in plan.split_column]
+    if not cfg.folds and any(given) and not all(given):
+        raise ValueError(f"{labels_csv}: give a split for every labelled slide or for none")
+    plan.test_splits = plan_splits(
+        plan.labels,
+        classes,
+        groups=plan.groups,
+        split_column=plan.split_column if all(given) and not cfg.folds else None,
+        folds=cfg.folds,
+        test_fraction=cfg.test_fraction,
+        val_fraction=cfg.mil.val_fraction,
+        seed=cfg.seed,
+        source=str(labels_csv),
+    )
+    return plan
+
+
+def _slide_classification(plan: SlidePlan, bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: dict) -> None:
+    labels_csv, info = plan.labels_csv, plan.info
+    if plan.skipped:
+        results["skipped"]["mil"] = plan.skipped
         return
+    labelled = set(plan.slide_ids)
+    classes = plan.classes
+    ds = BagDataset(
+        [torch.from_numpy(np.asarray(b.features)) for b in bags if b.slide_id in labelled],  # plan's order
+        torch.tensor(plan.labels),
+        list(plan.slide_ids),
+        classes,
+        plan.groups,
+    )
+    splits = plan.split_column
+    if cfg.folds:
+        _cross_validation(ds, bags, labels_csv, splits, plan.test_splits, cfg, out, info, results)
+        return
+    ((train_idx, test_idx),) = plan.test_splits
     if all(s is not None for s in splits):
-        test_idx = [i for i, s in enumerate(splits) if s == "test"]
-        train_idx = [i for i, s in enumerate(splits) if s == "train"]
         info["split"] = f"from the split column of {labels_csv}"
         if ds.groups is not None:
-            _check_split_by_patient(ds, train_idx, test_idx, labels_csv)
-    elif all(s is None for s in splits):
-        train_idx, test_idx = holdout_split(ds.labels.numpy(), cfg.test_fraction, cfg.seed, ds.groups)
+            _check_split_by_patient(ds, list(train_idx), list(test_idx), labels_csv)
+    else:
         info["split"] = (
             f"no split column: stratified seeded (seed {cfg.seed}) {1 - cfg.test_fraction:.0%}/{cfg.test_fraction:.0%} "
             f"train/test split{' by patient' if ds.groups is not None else ''}, made once before any training"
         )
-    else:
-        raise ValueError(f"{labels_csv}: give a split for every labelled slide or for none")
-    if not len(test_idx) or not len(train_idx):
-        results["skipped"]["mil"] = (
-            f"{labels_csv} has {len(train_idx)} training and {len(test_idx)} test slides; both are needed"
-        )
-        return
     train, test = ds.subset(train_idx), ds.subset(test_idx)
     info.update(
         train_slides=len(train),
@@ -214,13 +261,20 @@ def _check_split_by_patient(ds: BagDataset, train_idx: list[int], test_idx: list
 
 
 def _cross_validation(
-    ds: BagDataset, bags: list[FeatureBag], labels_csv: Path, splits: list, cfg: EvalConfig, out: Path, info, results
+    ds: BagDataset,
+    bags: list[FeatureBag],
+    labels_csv: Path,
+    splits: list,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    cfg: EvalConfig,
+    out: Path,
+    info,
+    results,
 ) -> None:
     import warnings
 
     if any(s is not None for s in splits):
         warnings.warn(f"--folds {cfg.folds}: the split column of {labels_csv} is ignored", stacklevel=3)
-    folds = kfold_splits(ds.labels.numpy(), cfg.folds, cfg.seed, ds.groups, ds.classes)
     info["split"] = (
         f"stratified {cfg.folds}-fold cross-validation (seed {cfg.seed}"
         f"{', by patient: StratifiedGroupKFold' if ds.groups is not None else ': StratifiedKFold'}), made once before "
@@ -406,9 +460,20 @@ def run_evaluation(
     cfg = cfg or EvalConfig()
     features, out = Path(features), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bags = load_bags(features)
+    bags, left_out = screen_bags(load_bags(features))
+    # What the slide labels allow is checked before anything runs (a ValueError naming what to change).
+    try:
+        slide_plan = (
+            None if labels is None else plan_slide_classification(Path(labels), cfg, [b.slide_id for b in bags])
+        )
+    except ValueError as error:
+        if not left_out:
+            raise
+        names = ", ".join(f"{b['slide_id']} ({b['reason']})" for b in left_out[:5])
+        raise ValueError(f"{error} ({len(left_out)} bag(s) were left out before: {names})") from None
     results: dict[str, Any] = {
         "inputs": _summary(bags, features),
+        "left_out_bags": {"count": len(left_out), "bags": left_out},
         "implementations": IMPLEMENTATIONS,
         "skipped": {},
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("mil", "progress")},
@@ -430,8 +495,9 @@ def run_evaluation(
         _patch_evaluations(bags, Path(patch_labels), cfg, results)
     else:
         results["skipped"]["clustering"] = results["skipped"]["knn"] = "no --patch-labels given"
-    if labels is not None:
-        _slide_classification(bags, Path(labels), cfg, out, results)
+    if slide_plan is not None:
+        results["slide_labels"] = slide_plan.info
+        _slide_classification(slide_plan, bags, cfg, out, results)
     else:
         results["skipped"]["mil"] = "no --labels given"
     if cfg.maps:

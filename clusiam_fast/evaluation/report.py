@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .bag_checks import left_out_lines
 from .bootstrap import format_ci
 
 
@@ -201,6 +202,14 @@ def render_markdown(r: dict) -> str:
         "",
     ]
 
+    left_out = r.get("left_out_bags") or {}
+    if left_out.get("count"):
+        lines += [
+            f"## Left-out bags ({left_out['count']})",
+            "",
+            *(f"- {line}" for line in left_out_lines(left_out["bags"])),
+            "",
+        ]
     if r.get("slide_labels"):
         lines += ["## Slide labels", "", *(f"- {line}" for line in slide_label_lines(r)), ""]
     if "clustering" in r:

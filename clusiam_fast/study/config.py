@@ -349,5 +349,19 @@ def load_config(path: str | Path, out: str | Path | None = None) -> StudyConfig:
     )
     _check_train_flags(cfg, source)
     _parser_raising(extract_parser(), source, "extract").parse_args(["ckpt", "data", "--out", "o", *extract_flags])
-    _parser_raising(evaluate_parser(), source, "evaluate").parse_args(["features", "--out", "o", *evaluate_flags])
+    evaluate_settings(cfg)
     return cfg
+
+
+def evaluate_settings(cfg: StudyConfig):
+    """The :class:`~clusiam_fast.evaluation.pipeline.EvalConfig` of the study's evaluate flags, every value
+    checked as ``evaluate`` checks it (a StudyConfigError naming ``evaluate``)."""
+    from ..evaluate import build_parser, config_from_args
+
+    parser = _parser_raising(build_parser(), cfg.path, "evaluate")
+    try:
+        return config_from_args(parser.parse_args(["features", "--out", "o", *cfg.evaluate_flags]))
+    except ValueError as error:
+        if isinstance(error, StudyConfigError):
+            raise
+        raise _fail(cfg.path, "evaluate", str(error)) from None

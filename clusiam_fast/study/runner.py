@@ -10,6 +10,10 @@ Layout of ``OUT``::
     runs/<name>/<step>.done.json   written when the step succeeded: its settings and their hash
     report.md, report.json, study.png
 
+Before any step, the evaluate settings are checked against the slide labels with
+evaluate's own check (:func:`~clusiam_fast.evaluation.pipeline.plan_slide_classification`).
+An extract step that made no bag (every slide failed) fails, naming its failures.
+
 A step is skipped when its done marker holds the hash of the same settings (its command
 line, its inputs' hashes) and its outputs exist; a step whose settings changed runs
 again, and so do the steps after it. A training step that was killed continues from its
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.atomic import atomic_write_json
-from .config import RANDOM_INIT, MethodRun, StudyConfig, settings_hash
+from .config import RANDOM_INIT, MethodRun, StudyConfig, StudyConfigError, evaluate_settings, settings_hash
 from .datasets import class_folder_sets, train_sample
 
 STEPS = ("train", "extract", "evaluate")
@@ -86,6 +90,24 @@ def _seed(cfg: StudyConfig) -> int:
     return int(flags[flags.index("--seed") + 1]) if "--seed" in flags else 0
 
 
+def _no_bag(step: Step) -> str | None:
+    """Why an extract step made no feature bag (every slide failed), naming the failures; None if it made some."""
+    import csv
+
+    with open(step.output, newline="") as f:
+        if any(True for _ in csv.DictReader(f)):
+            return None
+    summary_path = step.folder / "extract.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    failed = summary.get("failed_slides", []) + summary.get("missing_slides", [])
+    shown = "; ".join(f"{f['slide_id']}: {f['reason']}" for f in failed[:5])
+    more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+    return (
+        f"extract made no feature bag: {len(failed)} slides failed ({shown}{more}; all in {summary_path}); "
+        "evaluate was not run"
+    )
+
+
 class Study:
     """The steps of ``cfg`` and their execution; ``run()`` returns the step records for the report."""
 
@@ -112,6 +134,18 @@ class Study:
             data.update({k: cfg.data.get(k) for k in ("eval", "patch_labels", "slide_labels")})
             self.data_info["eval"] = {k: str(v) for k, v in data.items() if k != "train" and v is not None}
         return data
+
+    def check_slide_labels(self, data: dict[str, Any]) -> None:
+        """The evaluate settings against the slide labels, before any step runs: the check ``evaluate``
+        makes (as if every labelled slide gets a bag); a StudyConfigError naming ``evaluate``."""
+        if not data.get("slide_labels"):
+            return
+        from ..evaluation.pipeline import plan_slide_classification
+
+        try:
+            plan_slide_classification(Path(data["slide_labels"]), evaluate_settings(self.cfg))
+        except ValueError as error:
+            raise StudyConfigError(f"{self.cfg.path}: evaluate: {error}") from None
 
     # ------------------------------------------------------------ steps
     def steps_of(self, run: MethodRun, data: dict[str, Any]) -> list[Step]:
@@ -210,6 +244,8 @@ class Study:
         seconds = time.time() - start
         # extract exits 1 when some patches or slides failed (listed in extract.json); the bags are usable
         ok = rc == 0 or (step.kind == "extract" and rc == 1 and step.output.exists())
+        no_bag = _no_bag(step) if ok and step.kind == "extract" else None
+        ok = ok and no_bag is None
         record = {"status": "done" if ok else "failed", "exit_status": rc, "seconds": round(seconds, 1)}
         if ok:
             atomic_write_json(
@@ -224,7 +260,7 @@ class Study:
             )
         else:
             tail = step.log.read_text(errors="replace").splitlines()[-15:] if step.log.is_file() else []
-            record["error"] = "\n".join(tail) or f"exit status {rc}"
+            record["error"] = "\n".join([no_bag] * bool(no_bag) + tail) or f"exit status {rc}"
         return record
 
     def run(self) -> list[dict[str, Any]]:
@@ -232,6 +268,7 @@ class Study:
         from tqdm.auto import tqdm
 
         data = self.prepare_data()
+        self.check_slide_labels(data)
         plan = [self.steps_of(run, data) for run in self.cfg.methods]
         records = []
         bar = tqdm(total=sum(len(p) for p in plan), desc="study", disable=not self.progress, dynamic_ncols=True)

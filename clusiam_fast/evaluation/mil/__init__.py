@@ -8,6 +8,7 @@
 - :mod:`.protocol`: grid search, best-validation selection, one test evaluation per
   selection through a sealed :class:`HeldOutTestSet`, mean/std over seeds, bootstrap CI.
 - :mod:`.crossval`: the protocol on every fold of a k-fold split, pooled out-of-fold.
+- :mod:`.plan`: every split of the protocol made before any training; what the labels allow.
 """
 
 from .abmil import ABMIL

@@ -114,7 +114,8 @@ def kfold_splits(
         listing = ", ".join(f"{_names(classes, k)} {v}" for k, v in sorted(counts.items()))
         raise ValueError(
             f"--folds {folds} needs at least {folds} {unit} in every class, but class {_names(classes, c)!r} "
-            f"has {n} ({unit} per class: {listing}); use --folds {max(2, min(counts.values()))} or fewer"
+            f"has {n} ({unit} per class: {listing}); "
+            + (f"use --folds {n} or fewer" if n >= 2 else f"no --folds is possible: label more {unit} of that class")
         )
     if g is None:
         splitter = model_selection.StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
