@@ -3,10 +3,12 @@ cohort.json, and two jobs sharing one --out (real slides, real processes)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -273,3 +275,56 @@ def test_a_slide_swapped_for_a_file_of_the_same_size_and_mtime_is_tiled_again(ws
     old.write_text(json.dumps(record))
     again = tile_slides(slides, out, TileConfig(), progress=False)
     assert [r["slide_id"] for r in again.rows] == ["slide_00"] and again.skipped == 1
+
+
+def _children_table() -> dict[int, int]:
+    """pid -> parent pid of every process (from /proc)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":
+                table[int(entry.name)] = int(fields[1])
+    return table
+
+
+def _descendants(pid: int) -> set[int]:
+    table, found, frontier = _children_table(), set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_kill_9_of_the_local_driver_leaves_no_process_behind(wsi_dir, tmp_path):
+    """The fork server, both workers and the resource tracker are gone within seconds of the driver's death."""
+    make_cohort(wsi_dir, tmp_path / "slides", 8)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "clusiam_fast.tile", str(tmp_path / "slides"), "--out", str(tmp_path / "out")]
+    driver = subprocess.Popen(
+        cmd + ["--workers", "2", "--save-tiles", "jpg"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    left: set[int] = set()
+    try:
+        end = time.time() + 120
+        while len(kids := _descendants(driver.pid)) < 4 and driver.poll() is None and time.time() < end:
+            time.sleep(0.05)  # tracker, fork server and 2 workers
+        assert len(kids) >= 4 and driver.poll() is None, "the cohort ended before its workers were seen"
+        driver.kill()
+        driver.wait()
+        end = time.time() + 10
+        while (left := kids & set(_children_table())) and time.time() < end:
+            time.sleep(0.1)
+        assert not left, f"processes left after kill -9 of the driver: {sorted(left)}"
+    finally:
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()

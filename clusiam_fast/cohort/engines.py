@@ -112,7 +112,7 @@ def plan_cohort(jobs: Sequence[SlideJob], out: str | Path, settings: dict, redo:
         path = record_path(out, job.slide_id)
         record, problem = read_record(path)
         mine = job.settings_of(settings)
-        state = done_state(record, inputs_stamp(job.files), mine, job.per_slide)
+        state = done_state(record, inputs_stamp(job.files, fingerprints=False), mine, job.per_slide)
         if state == "done" and not redo:
             problem = outputs_problem(out, record)
             if problem is None:
@@ -151,7 +151,7 @@ def do_slide(
         mine = job.settings_of(settings)
         path = record_path(out, job.slide_id)
         record, problem = read_record(path)
-        if done_state(record, inputs_stamp(job.files), mine, job.per_slide) == "done":
+        if done_state(record, inputs_stamp(job.files, fingerprints=False), mine, job.per_slide) == "done":
             problem = outputs_problem(out, record)
             if problem is None and (since is None or float(record.get("time", 0)) >= since):
                 return CohortResult(job, "skipped", record.get("result"), worker=who)

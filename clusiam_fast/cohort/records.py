@@ -65,8 +65,9 @@ def fingerprint(path: str | Path, size: int) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def inputs_stamp(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """(path, size, mtime_ns, fingerprint) of each input file; a missing one has size -1."""
+def inputs_stamp(paths: Iterable[str | Path], fingerprints: bool = True) -> list[dict[str, Any]]:
+    """(path, size, mtime_ns, fingerprint) of each input file; a missing one has size -1. Without
+    ``fingerprints`` they are left out (:func:`done_state` reads them only where a record has one)."""
     stamps = []
     for path in paths:
         try:
@@ -75,7 +76,7 @@ def inputs_stamp(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             stamps.append({"path": str(path), "size": -1, "mtime_ns": 0, "fingerprint": None})
             continue
         stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        stamps.append({**stamp, "fingerprint": fingerprint(path, st.st_size)})
+        stamps.append({**stamp, "fingerprint": fingerprint(path, st.st_size)} if fingerprints else stamp)
     return stamps
 
 
@@ -212,7 +213,12 @@ def _same_inputs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
         (i["path"], i["size"], i["mtime_ns"]) for i in new
     ]:
         return False
-    return all(a.get("fingerprint") is None or a["fingerprint"] == b.get("fingerprint") for a, b in zip(old, new))
+    for a, b in zip(old, new):
+        if a.get("fingerprint") is not None and "fingerprint" not in b:
+            b["fingerprint"] = fingerprint(b["path"], b["size"])  # read only when a record has one to compare
+        if a.get("fingerprint") is not None and a["fingerprint"] != b["fingerprint"]:
+            return False
+    return True
 
 
 def outputs_problem(out: str | Path, record: dict[str, Any]) -> str | None:
