@@ -66,7 +66,8 @@ instance of ``--workers x --cpus-per-task`` CPUs (``pip install ".[ray]"``). Eve
 gets a done record ``DIR/done/<slide_id>.json`` (its file's size, mtime and a fingerprint of
 its first and last MiB, the settings and their hash, the manifest row) written after its
 outputs; a re-run skips done slides whose h5 file opens and holds the record's patches, and
-says how many (a malformed record or lock, or missing outputs, is named and the slide redone); ``--redo`` tiles them again; a folder tiled with other settings is refused
+says how many (a malformed record or lock, or missing outputs, is named and the slide redone);
+``--redo`` tiles them again; a folder tiled with other settings is refused
 unless ``--redo``. Jobs may share DIR (Slurm array tasks, several nodes): each slide is
 locked while tiled (``DIR/locks/<slide_id>.lock``: host, pid, time; taken over when its pid
 is dead on this host or it is older than ``--lock-timeout``) and ``--shard I/N`` takes part

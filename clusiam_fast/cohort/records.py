@@ -10,7 +10,8 @@ refused (:class:`SettingsChangedError`) unless ``redo``. Per-slide settings
 (``SlideJob.settings``) that a slide did not use are recorded as None and not compared (e.g.
 ``--slide-mpp`` for a slide whose metadata has its mpp). Records written before fingerprints
 are compared on path, size and mtime only. A malformed record is not a done slide: it is
-named on the console and the slide done again. Failed slides get ``OUT/failed/<slide_id>.json`` (removed once they succeed).
+named on the console and the slide done again. Failed slides get
+``OUT/failed/<slide_id>.json`` (removed once they succeed).
 ``OUT/done.log`` gets one line per completed slide (JSON: slide_id, host, pid, time), appended
 with a single ``O_APPEND`` write: the audit trail that no slide was done twice.
 """
