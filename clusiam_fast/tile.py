@@ -3,7 +3,7 @@
 Usage::
 
     python -m clusiam_fast.tile SLIDE_OR_DIR... --out DIR [--mpp 0.5] [--patch-size 224]
-        [--stride 224] [--min-tissue 0.5] [--slide-mpp X]
+        [--stride 224] [--min-tissue 0.5] [--slide-mpp X] [--slide-mpp-csv FILE]
         [--backend auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
         [--on-corrupt-tile fail|skip] [--decode-device cpu|cuda] [--coords-format clam|trident]
         [--engine local|ray] [--ray-address ADDR] [--cpus-per-task C]
@@ -18,7 +18,11 @@ For every slide (files named, or the slide files of a folder: .svs .tif .tiff .n
 2. reads the level-0 pixel size from the metadata (OpenSlide properties, Aperio
    description, OME PhysicalSize, Philips pixel spacing, TIFF resolution tags; never
    cuCIM's ``spacing()``, which says 1.0 for SVS). A slide without one fails, naming the
-   file, unless ``--slide-mpp X`` gives it (used only where the metadata has none);
+   file, unless ``--slide-mpp X`` gives it, or ``--slide-mpp-csv FILE`` (columns ``slide_id``
+   or TRIDENT's ``wsi``, and ``mpp``) gives it per slide (used only where the metadata has
+   none; a CSV value wins over ``--slide-mpp``). Re-running a folder with them (after the
+   no-mpp advice) does the failed slides and leaves the done ones: settings are compared per
+   slide, on the mpp the slide used;
 3. plans the read for ``--mpp`` (default 0.5 um/px, the paper's 20x): the coarsest level
    not coarser than the target, ``read_size = round(patch_size x target / level mpp)`` px
    read there and resized to ``--patch-size`` (0.499 um/px -> 224 px at level 0; 0.227
@@ -36,7 +40,7 @@ For every slide (files named, or the slide files of a folder: .svs .tif .tiff .n
    plus ours); the two differ where the read level is not at the target (a 0.25 um/px
    slide without a 2x level: CLAM patch_size 448, TRIDENT 224 with patch_size_level0 448),
    so one file cannot serve both (``clusiam_fast/formats/coords_h5.py``); the QA picture
-   ``DIR/thumbnails/<slide_id>.png`` (tissue tinted green, kept patches as blue squares)
+   ``DIR/thumbnails/<slide_id>.png`` (tissue outlined in green over the true colours, kept patches as blue squares)
    and, with ``--save-tiles``, ``DIR/tiles/<slide_id>/<slide_id>_<x>_<y>.<ext>``.
 
 ``DIR/manifest.csv`` lists the slides tiled into DIR (columns slide_id, slide_path,
@@ -57,11 +61,13 @@ nvImageCodec; needs cuCIM and a visible GPU).
 Cohorts (``clusiam_fast/cohort``): ``--engine local`` (default) tiles ``--workers`` slides
 at a time in local processes; ``--engine ray`` runs one Ray task per slide (``--cpus-per-task``
 CPUs each) on the cluster at ``--ray-address`` (``auto``: the one ``ray start --head`` made
-on this machine; an address that does not answer fails within 30 s) or on a local Ray
+on this machine; an address that does not answer, or is not a Ray head, fails at once with one line) or on a local Ray
 instance of ``--workers x --cpus-per-task`` CPUs (``pip install ".[ray]"``). Every tiled slide
-gets a done record ``DIR/done/<slide_id>.json`` (its file's size and mtime, the settings and
-their hash, the manifest row) written after its outputs; a re-run skips done slides and
-says how many; ``--redo`` tiles them again; a folder tiled with other settings is refused
+gets a done record ``DIR/done/<slide_id>.json`` (its file's size, mtime and a fingerprint of
+its first and last MiB, the settings and their hash, the manifest row) written after its
+outputs; a re-run skips done slides whose h5 file opens and holds the record's patches, and
+says how many (a malformed record or lock, or missing outputs, is named and the slide redone);
+``--redo`` tiles them again; a folder tiled with other settings is refused
 unless ``--redo``. Jobs may share DIR (Slurm array tasks, several nodes): each slide is
 locked while tiled (``DIR/locks/<slide_id>.lock``: host, pid, time; taken over when its pid
 is dead on this host or it is older than ``--lock-timeout``) and ``--shard I/N`` takes part
@@ -144,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="level-0 microns per pixel for slides whose metadata has none (metadata wins)",
     )
     parser.add_argument(
+        "--slide-mpp-csv",
+        default=None,
+        metavar="FILE",
+        help="per-slide level-0 microns per pixel: a CSV with columns slide_id (or TRIDENT's wsi) and mpp, for "
+        "slides whose metadata has none (metadata wins; it wins over --slide-mpp)",
+    )
+    parser.add_argument(
         "--backend",
         choices=("auto", "cucim", "openslide", "tifffile"),
         default="auto",
@@ -194,10 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from clusiam_fast.cohort import SettingsChangedError, parse_shard
+    from clusiam_fast.tiling.mpp_table import read_mpp_table
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
 
     try:
         shard = parse_shard(args.shard)
+        slide_mpps = read_mpp_table(args.slide_mpp_csv) if args.slide_mpp_csv else None
         config = TileConfig(
             target_mpp=args.mpp,
             patch_size=args.patch_size,
@@ -221,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             redo=args.redo,
             lock_timeout=args.lock_timeout,
             shard=shard,
+            slide_mpps=slide_mpps,
         )
     except (ValueError, FileNotFoundError, ImportError, ConnectionError, SettingsChangedError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -3,9 +3,12 @@ cohort.json, and two jobs sharing one --out (real slides, real processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -174,3 +177,154 @@ def test_shards_of_a_cohort_tile_it_exactly_once(wsi_dir, tmp_path):
     assert counts == [2, 1]
     _assert_each_done_once(out, ["slide_00", "slide_01", "slide_02"])
     assert _tile_cli(tmp_path / "slides", "--out", out, "--shard", "2/2").returncode == 2
+
+
+def _write_lock(out: Path, slide_id: str, content) -> Path:
+    path = lock_path(out, slide_id)
+    path.parent.mkdir(exist_ok=True)
+    if content is None:
+        path.mkdir()  # a folder where the lock file goes
+    else:
+        path.write_text(json.dumps(content))
+    return path
+
+
+def test_malformed_locks_and_records_are_named_and_their_slides_redone(wsi_dir, tmp_path):
+    """A lock holding {"pid": "abc"} or a JSON list, a lock path that is a folder, done and failure records
+    holding a list or broken JSON: each named on the console with what was done; the cohort finishes."""
+    make_cohort(wsi_dir, tmp_path / "slides", 4)
+    out = tmp_path / "out"
+    assert tile_slides([tmp_path / "slides"], out, TileConfig(), progress=False).ok
+    host = socket.gethostname()
+    locks = [
+        _write_lock(out, "slide_00", {"host": host, "pid": "abc", "time": time.time()}),
+        _write_lock(out, "slide_01", [1, 2]),
+        _write_lock(out, "slide_02", None),
+    ]
+    stuck = _write_lock(out, "slide_03", None)
+    (stuck / "something").write_text("a user's file")  # not ours to delete: the slide fails, naming it
+    records = [out / "done" / f"slide_0{k}.json" for k in range(4)]
+    records[0].write_text("[]")
+    records[1].write_text('{"slide_id": "slide_01", "status": "do')
+    records[2].write_text(json.dumps({"slide_id": "slide_02", "status": "done", "inputs": "x", "settings": {}}))
+    records[3].write_text(json.dumps(["a list"]))
+    (out / "failed").mkdir(exist_ok=True)
+    (out / "failed" / "zz_other.json").write_text("[1]")  # a failure record of no slide of this run
+    done = _tile_cli(tmp_path / "slides", "--out", out, "--workers", "2")
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1 and "tiled 3 of 4" in done.stdout, done.stdout + done.stderr
+    for record in records:
+        assert f"done record {record}: " in done.stderr and "is done again" in done.stderr
+    for lock in locks:
+        assert f"removed malformed lock {lock}" in done.stderr and not lock.exists()
+    assert "holds pid 'abc'" in done.stderr and "holds a JSON list" in done.stderr and "is a folder" in done.stderr
+    cohort = json.loads((out / "cohort.json").read_text())
+    assert cohort["num_done"] == 3 and str(stuck) in cohort["failed"]["slide_03"]["reason"]
+    assert (stuck / "something").exists()
+    assert cohort["done"] == ["slide_00", "slide_01", "slide_02"]  # slide_03's malformed record is not counted
+    assert [e["slide_id"] for e in read_done_log(out)].count("slide_02") == 2  # once per run
+    for sid in cohort["done"]:
+        assert json.loads((out / "done" / f"{sid}.json").read_text())["pid"] != os.getpid()  # rewritten
+
+
+def test_done_slides_are_checked_against_their_outputs_before_they_are_skipped(wsi_dir, tmp_path):
+    """A hand-edited patch count, a deleted and a truncated h5 file: named, and the slide tiled again (when it
+    is in the run) or left out of the manifest (when it is not); the manifest counts what the h5 files hold."""
+    make_cohort(wsi_dir, tmp_path / "slides", 3)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "slides" / "slide_02.svs").rename(tmp_path / "other" / "slide_02.svs")
+    out = tmp_path / "out"
+    assert tile_slides([tmp_path / "slides", tmp_path / "other"], out, TileConfig(), progress=False).ok
+    count = json.loads((out / "done" / "slide_00.json").read_text())["result"]["num_patches"]
+    edited = out / "done" / "slide_00.json"
+    record = json.loads(edited.read_text())
+    record["result"]["num_patches"] = 9999
+    edited.write_text(json.dumps(record))
+    (out / "patches" / "slide_01.h5").unlink()
+    h5 = out / "patches" / "slide_02.h5"  # slide_02 is not in the re-run: its row must not stay listed
+    h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
+    done = _tile_cli(tmp_path / "slides", "--out", out, "--workers", "1")
+    assert done.returncode == 0 and "tiled 2 of 2" in done.stdout, done.stdout + done.stderr
+    assert f"{edited}: its output patches/slide_00.h5 holds {count} patches, the record says 9999" in done.stderr
+    assert "its output patches/slide_01.h5 is missing; slide_01 is done again" in done.stderr
+    left = f"left {out / 'done' / 'slide_02.json'} out of the done slides (its output patches/slide_02.h5 does not open"
+    assert left in done.stderr
+    with open(out / "manifest.csv") as f:
+        rows = {r["slide_id"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["slide_00", "slide_01"] and rows["slide_00"]["num_patches"] == str(count)
+    cohort = json.loads((out / "cohort.json").read_text())
+    assert cohort["patches"] == 2 * count and "9999" not in json.dumps(cohort)
+
+
+def test_a_slide_swapped_for_a_file_of_the_same_size_and_mtime_is_tiled_again(wsi_dir, tmp_path):
+    """The fingerprint (first and last MiB) tells; a record written before fingerprints is still trusted."""
+    slides = make_cohort(wsi_dir, tmp_path / "slides", 2)
+    out = tmp_path / "out"
+    assert tile_slides(slides, out, TileConfig(), progress=False).ok
+    data = slides[0].read_bytes()
+    st = slides[0].stat()
+    swapped = data.replace(b"Filename = CMU-1|", b"Filename = CMU-2|", 1)
+    assert swapped != data and len(swapped) == len(data)
+    slides[0].write_bytes(swapped)
+    os.utime(slides[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert slides[0].stat().st_size == st.st_size and slides[0].stat().st_mtime_ns == st.st_mtime_ns
+    old = out / "done" / "slide_01.json"  # as written before fingerprints: accepted on path, size and mtime
+    record = json.loads(old.read_text())
+    for stamp in record["inputs"]:
+        del stamp["fingerprint"]
+    old.write_text(json.dumps(record))
+    again = tile_slides(slides, out, TileConfig(), progress=False)
+    assert [r["slide_id"] for r in again.rows] == ["slide_00"] and again.skipped == 1
+
+
+def _children_table() -> dict[int, int]:
+    """pid -> parent pid of every process (from /proc)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":
+                table[int(entry.name)] = int(fields[1])
+    return table
+
+
+def _descendants(pid: int) -> set[int]:
+    table, found, frontier = _children_table(), set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in table.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_kill_9_of_the_local_driver_leaves_no_process_behind(wsi_dir, tmp_path):
+    """The fork server, both workers and the resource tracker are gone within seconds of the driver's death."""
+    make_cohort(wsi_dir, tmp_path / "slides", 8)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "clusiam_fast.tile", str(tmp_path / "slides"), "--out", str(tmp_path / "out")]
+    driver = subprocess.Popen(
+        cmd + ["--workers", "2", "--save-tiles", "jpg"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    left: set[int] = set()
+    try:
+        end = time.time() + 120
+        while len(kids := _descendants(driver.pid)) < 4 and driver.poll() is None and time.time() < end:
+            time.sleep(0.05)  # tracker, fork server and 2 workers
+        assert len(kids) >= 4 and driver.poll() is None, "the cohort ended before its workers were seen"
+        driver.kill()
+        driver.wait()
+        end = time.time() + 10
+        while (left := kids & set(_children_table())) and time.time() < end:
+            time.sleep(0.1)
+        assert not left, f"processes left after kill -9 of the driver: {sorted(left)}"
+    finally:
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()

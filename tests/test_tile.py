@@ -210,3 +210,57 @@ def test_slide_without_tissue_fails_by_name(tmp_path):
     with pytest.raises(NoTissueError, match="blank.tif: no tissue"):
         tile_slide(blank, tmp_path / "out", TileConfig())
     assert not (tmp_path / "out" / "patches").exists()
+
+
+def test_rerun_after_the_no_mpp_advice_tiles_only_the_failed_slide(wsi_dir, tmp_path, capsys):
+    """The TCGA slide has no mpp: giving --slide-mpp (or a per-slide CSV) afterwards tiles it and leaves the
+    slides done with their own metadata mpp alone, without --redo; settings are compared per slide."""
+    out = tmp_path / "out"
+    assert main([str(wsi_dir), "--out", str(out), "--workers", "1"]) == 1  # TCGA: no mpp
+    assert main([str(wsi_dir), "--out", str(out), "--workers", "1", "--slide-mpp", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "tiled 1 of 1 slides" in text and "skipped 2 slide(s)" in text
+    with open(out / "manifest.csv", newline="") as f:
+        rows = {r["slide_id"]: r for r in csv.DictReader(f)}
+    assert rows[TCGA[:-4]]["mpp"] == "0.5" and rows["CMU-1-Small-Region"]["mpp"] == "0.499"
+    # another --slide-mpp does not touch the metadata slides, but is a change for TCGA (it used it)
+    table = tmp_path / "mpp.csv"
+    table.write_text(f"wsi,mpp\n{TCGA},0.25\n{CMU},0.3\n")  # TRIDENT's column names; metadata wins for CMU
+    assert main([str(wsi_dir), "--out", str(out), "--workers", "1", "--slide-mpp-csv", str(table)]) == 2
+    assert f"{TCGA[:-4]}: slide_mpp: 0.5 -> 0.25" in capsys.readouterr().err
+    assert main([str(wsi_dir), "--out", str(out), "--workers", "1", "--slide-mpp", "0.7"]) == 2
+    capsys.readouterr()
+    # a fresh folder from the CSV alone (slide_id column): every slide tiled, each at its own mpp
+    table.write_text(f"slide_id,mpp\n{TCGA[:-4]},0.25\nCMU-1-Small-Region,0.3\nOS-1-detail,\n")
+    assert main([str(wsi_dir), "--out", str(tmp_path / "csv"), "--workers", "1", "--slide-mpp-csv", str(table)]) == 0
+    with open(tmp_path / "csv" / "manifest.csv", newline="") as f:
+        rows = {r["slide_id"]: r for r in csv.DictReader(f)}
+    assert rows[TCGA[:-4]]["mpp"] == "0.25" and rows["CMU-1-Small-Region"]["mpp"] == "0.499" and len(rows) == 3
+    capsys.readouterr()
+    table.write_text(f"slide_id,mpp\n{TCGA[:-4]},abc\n")
+    assert main([str(wsi_dir), "--out", str(tmp_path / "bad"), "--slide-mpp-csv", str(table)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(table) in err[0] and "line 2" in err[0] and "'abc'" in err[0]
+
+
+def test_qa_thumbnail_outlines_tissue_over_its_true_colours(wsi_dir):
+    """Tissue away from its outline keeps the slide's own colours (staining and decoding can be judged)."""
+    from scipy import ndimage
+
+    from clusiam_fast.tiling.thumbnail import draw_qa_thumbnail
+
+    with open_slide(wsi_dir / CMU) as slide:
+        rgb, ds = slide.thumbnail(4)
+        mask = detect_tissue(rgb, slide.mpp * ds[0])
+    picture = np.asarray(draw_qa_thumbnail(rgb, ds, mask, np.zeros((0, 2), np.int64), 448, "t", max_side=4096))
+    body = picture[16:]  # below the title bar
+    assert body.shape == rgb.shape
+    square = np.ones((3, 3), bool)  # the outline is 8-connected, 3 px wide
+    inside = ndimage.binary_erosion(mask, square, iterations=3)
+    assert inside.sum() > 1000
+    np.testing.assert_array_equal(body[inside], rgb[inside])
+    outside = ~ndimage.binary_dilation(mask, square, iterations=3)
+    np.testing.assert_array_equal(body[outside], rgb[outside])
+    edge = mask & ~ndimage.binary_erosion(mask)
+    green = (body[..., 1] == 200) & (body[..., 0] == 0) & (body[..., 2] == 0)
+    assert green[edge].mean() > 0.9  # the outline is drawn

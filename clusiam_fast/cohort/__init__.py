@@ -9,13 +9,14 @@ when chosen.
 """
 
 from .engines import ENGINES, CohortPlan, CohortResult, SlideJob, connect_ray, plan_cohort, run_cohort
-from .locks import SlideLock, acquire_lock, waiting_lock
+from .locks import LockError, SlideLock, acquire_lock, waiting_lock
 from .records import SettingsChangedError, done_records, inputs_stamp, read_done, settings_hash, write_done
 from .shard import parse_shard, select_shard
 from .summary import CohortSummary
 
 __all__ = [
     "ENGINES",
+    "LockError",
     "CohortPlan",
     "CohortResult",
     "CohortSummary",

@@ -17,13 +17,19 @@ runs one task per slide (``cpus_per_task`` / ``gpus_per_task`` resources), on th
 ``ray_address`` (``auto``: the one ``ray start`` made here) or on a local instance started
 with ``workers x cpus_per_task`` CPUs. A Ray worker that dies mid-slide is retried once
 (``max_retries``), then the slide is failed; its lock (dead pid) is taken over.
+Local workers exit as soon as the driver dies (kill -9 included), so that none is left idle.
+
+A done slide is skipped only when its outputs are there and open (``records.outputs_problem``);
+one whose record is malformed or does not match its outputs is named and done again.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import os
+import select
 import socket
 import threading
 import time
@@ -32,34 +38,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .locks import DEFAULT_TIMEOUT_S, acquire_lock
+from .locks import DEFAULT_TIMEOUT_S, LockError, acquire_lock
 from .records import (
     SettingsChangedError,
     done_state,
     inputs_stamp,
-    read_done,
+    note,
+    outputs_problem,
+    read_record,
+    record_path,
     settings_difference,
-    settings_hash,
     write_done,
     write_failed,
 )
 
 ENGINES = ("local", "ray")
-RAY_CONNECT_TIMEOUT_S = 20.0  # an address that does not answer fails within this (plus the TCP probe's 5 s)
+RAY_CONNECT_TIMEOUT_S = 10.0  # a Ray head that does not let a driver join fails within this (after the probes)
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # preface + SETTINGS
 RAY_HINT = 'the Ray engine needs Ray: pip install ".[ray]" (or use --engine local)'
 
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide's work: its id, the main input (named in messages) and every input file deciding "done"."""
+    """One slide's work: its id, the main input (named in messages), every input file deciding "done", and
+    its own settings ((key, value) pairs over the cohort's: e.g. a per-slide mpp)."""
 
     slide_id: str
     path: str
     inputs: tuple[str, ...] = ()
+    settings: tuple[tuple[str, Any], ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
         return self.inputs or (self.path,)
+
+    def settings_of(self, shared: dict) -> dict:
+        """The settings of this slide: the cohort's, with its own over them."""
+        return {**shared, **dict(self.settings)}
+
+    @property
+    def per_slide(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.settings)
 
 
 @dataclass
@@ -83,15 +102,24 @@ class CohortPlan:
 
 
 def plan_cohort(jobs: Sequence[SlideJob], out: str | Path, settings: dict, redo: bool = False) -> CohortPlan:
-    """Split ``jobs`` into to-do and done; refuse done slides with other settings unless ``redo``."""
-    digest = settings_hash(settings)
+    """Split ``jobs`` into to-do and done; refuse done slides with other settings unless ``redo``.
+
+    Each slide is compared on its own settings (:meth:`SlideJob.settings_of`). A done slide whose
+    record is malformed or whose outputs are missing, do not open or disagree with it is named and
+    done again."""
     todo, skipped, changed_inputs, changed = [], [], [], []
     for job in jobs:
-        record = read_done(out, job.slide_id)
-        state = done_state(record, inputs_stamp(job.files), digest)
+        path = record_path(out, job.slide_id)
+        record, problem = read_record(path)
+        mine = job.settings_of(settings)
+        state = done_state(record, inputs_stamp(job.files, fingerprints=False), mine, job.per_slide)
         if state == "done" and not redo:
-            skipped.append(job)
-            continue
+            problem = outputs_problem(out, record)
+            if problem is None:
+                skipped.append(job)
+                continue
+        if problem:
+            note(f"done record {path}: {problem}; {job.slide_id} is done again")
         todo.append(job)
         if state == "inputs-changed":
             changed_inputs.append(job)
@@ -101,7 +129,7 @@ def plan_cohort(jobs: Sequence[SlideJob], out: str | Path, settings: dict, redo:
         job, record = changed[0]
         raise SettingsChangedError(
             f"{len(changed)} slide(s) in {out} were done with other settings (e.g. {job.slide_id}: "
-            f"{settings_difference(record.get('settings', {}), settings)}); pass --redo to do them again "
+            f"{settings_difference(record['settings'], job.settings_of(settings))}); pass --redo to do them again "
             "with these settings, or choose another --out"
         )
     return CohortPlan(todo, skipped, changed_inputs)
@@ -112,23 +140,36 @@ def do_slide(
 ) -> CohortResult:
     """Lock, re-check, run ``fn`` and record one slide (runs in the worker). ``since``: redo records older than it."""
     who = {"host": socket.gethostname(), "pid": os.getpid()}
-    lock = acquire_lock(out, job.slide_id, lock_timeout)
+    try:
+        lock = acquire_lock(out, job.slide_id, lock_timeout)
+    except LockError as error:  # a lock path that cannot be taken over (e.g. a folder with files in it)
+        write_failed(out, job.slide_id, job.path, str(error))
+        return CohortResult(job, "failed", str(error), worker=who)
     if lock is None:
         return CohortResult(job, "locked", "another job holds its lock", worker=who)
     with lock:
-        record = read_done(out, job.slide_id)
-        if done_state(record, inputs_stamp(job.files), settings_hash(settings)) == "done":
-            if since is None or float(record.get("time", 0)) >= since:
+        mine = job.settings_of(settings)
+        path = record_path(out, job.slide_id)
+        record, problem = read_record(path)
+        if done_state(record, inputs_stamp(job.files, fingerprints=False), mine, job.per_slide) == "done":
+            problem = outputs_problem(out, record)
+            if problem is None and (since is None or float(record.get("time", 0)) >= since):
                 return CohortResult(job, "skipped", record.get("result"), worker=who)
+        if problem:  # not a done slide: its record goes (a failure must not leave it counted as done)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                path.unlink()
         start = time.perf_counter()
         stamp = inputs_stamp(job.files)  # before reading: a file changed while read is redone next time
+        unused: list[str] = []
         try:
-            ok, value, outputs = fn(job, *args)
+            ok, value, outputs, *rest = fn(job, *args)
+            unused = list(rest[0]) if rest else []  # per-slide settings this slide did not use
         except Exception as error:  # one bad slide never stops the cohort
             ok, value, outputs = False, f"{type(error).__name__}: {error}", []
         seconds = time.perf_counter() - start
         if ok:
-            write_done(out, job.slide_id, stamp, settings, value, outputs, seconds)
+            recorded = {k: (None if k in unused and k in job.per_slide else v) for k, v in mine.items()}
+            write_done(out, job.slide_id, stamp, recorded, value, outputs, seconds)
         else:
             write_failed(out, job.slide_id, job.path, str(value))
         return CohortResult(job, "done" if ok else "failed", value, seconds, who)
@@ -192,10 +233,45 @@ def _local_pool(workers: int, preload: Sequence[str]):
         # not fork: cuCIM/OpenSlide threads and handles must not be copied into children
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__, *preload])
-        pool = _POOLS[key] = ProcessPoolExecutor(workers, mp_context=context)
+        pool = _POOLS[key] = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=exit_with, initargs=(os.getpid(),)
+        )
         if len(_POOLS) == 1:
             atexit.register(_close_pools)
     return pool
+
+
+def exit_with(driver_pid: int) -> None:
+    """Pool worker initializer: exit as soon as the driver dies (kill -9 included).
+
+    A worker's parent is the fork server, which lives as long as any worker does (each holds
+    its alive pipe), and the resource tracker as long as both: so the worker must watch the
+    driver itself. A pidfd (Linux >= 5.3) wakes at its death; elsewhere it is polled."""
+    threading.Thread(target=_watch, args=(driver_pid,), name="driver-watch", daemon=True).start()
+
+
+def _watch(pid: int) -> None:
+    try:
+        select.select([os.pidfd_open(pid)], [], [])  # readable once the process has ended
+    except (AttributeError, OSError):  # no pidfd here: poll
+        while _running(pid):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a killed driver not yet reaped is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
 
 
 def _close_pools() -> None:
@@ -233,7 +309,8 @@ def import_ray():
 
 
 def _probe(address: str) -> None:
-    """Fail fast (5 s) when nothing listens at an explicit ``host:port`` (Ray itself retries for minutes)."""
+    """Fail fast when nothing listens at an explicit ``host:port`` (5 s), or when what listens does not speak
+    gRPC as a Ray head does (3 s): Ray itself retries an address for minutes, with a warning every 5 s."""
     if address in ("auto", "local") or "://" in address:
         return
     host, _, port = address.rpartition(":")
@@ -242,17 +319,51 @@ def _probe(address: str) -> None:
             f"--ray-address must be host:port (the head's GCS port, 6379 by default) or auto, got {address!r}"
         )
     try:
-        socket.create_connection((host, int(port)), timeout=5.0).close()
+        conn = socket.create_connection((host, int(port)), timeout=5.0)
     except OSError as error:
         raise ConnectionError(
             f"no Ray cluster answers at --ray-address {address} ({error}); start one there with "
             "`ray start --head`, or leave --ray-address out to start a local instance"
         ) from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        conn.close()
+        return  # a TLS head does not answer plain HTTP/2: let Ray judge
+    with conn:
+        reply = b""
+        try:
+            conn.settimeout(3.0)
+            conn.sendall(_HTTP2_HELLO)
+            while len(reply) < 9 and (chunk := conn.recv(9 - len(reply))):
+                reply += chunk
+        except OSError:
+            pass
+    if len(reply) < 9 or reply[3] != 4:  # a gRPC server's first frame is SETTINGS (type 4)
+        raise ConnectionError(
+            f"what listens at --ray-address {address} is not a Ray head (no gRPC answer within 3 s); give the "
+            "head's GCS port (`ray start --head` prints it; 6379 by default), or leave --ray-address out to start "
+            "a local instance"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_ray():
+    """Ray's Python warnings off while a driver joins (its C++ core's too, unless RAY_BACKEND_LOG_LEVEL is set):
+    a join that fails then gives one line, ours, instead of a warning every 5 s."""
+    import logging
+
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # read when the core starts: for the session
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s: float = RAY_CONNECT_TIMEOUT_S):
-    """Initialise Ray once: join ``address`` (a clear error within ``timeout_s`` when it does not answer) or
-    start a local instance with these resources."""
+    """Initialise Ray once: join ``address`` (a one-line error within ``timeout_s`` when it does not let us
+    join, Ray's logging quiet until then) or start a local instance with these resources."""
     ray = import_ray()
     if ray.is_initialized():
         return ray
@@ -274,18 +385,22 @@ def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s
         except BaseException as error:  # handed to the caller
             errors.append(error)
 
-    thread = threading.Thread(target=join, name="ray-connect", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
+    with _quiet_ray():
+        thread = threading.Thread(target=join, name="ray-connect", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
     if thread.is_alive():
         raise ConnectionError(
-            f"the Ray cluster at --ray-address {address} did not answer within {timeout_s:.0f} s: is a Ray head "
-            "running there (`ray start --head`; `ray status` there tells)? If it uses token authentication (Ray's "
+            f"the Ray cluster at --ray-address {address} did not let this driver join within {timeout_s:.0f} s: is "
+            "it a Ray head (`ray start --head`; `ray status` there tells)? If it uses token authentication (Ray's "
             "default), set RAY_AUTH_MODE=token here, with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token. Or leave "
             "--ray-address out to start a local instance"
         )
     if errors:
-        raise ConnectionError(f"cannot join the Ray cluster at --ray-address {address}: {errors[0]}") from errors[0]
+        first = str(errors[0]).strip().splitlines()
+        raise ConnectionError(
+            f"cannot join the Ray cluster at --ray-address {address}: {first[0] if first else type(errors[0]).__name__}"
+        ) from errors[0]
     return ray
 
 

@@ -6,6 +6,9 @@ when its pid is dead on this host, or when it has not been touched for ``timeout
 (its owner died on another host, or hangs). Taking over is itself guarded by a short
 ``.break`` lock, so that two jobs finding the same stale lock cannot both win.
 Works on any shared file system with atomic ``O_EXCL`` create (local disks, NFSv3+).
+A malformed lock (not a JSON object with a host and a pid, or an empty folder) is stale at
+once: it is removed and the slide taken over, named on the console; a folder with files
+in it at a lock path is an error naming it (:class:`LockError`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import time
 from pathlib import Path
 
 from ..utils.atomic import _pid_alive
-from .records import safe_id
+from .records import note, safe_id
 
 DEFAULT_TIMEOUT_S = 600.0
 _BREAK_STALE_S = 30.0  # a .break lock older than this was left by a process killed while taking over
+
+
+class LockError(ValueError):
+    """A lock path that cannot be taken over; the message names it and what to do."""
 
 
 class SlideLock:
@@ -56,25 +63,62 @@ def lock_path(out: str | Path, slide_id: str) -> Path:
 
 
 def read_owner(path: Path) -> dict | None:
-    """The owner written in a lock file, or None (absent, or not yet written)."""
+    """The owner written in a lock file, or None (absent, not yet written, or malformed)."""
     try:
-        return json.loads(path.read_text())
+        owner = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return None if owner_problem(owner) else owner
+
+
+def owner_problem(owner) -> str | None:
+    """Why a lock's parsed JSON is not an owner (host and pid), or None."""
+    if not isinstance(owner, dict):
+        return f"holds a JSON {type(owner).__name__}, not an owner"
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return f"holds pid {pid!r}, not a process id"
+    if not isinstance(owner.get("host"), str):
+        return f"holds host {owner.get('host')!r}, not a host name"
+    return None
+
+
+def malformed(path: Path) -> str | None:
+    """Why the lock at ``path`` is malformed (a folder, or JSON that is not an owner), or None."""
+    if path.is_dir():
+        return "is a folder"
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # vanished, or not yet written: judged by its age
+    return owner_problem(owner)
 
 
 def is_stale(path: Path, timeout_s: float) -> bool:
-    """Dead pid on this host, or untouched for ``timeout_s``; a lock that has vanished is not stale."""
+    """Dead pid on this host, untouched for ``timeout_s``, or malformed; a lock that has vanished is not stale."""
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return False
-    if age > timeout_s:
+    if age > timeout_s or malformed(path):
         return True
     owner = read_owner(path)
     if owner is None:  # being written right now, or written by a process killed in between
         return age > 5.0
-    return owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
+    return owner.get("host") == socket.gethostname() and not _pid_alive(owner["pid"])
+
+
+def _remove(path: Path) -> None:
+    """Remove a stale lock (named on the console when it was malformed)."""
+    problem = malformed(path)
+    try:
+        path.rmdir() if problem == "is a folder" else path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise LockError(f"lock {path} {problem or 'is stale'} and cannot be removed ({error}); remove it") from None
+    if problem:
+        note(f"removed malformed lock {path} ({problem}); the slide is taken over")
 
 
 def _create(path: Path) -> bool:
@@ -107,8 +151,7 @@ def acquire_lock(out: str | Path, slide_id: str, timeout_s: float = DEFAULT_TIME
             return None
     try:
         if is_stale(path, timeout_s):  # still the stale one (nobody took it over in between)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _remove(path)
         return SlideLock(path, timeout_s) if _create(path) else None
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -1,11 +1,17 @@
 """Done records: ``OUT/done/<slide_id>.json``, written atomically once a slide's outputs are complete.
 
 A record holds what decides whether the slide needs doing again: its inputs (path, size,
-mtime), the settings (and their hash), the outputs (paths relative to OUT) and whatever
-the step reports (``result``: e.g. the manifest row), plus who did it (host, pid, time).
-A slide is done when its record exists, its inputs are unchanged and its settings hash
-matches; a record with other settings is refused (:class:`SettingsChangedError`) unless
-``redo``. Failed slides get ``OUT/failed/<slide_id>.json`` (removed once they succeed).
+mtime and a content fingerprint: the first and last MiB), the settings (and their hash), the
+outputs (paths relative to OUT) and whatever the step reports (``result``: e.g. the manifest
+row), plus who did it (host, pid, time). A slide is done when its record exists, its inputs
+are unchanged, its settings match and its outputs are there and open (:func:`outputs_problem`:
+an h5 file opens and holds the record's ``num_patches``); a record with other settings is
+refused (:class:`SettingsChangedError`) unless ``redo``. Per-slide settings
+(``SlideJob.settings``) that a slide did not use are recorded as None and not compared (e.g.
+``--slide-mpp`` for a slide whose metadata has its mpp). Records written before fingerprints
+are compared on path, size and mtime only. A malformed record is not a done slide: it is
+named on the console and the slide done again. Failed slides get
+``OUT/failed/<slide_id>.json`` (removed once they succeed).
 ``OUT/done.log`` gets one line per completed slide (JSON: slide_id, host, pid, time), appended
 with a single ``O_APPEND`` write: the audit trail that no slide was done twice.
 """
@@ -17,6 +23,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -42,16 +49,41 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def inputs_stamp(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """(path, size, mtime_ns) of each input file; a missing one has size -1."""
+FINGERPRINT_BYTES = 1 << 20  # hashed at each end of an input: cheap, and a swapped slide differs there
+
+
+def fingerprint(path: str | Path, size: int) -> str | None:
+    """A 16-hex hash of the size and the first and last MiB of a file (None for a folder or unreadable)."""
+    digest = hashlib.sha256(str(size).encode())
+    try:
+        with open(path, "rb") as f:
+            digest.update(f.read(FINGERPRINT_BYTES))
+            if size > FINGERPRINT_BYTES:
+                f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+                digest.update(f.read(FINGERPRINT_BYTES))
+    except OSError:  # a folder (an image folder, the data of an .mrxs) or unreadable
+        return None
+    return digest.hexdigest()[:16]
+
+
+def inputs_stamp(paths: Iterable[str | Path], fingerprints: bool = True) -> list[dict[str, Any]]:
+    """(path, size, mtime_ns, fingerprint) of each input file; a missing one has size -1. Without
+    ``fingerprints`` they are left out (:func:`done_state` reads them only where a record has one)."""
     stamps = []
     for path in paths:
         try:
             st = os.stat(path)
-            stamps.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
         except OSError:
-            stamps.append({"path": str(path), "size": -1, "mtime_ns": 0})
+            stamps.append({"path": str(path), "size": -1, "mtime_ns": 0, "fingerprint": None})
+            continue
+        stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        stamps.append({**stamp, "fingerprint": fingerprint(path, st.st_size)} if fingerprints else stamp)
     return stamps
+
+
+def note(message: str) -> None:
+    """Tell the console what was found wrong in OUT and what was done about it."""
+    print(f"cohort: {message}", file=sys.stderr, flush=True)
 
 
 def record_path(out: str | Path, slide_id: str, kind: str = DONE) -> Path:
@@ -59,11 +91,41 @@ def record_path(out: str | Path, slide_id: str, kind: str = DONE) -> Path:
 
 
 def read_done(out: str | Path, slide_id: str, kind: str = DONE) -> dict[str, Any] | None:
-    """The record of ``slide_id`` or None (absent or unreadable: then the slide is not done)."""
+    """The record of ``slide_id`` or None (absent, unreadable or not a record: then the slide is not done)."""
+    record, _ = read_record(record_path(out, slide_id, kind))
+    return record
+
+
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None), (None, why it is malformed), or (None, None) when there is none."""
     try:
-        return json.loads(record_path(out, slide_id, kind).read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except IsADirectoryError:
+        return None, "is a folder"
+    except (OSError, ValueError) as error:
+        return None, f"is not readable JSON ({error})"
+    problem = record_problem(record)
+    return (None, problem) if problem else (record, None)
+
+
+def record_problem(record: Any) -> str | None:
+    """Why ``record`` (parsed JSON) is not a well-formed done or failure record, or None."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not a record"
+    if record.get("status") not in (DONE, FAILED):
+        return f"has status {record.get('status')!r}"
+    if record["status"] == FAILED:
         return None
+    if not isinstance(record.get("settings"), dict):
+        return "has no settings"
+    inputs, outputs = record.get("inputs"), record.get("outputs", [])
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        return "has no list of inputs"
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        return "has no list of outputs"
+    return None
 
 
 def write_done(
@@ -122,16 +184,68 @@ def _who() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
 
 
-def done_state(record: dict[str, Any] | None, inputs: list[dict[str, Any]], digest: str) -> str:
-    """``"todo"`` (no record), ``"done"``, ``"inputs-changed"`` or ``"settings-changed"``."""
-    if record is None or record.get("status") != DONE:
+def done_state(
+    record: dict[str, Any] | None, inputs: list[dict[str, Any]], settings: Mapping[str, Any], per_slide=()
+) -> str:
+    """``"todo"`` (no record), ``"done"``, ``"inputs-changed"`` or ``"settings-changed"``.
+
+    ``settings``: the slide's own (shared plus per-slide); a per-slide key the record holds as
+    None (unused by that slide) is not compared."""
+    if record is None or record_problem(record) or record.get("status") != DONE:
         return "todo"
-    if record.get("settings_hash") != digest:
+    if settings_hash(comparable(settings, record, per_slide)) != settings_hash(
+        comparable(record["settings"], record, per_slide)
+    ):
         return "settings-changed"
-    old = [(i.get("path"), i.get("size"), i.get("mtime_ns")) for i in record.get("inputs", [])]
-    if old != [(i["path"], i["size"], i["mtime_ns"]) for i in inputs]:
+    if not _same_inputs(record["inputs"], inputs):
         return "inputs-changed"
     return "done"
+
+
+def comparable(settings: Mapping[str, Any], record: dict[str, Any], per_slide) -> dict[str, Any]:
+    """``settings`` less the per-slide keys ``record`` did not use (recorded as None)."""
+    unused = {k for k in per_slide if record["settings"].get(k) is None}
+    return {k: v for k, v in settings.items() if k not in unused}
+
+
+def _same_inputs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
+    """Same paths, sizes and mtimes; and same fingerprints where the record has one (older records do not)."""
+    if [(i.get("path"), i.get("size"), i.get("mtime_ns")) for i in old] != [
+        (i["path"], i["size"], i["mtime_ns"]) for i in new
+    ]:
+        return False
+    for a, b in zip(old, new):
+        if a.get("fingerprint") is not None and "fingerprint" not in b:
+            b["fingerprint"] = fingerprint(b["path"], b["size"])  # read only when a record has one to compare
+        if a.get("fingerprint") is not None and a["fingerprint"] != b["fingerprint"]:
+            return False
+    return True
+
+
+def outputs_problem(out: str | Path, record: dict[str, Any]) -> str | None:
+    """Why the outputs of a done record are not usable, or None: each exists; an h5 file opens and its
+    ``coords`` (else ``features``) has the record's ``num_patches`` rows, the last one readable."""
+    result = record.get("result")
+    count = result.get("num_patches") if isinstance(result, dict) else None
+    for name in record.get("outputs", []):
+        path = Path(out) / name
+        if not path.exists():
+            return f"its output {name} is missing"
+        if path.suffix != ".h5":
+            continue
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                key = "coords" if "coords" in f else "features" if "features" in f else None
+                rows = len(f[key]) if key else None
+                if rows:
+                    f[key][rows - 1]  # the data is there (a truncated file fails here or at the open)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"its output {name} does not open ({error})"
+        if rows is not None and isinstance(count, int) and rows != count:
+            return f"its output {name} holds {rows} patches, the record says {count}"
+    return None
 
 
 def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -140,13 +254,20 @@ def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
-def done_records(out: str | Path) -> dict[str, dict[str, Any]]:
-    """Every readable done record of ``out`` by slide id."""
+def done_records(out: str | Path, verify: bool = True, rejected: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every done record of ``out`` by slide id (for the manifest or index); with ``verify``, those whose
+    outputs do not match (:func:`outputs_problem`) and malformed ones are left out, named on the console
+    (their slide ids, or file stems, added to ``rejected``)."""
     found = {}
     folder = Path(out) / DONE
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        with contextlib.suppress(OSError, ValueError):
-            record = json.loads(path.read_text())
-            if record.get("status") == DONE:
-                found[str(record["slide_id"])] = record
+        record, problem = read_record(path)
+        if record is not None and record["status"] == DONE and verify:
+            problem = outputs_problem(out, record)
+        if problem and verify:
+            note(f"left {path} out of the done slides ({problem}); a re-run does the slide again")
+            if rejected is not None:
+                rejected.add(str(record["slide_id"]) if record and "slide_id" in record else path.stem)
+        elif record is not None and record["status"] == DONE:
+            found[str(record.get("slide_id", path.stem))] = record
     return found

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.atomic import atomic_write_json
-from .records import DONE, FAILED
+from .records import DONE, FAILED, record_problem
 
 
 class CohortSummary:
@@ -24,6 +24,7 @@ class CohortSummary:
         self.start = time.time()
         self.skipped = 0
         self.engine = ""
+        self.rejected: set[str] = set()  # done records found not to match their outputs (records.done_records)
         self._cache: dict[Path, tuple[int, dict[str, Any]]] = {}
 
     def _records(self, kind: str) -> dict[str, dict[str, Any]]:
@@ -40,11 +41,14 @@ class CohortSummary:
                     self._cache[path] = cached
             except (OSError, ValueError):
                 continue  # vanished or being replaced: counted at the next rewrite
+            if record_problem(cached[1]):
+                continue  # malformed: not a done (or failed) slide; named where the slide is planned
             found[str(cached[1].get("slide_id", path.stem))] = cached[1]
         return found
 
     def totals(self) -> dict[str, Any]:
         done, failed = self._records(DONE), self._records(FAILED)
+        done = {k: v for k, v in done.items() if k not in self.rejected}
         failed = {k: v for k, v in failed.items() if k not in done}
 
         def patches(record: dict[str, Any]) -> int:

@@ -233,7 +233,7 @@ def extract(
             summary_file.write()
             bar.set_postfix(slides=len(rows), failed=len(failed_slides))
     seconds = time.perf_counter() - start
-    recorded = done_records(out)
+    recorded = done_records(out, rejected=summary_file.rejected)  # bags not matching their records: left out
     write_index(out, [r["result"] for _, r in sorted(recorded.items()) if isinstance(r.get("result"), dict)])
     summary_file.write()
     feature_dim = max([int(r.get("feature_dim", 0)) for r in rows] or [0])

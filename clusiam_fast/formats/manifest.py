@@ -49,15 +49,15 @@ def write_manifest(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def merge_manifest(path: str | Path, rows: Iterable[dict[str, Any]]) -> tuple[Path, int]:
+def merge_manifest(path: str | Path, rows: Iterable[dict[str, Any]], drop: Iterable[str] = ()) -> tuple[Path, int]:
     """Write ``rows`` into the manifest at ``path``, keeping its other slides; returns (path, rows kept).
 
-    Rows are matched on ``slide_id``: an existing row of a slide in ``rows`` is replaced, the
-    others stay (as written: paths relative to the folder), before the new ones.
+    Rows are matched on ``slide_id``: an existing row of a slide in ``rows`` is replaced, those of
+    ``drop`` go, the others stay (as written: paths relative to the folder), before the new ones.
     """
     rows = list(rows)
     path = Path(path)
-    new_ids = {str(row["slide_id"]) for row in rows}
+    new_ids = {str(row["slide_id"]) for row in rows} | set(drop)
     old: list[dict[str, Any]] = []
     if path.is_file():
         with open(path, newline="") as f:

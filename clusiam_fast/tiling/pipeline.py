@@ -29,13 +29,22 @@ import math
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..cohort import CohortSummary, SlideJob, done_records, plan_cohort, run_cohort, select_shard, waiting_lock
+from ..cohort import (
+    CohortSummary,
+    SlideJob,
+    connect_ray,
+    done_records,
+    plan_cohort,
+    run_cohort,
+    select_shard,
+    waiting_lock,
+)
 from ..cohort.locks import DEFAULT_TIMEOUT_S
 from ..formats.coords_h5 import COORDS_FORMATS, write_coords_h5
 from ..formats.manifest import merge_manifest
@@ -368,6 +377,7 @@ def _write_outputs(
         "backend": reader.backend,
         "thumbnail": thumbnail.as_posix(),
         "corrupt_patches": dropped,
+        "mpp_source": reader.mpp_info.source if reader.mpp_info else "",  # not a manifest column
     }
 
 
@@ -416,21 +426,31 @@ def _run_one(path: Path, slide_id: str, out_dir: Path, config: TileConfig) -> tu
         return False, message.removeprefix(f"{path.name}: ")
 
 
-def _tile_job(job: SlideJob, out_dir: str, config: TileConfig) -> tuple[bool, Any, list[str]]:
-    """One cohort job (``cohort.run_cohort``): (ok, manifest row or reason, outputs relative to OUT)."""
+def _tile_job(job: SlideJob, out_dir: str, config: TileConfig) -> tuple[bool, Any, list[str], list[str]]:
+    """One cohort job (``cohort.run_cohort``): (ok, manifest row or reason, outputs relative to OUT, the
+    per-slide settings it did not use: ``slide_mpp`` when the slide's metadata gave its mpp)."""
+    config = replace(config, slide_mpp=dict(job.settings).get("slide_mpp", config.slide_mpp))
     ok, value = _run_one(Path(job.path), job.slide_id, Path(out_dir), config)
     outputs = [value["h5_path"], value["thumbnail"]] if ok else []
     if ok and config.save_tiles != "none":
         outputs.append(f"tiles/{job.slide_id}")
-    return ok, value, outputs
+    unused = [] if ok and value.get("mpp_source") == "--slide-mpp" else ["slide_mpp"]
+    return ok, value, outputs, unused
 
 
 def tile_settings(config: TileConfig) -> dict[str, Any]:
-    """The settings recorded with (and compared against) every done slide: all that changes the outputs."""
+    """The settings recorded with (and compared against) every done slide: all that changes the outputs,
+    less ``slide_mpp``, a per-slide setting (:func:`slide_settings`)."""
     settings = asdict(config)
-    for key in ("read_threads", "decode_device"):  # how, not what
+    for key in ("read_threads", "decode_device", "slide_mpp"):  # how, not what; per slide
         settings.pop(key)
     return settings
+
+
+def slide_settings(slide_id: str, config: TileConfig, slide_mpps: dict[str, float]) -> tuple[tuple[str, Any], ...]:
+    """A slide's own settings: its mpp from the CSV, else ``--slide-mpp`` (used only where the metadata has none,
+    and then recorded; a slide done with its metadata mpp is not redone when they change)."""
+    return (("slide_mpp", slide_mpps.get(slide_id, config.slide_mpp)),)
 
 
 def tile_slides(
@@ -446,6 +466,7 @@ def tile_slides(
     redo: bool = False,
     lock_timeout: float = DEFAULT_TIMEOUT_S,
     shard: tuple[int, int] | None = None,
+    slide_mpps: dict[str, float] | None = None,
 ) -> TilingReport:
     """Tile every slide of ``inputs`` (files or folders) into ``out_dir``, ``workers`` at a time.
 
@@ -457,6 +478,7 @@ def tile_slides(
     on ``ray_address`` or a local instance of ``workers x cpus_per_task`` CPUs).
     Failures are collected (never raised). The manifest is rebuilt, under a lock, from the
     done records of ``out_dir`` (plus rows of an older manifest for slides without one).
+    ``slide_mpps``: per-slide level-0 mpp (``--slide-mpp-csv``) for slides whose metadata has none.
     """
     from tqdm.auto import tqdm
 
@@ -476,13 +498,15 @@ def tile_slides(
             )
             continue
         owner[slide_id] = path
-        jobs.append(SlideJob(slide_id, str(path)))
+        jobs.append(SlideJob(slide_id, str(path), settings=slide_settings(slide_id, config, slide_mpps or {})))
     jobs = select_shard(jobs, [j.slide_id for j in jobs], shard)
     settings = tile_settings(config)
     plan = plan_cohort(jobs, out_dir, settings, redo)
     summary = CohortSummary(out_dir, "tile", [j.slide_id for j in jobs])
     summary.skipped, summary.engine = len(plan.skipped), engine
     summary.write()
+    if engine == "ray" and plan.todo:  # before the progress bar: an address that does not answer is one line
+        connect_ray(ray_address, workers * cpus_per_task, 0)
 
     results: dict[str, dict[str, Any]] = {}
     locked: list[str] = []
@@ -520,17 +544,23 @@ def tile_slides(
     bar.close()
     rows = [results[j.slide_id] for j in jobs if j.slide_id in results]
     with waiting_lock(out_dir, "manifest.csv", lock_timeout):
-        manifest, kept = rebuild_manifest(out_dir / "manifest.csv", done_records(out_dir), rows)
+        rejected = summary.rejected  # done records that do not match their outputs: not listed, not counted
+        records = done_records(out_dir, rejected=rejected)
+        manifest, kept = rebuild_manifest(out_dir / "manifest.csv", records, rows, rejected)
     summary.write()
     return TilingReport(rows, failures, manifest, kept, skipped=len(plan.skipped), elsewhere=locked)
 
 
-def rebuild_manifest(path: Path, records: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[Path, int]:
+def rebuild_manifest(
+    path: Path, records: dict[str, dict[str, Any]], rows: list[dict[str, Any]], rejected: Iterable[str] = ()
+) -> tuple[Path, int]:
     """The manifest of every slide done in the folder: rows of the done records (this run's last),
-    after the rows of an older manifest for slides that have no record. Returns (path, rows not from this run)."""
+    after the rows of an older manifest for slides that have no record (nor a ``rejected`` one: its
+    outputs did not match it). Returns (path, rows not from this run)."""
     mine = {str(row["slide_id"]) for row in rows}
     recorded = [
         r["result"] for sid, r in sorted(records.items()) if sid not in mine and isinstance(r.get("result"), dict)
     ]
-    manifest, kept = merge_manifest(path, recorded + rows)  # an older manifest's rows without a record stay
+    drop = set(rejected) - mine
+    manifest, kept = merge_manifest(path, recorded + rows, drop)  # an older manifest's rows without a record stay
     return manifest, kept + len(recorded)

@@ -1,7 +1,8 @@
 """Quality-control picture of one tiled slide: thumbnail, tissue mask and patch grid.
 
-Tissue is tinted green with its outline drawn; each kept patch is a blue square; a title
-bar gives the slide id, the patch count and the resolution. Drawn with Pillow (exact pixel
+The slide keeps its true colours (so that staining and decoding faults can be judged); the
+tissue mask is drawn as green outlines, as CLAM draws its contours; each kept patch is a
+blue square; a title bar gives the slide id, the patch count and the resolution. Drawn with Pillow (exact pixel
 sizes, no matplotlib start-up cost in every worker process).
 """
 
@@ -35,10 +36,8 @@ def draw_qa_thumbnail(
     downsample = (rgb_downsample[0] * rgb.shape[1] / size[0], rgb_downsample[1] * rgb.shape[0] / size[1])
 
     tissue = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)
-    green = Image.new("RGB", size, (0, 200, 0))
-    image = Image.composite(Image.blend(image, green, 0.2), image, tissue)
-    outline = tissue.filter(ImageFilter.FIND_EDGES)
-    image.paste((0, 140, 0), mask=outline)
+    outline = tissue.filter(ImageFilter.FIND_EDGES).filter(ImageFilter.MaxFilter(3))  # 3 px wide: visible
+    image.paste((0, 200, 0), mask=outline)
 
     draw = ImageDraw.Draw(image)
     for x0, y0, x1, y1 in patch_boxes(coords, footprint, downsample):
