@@ -21,7 +21,10 @@ or when the last epoch is one, the run stops with :class:`CollapseError`.
 ``collapse_warn`` only warns (:class:`CollapseWarning`) when backbone_std falls below it.
 
 Schedule: the cosine spans ``schedule_steps`` when given, else the run's length,
-min(``max_steps``, epochs x steps per epoch); a resumed run keeps the checkpoint's.
+min(``max_steps``, epochs x steps per epoch); a resumed run keeps the checkpoint's, unless it
+asks for more steps than that spans: then the cosine spans the new length from the resume
+step on, as in a run started with those settings (never lr 0 for the added steps; said in one
+line and saved). A resume asking for fewer epochs or steps than were done is refused.
 """
 
 from __future__ import annotations
@@ -185,7 +188,7 @@ class _Trainer:
         if not self.ckpt_path.exists():
             self.log(f"--resume: no checkpoint in {self.out} yet, starting a new run")
             return None
-        ckpt = read_resume_checkpoint(self.ckpt_path)
+        ckpt = read_resume_checkpoint(self.ckpt_path, cfg.trust_pickle)
         _check_resumable(ckpt, cfg, self.ckpt_path)
         if ckpt.get("world_size", 1) != self.ctx.world:
             self.log(
@@ -247,23 +250,70 @@ class _Trainer:
             else model
         )
 
-    def _resolve_schedule(self, ckpt: dict[str, Any] | None) -> tuple[int, str]:
-        """(steps the cosine spans, what set them): --schedule-steps, else the checkpoint's on resume, else the
-        run's length min(--max-steps, epochs x steps/epoch); --max-steps 0 (initial checkpoint) spans the epochs."""
+    def _run_steps(self) -> tuple[int, str]:
+        """The run's length in optimiser steps, min(--max-steps, epochs x steps/epoch), and what sets it
+        (--max-steps 0, the initial checkpoint, spans the epochs)."""
         cfg, per_epoch = self.cfg, self.steps_per_epoch
+        run_steps = cfg.epochs * per_epoch
+        if cfg.max_steps and cfg.max_steps < run_steps:
+            return cfg.max_steps, f"--max-steps {cfg.max_steps}"
+        return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
+
+    def _check_not_shorter(self, ckpt: dict[str, Any]) -> None:
+        """--resume asking for fewer epochs or steps than the checkpoint has done is refused in one line."""
+        cfg, done, epochs = self.cfg, ckpt["step"], ckpt["epoch"]
+        mid_epoch = 0 < ckpt["epoch_step"] < self.steps_per_epoch
+        if cfg.max_steps is not None and cfg.max_steps < done:
+            asked = f"--max-steps {cfg.max_steps}"
+        elif cfg.epochs < epochs or (cfg.epochs == epochs and mid_epoch):
+            asked = f"--epochs {cfg.epochs}"
+        else:
+            return
+        raise ValueError(
+            f"--resume: {self.ckpt_path} has done {done} steps ({epochs} epoch(s)"
+            + (f" and {ckpt['epoch_step']} steps of epoch {epochs + 1}" if mid_epoch else "")
+            + f"), more than this run asks for ({asked}): give a larger --epochs / --max-steps to continue it "
+            "(or leave them out to keep the saved ones)"
+        )
+
+    def _resolve_schedule(self, ckpt: dict[str, Any] | None) -> tuple[int, str]:
+        """(steps the cosine spans, what set them): --schedule-steps when set, else the run's length
+        min(--max-steps, epochs x steps/epoch). On resume the checkpoint's span is kept, unless this run is
+        longer: then the cosine spans the new length from the resume step on (the lr jumps to where a run
+        started with these settings would be), said in one line and saved with the next checkpoint."""
+        cfg = self.cfg
+        if ckpt is not None:
+            self._check_not_shorter(ckpt)
         saved = ckpt.get("schedule") if ckpt is not None else None
         if cfg.schedule_steps is not None and (
             ckpt is None or cfg.schedule_steps != ckpt["config"].get("schedule_steps")
         ):
             return cfg.schedule_steps, "--schedule-steps" + (", replacing the checkpoint's" if ckpt else "")
-        if saved:
+        run_steps, why = self._run_steps()
+        if ckpt is None:
+            return run_steps, why
+        if not saved:  # a checkpoint from before the schedule was saved: it spanned --epochs
+            return cfg.epochs * self.steps_per_epoch, f"--epochs {cfg.epochs} x {self.steps_per_epoch} steps"
+        if cfg.schedule_steps is not None or run_steps <= saved["steps"]:  # an explicit span is used as given
             return saved["steps"], f"{saved['source']}, kept from the checkpoint"
-        run_steps = cfg.epochs * per_epoch
-        if ckpt is not None:  # a checkpoint from before the schedule was saved: it spanned --epochs
-            return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
-        if cfg.max_steps and cfg.max_steps < run_steps:
-            return cfg.max_steps, f"--max-steps {cfg.max_steps}"
-        return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
+        step, init_lr = ckpt["step"], scaled_lr(cfg.lr, cfg.batch_size)
+        self.log(
+            f"--resume: this run asks for {run_steps} steps ({why}), more than the {saved['steps']} the checkpoint's "
+            f"cosine spans (its lr at step {step}: {cosine_lr(init_lr, step, saved['steps']):.4g}); the cosine now "
+            f"spans {run_steps} steps, as in a run started with these settings: lr "
+            f"{cosine_lr(init_lr, step, run_steps):.4g} at step {step}, 0 at step {run_steps} (kept by later "
+            "resumes; --schedule-steps N sets another span)"
+        )
+        return run_steps, f"{why} (extended from {saved['steps']} at step {step})"
+
+    def _check_schedule_covers_the_run(self) -> None:
+        """An explicit --schedule-steps shorter than the run trains its last steps at lr 0: say so."""
+        run_steps, why = self._run_steps()
+        if self.total_steps < run_steps:
+            self.log(
+                f"note: the cosine spans {self.total_steps} steps ({self.schedule_source}) but the run has {run_steps} "
+                f"({why}): steps {self.total_steps + 1} to {run_steps} train at lr 0"
+            )
 
     def _setup_training(self, ckpt: dict[str, Any] | None) -> None:
         """Loader, schedule, optimiser, scaler, Gumbel generator, step, meters and records."""
@@ -276,6 +326,7 @@ class _Trainer:
                 f"over {ctx.world} process(es); lower --batch-size or add images"
             )
         self.total_steps, self.schedule_source = self._resolve_schedule(ckpt)
+        self._check_schedule_covers_the_run()
         self.init_lr = scaled_lr(cfg.lr, cfg.batch_size)
         if self.init_lr > torch.finfo(torch.float32).max:
             raise ValueError(
@@ -418,7 +469,7 @@ class _Trainer:
             model=self.raw_model,
             optimizer=self.optimizer,
             scaler=self.scaler,
-            config={**dataclasses.asdict(self.cfg), "resume": False, "overwrite": False},
+            config={**dataclasses.asdict(self.cfg), "resume": False, "overwrite": False, "trust_pickle": False},
             epoch=self.epoch,
             epoch_step=self.epoch_step,
             step=self.step,
