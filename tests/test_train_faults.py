@@ -19,6 +19,7 @@ import pytest
 import torch
 from train_cases import read_rows, small_config
 
+from clusiam_fast.models import read_checkpoint
 from clusiam_fast.train import build_parser
 from clusiam_fast.train import main as cli_main
 from clusiam_fast.training import TrainConfig, train
@@ -159,7 +160,7 @@ def test_resume_of_another_methods_run_without_method_warns_naming_both(patches,
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
     assert f"{run / 'checkpoint.pt'} is a byol run, not clusiam (the default --method)" in line
     assert "pass --method byol" in line
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["method"] == "byol"
+    assert read_checkpoint(run / "checkpoint.pt")["config"]["method"] == "byol"
     assert cli_main(["--out", str(run), "--resume", "--method", "byol", "--max-steps", "3", "--no-progress"]) == 0
     assert "warning:" not in capsys.readouterr().err
 
@@ -314,7 +315,7 @@ def test_help_does_not_import_torch():
 
 
 def _model_state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
+    return read_checkpoint(path)["model"]
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -337,7 +338,7 @@ def test_resume_with_more_epochs_extends_the_cosine_and_a_second_resume_keeps_it
     after = _model_state(straight / "checkpoint.pt")
     assert not torch.equal(after["backbone.conv1.weight"], epoch1["backbone.conv1.weight"])
     assert not torch.equal(after["cluster_assigner.weight"], epoch1["cluster_assigner.weight"])
-    ckpt = torch.load(straight / "checkpoint.pt", weights_only=True)
+    ckpt = read_checkpoint(straight / "checkpoint.pt")
     assert ckpt["schedule"]["steps"] == 18 and "extended from 6 at step 6" in ckpt["schedule"]["source"]
 
     # The same extension, interrupted at step 9 (Ctrl-C) and resumed with the same --epochs 3: bitwise the
@@ -348,7 +349,7 @@ def test_resume_with_more_epochs_extends_the_cosine_and_a_second_resume_keeps_it
 
     first = train(small_config(patches, stopped, epochs=3, resume=True), on_step=press_ctrl_c)
     assert first.status == "interrupted" and first.step == 9
-    assert torch.load(stopped / "checkpoint.pt", weights_only=True)["schedule"]["steps"] == 18
+    assert read_checkpoint(stopped / "checkpoint.pt")["schedule"]["steps"] == 18
     capsys.readouterr()
     assert cli_main(["--out", str(stopped), "--resume", "--epochs", "3"]) == 0
     assert "kept from the checkpoint" in capsys.readouterr().out

@@ -482,7 +482,7 @@ class _Trainer:
             schedule={"steps": self.total_steps, "source": self.schedule_source.split(", ")[0]},
         )
         if self.ctx.is_main:
-            atomic_write_json(self.out / "train_config.json", dataclasses.asdict(self.cfg))
+            atomic_write_json(self.out / "train_config.json", {**dataclasses.asdict(self.cfg), "trust_pickle": False})
         self._saved = (self.epoch, self.step)
         for name in (CHECKPOINT, "train_config.json", f"checkpoints/epoch_{self.epoch:04d}.pt" if keep else None):
             if name and name not in self._written:

@@ -31,14 +31,22 @@ def _old_checkpoint_globals() -> list:
     return allowed
 
 
-def _unsafe_globals(path: Path) -> str:
+_OLD_CHECKPOINT_NAMES = {
+    f"numpy.{name}" for name in ("_core.multiarray._reconstruct", "core.multiarray._reconstruct", "ndarray", "dtype")
+} | {"numpy.dtypes.UInt32DType"}
+
+
+def _refused_globals(path: Path, error: Exception) -> list[str] | None:
+    """The globals (classes, functions) a weights_only load refused; None when the error is about something
+    else (a damaged or foreign file, which is then reported as torch raised it)."""
     import torch
 
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint (legacy pickle): torch cannot list them
-        return "pickled objects"
-    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "") if names else "pickled objects"
+    except Exception:  # not a zip checkpoint (legacy format, or not a torch file): torch cannot list them
+        names = []
+    names = [name for name in names if name not in _OLD_CHECKPOINT_NAMES]
+    return names or ([] if "GLOBAL" in str(error) else None)  # torch's messages name the GLOBAL opcode
 
 
 def load_torch_file(path: str | os.PathLike, *, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
@@ -46,7 +54,8 @@ def load_torch_file(path: str | os.PathLike, *, trust_pickle: bool = False, map_
 
     A file that needs pickle raises :class:`PickleRefusedError` (one line naming ``--trust-pickle``),
     unless ``trust_pickle``: then it is loaded with ``weights_only=False``, which can run code it holds.
-    Other errors (truncated file, not a torch file) propagate as torch raises them.
+    Other errors (truncated file, not a torch file) propagate (``pickle.UnpicklingError`` for a file
+    that is no pickle at all).
     """
     import torch
 
@@ -54,10 +63,14 @@ def load_torch_file(path: str | os.PathLike, *, trust_pickle: bool = False, map_
     try:
         with torch.serialization.safe_globals(_old_checkpoint_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        names = _refused_globals(path, error)
+        if names is None:  # torch's text would suggest weights_only=False: say what it is instead
+            raise pickle.UnpicklingError("not a readable torch file (damaged, or not written by torch.save)") from error
         if not trust_pickle:
+            held = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "") if names else "pickled objects"
             raise PickleRefusedError(
-                f"{path} holds {_unsafe_globals(path)}, which only a full pickle load can read, and that can run "
-                "code embedded in the file: refused; pass --trust-pickle only if you trust where the file came from"
+                f"{path} holds {held}, which only a full pickle load can read, and that can run code embedded "
+                "in the file: refused; pass --trust-pickle only if you trust where the file came from"
             ) from None
     return torch.load(path, map_location=map_location, weights_only=False)  # --trust-pickle: the user's choice
