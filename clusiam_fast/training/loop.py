@@ -54,7 +54,7 @@ from .loader import build_train_loader, resolve_source
 from .monitors import EpochMeter
 from .norm_stats import load_or_compute_stats
 from .records import RunRecords
-from .schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
+from .schedule import build_optimizer, check_resume_length, cosine_lr, resolve_schedule, scaled_lr, set_lr
 from .step import TrainStep, resolve_amp_dtype
 from .stop import StopSignal
 from .sync_bn import convert_batchnorm
@@ -250,70 +250,14 @@ class _Trainer:
             else model
         )
 
-    def _run_steps(self) -> tuple[int, str]:
-        """The run's length in optimiser steps, min(--max-steps, epochs x steps/epoch), and what sets it
-        (--max-steps 0, the initial checkpoint, spans the epochs)."""
-        cfg, per_epoch = self.cfg, self.steps_per_epoch
-        run_steps = cfg.epochs * per_epoch
-        if cfg.max_steps and cfg.max_steps < run_steps:
-            return cfg.max_steps, f"--max-steps {cfg.max_steps}"
-        return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
-
-    def _check_not_shorter(self, ckpt: dict[str, Any]) -> None:
-        """--resume asking for fewer epochs or steps than the checkpoint has done is refused in one line."""
-        cfg, done, epochs = self.cfg, ckpt["step"], ckpt["epoch"]
-        mid_epoch = 0 < ckpt["epoch_step"] < self.steps_per_epoch
-        if cfg.max_steps is not None and cfg.max_steps < done:
-            asked = f"--max-steps {cfg.max_steps}"
-        elif cfg.epochs < epochs or (cfg.epochs == epochs and mid_epoch):
-            asked = f"--epochs {cfg.epochs}"
-        else:
-            return
-        raise ValueError(
-            f"--resume: {self.ckpt_path} has done {done} steps ({epochs} epoch(s)"
-            + (f" and {ckpt['epoch_step']} steps of epoch {epochs + 1}" if mid_epoch else "")
-            + f"), more than this run asks for ({asked}): give a larger --epochs / --max-steps to continue it "
-            "(or leave them out to keep the saved ones)"
-        )
-
     def _resolve_schedule(self, ckpt: dict[str, Any] | None) -> tuple[int, str]:
-        """(steps the cosine spans, what set them): --schedule-steps when set, else the run's length
-        min(--max-steps, epochs x steps/epoch). On resume the checkpoint's span is kept, unless this run is
-        longer: then the cosine spans the new length from the resume step on (the lr jumps to where a run
-        started with these settings would be), said in one line and saved with the next checkpoint."""
-        cfg = self.cfg
+        """(steps the cosine spans, what set them); see :func:`.schedule.resolve_schedule`."""
         if ckpt is not None:
-            self._check_not_shorter(ckpt)
-        saved = ckpt.get("schedule") if ckpt is not None else None
-        if cfg.schedule_steps is not None and (
-            ckpt is None or cfg.schedule_steps != ckpt["config"].get("schedule_steps")
-        ):
-            return cfg.schedule_steps, "--schedule-steps" + (", replacing the checkpoint's" if ckpt else "")
-        run_steps, why = self._run_steps()
-        if ckpt is None:
-            return run_steps, why
-        if not saved:  # a checkpoint from before the schedule was saved: it spanned --epochs
-            return cfg.epochs * self.steps_per_epoch, f"--epochs {cfg.epochs} x {self.steps_per_epoch} steps"
-        if cfg.schedule_steps is not None or run_steps <= saved["steps"]:  # an explicit span is used as given
-            return saved["steps"], f"{saved['source']}, kept from the checkpoint"
-        step, init_lr = ckpt["step"], scaled_lr(cfg.lr, cfg.batch_size)
-        self.log(
-            f"--resume: this run asks for {run_steps} steps ({why}), more than the {saved['steps']} the checkpoint's "
-            f"cosine spans (its lr at step {step}: {cosine_lr(init_lr, step, saved['steps']):.4g}); the cosine now "
-            f"spans {run_steps} steps, as in a run started with these settings: lr "
-            f"{cosine_lr(init_lr, step, run_steps):.4g} at step {step}, 0 at step {run_steps} (kept by later "
-            "resumes; --schedule-steps N sets another span)"
-        )
-        return run_steps, f"{why} (extended from {saved['steps']} at step {step})"
-
-    def _check_schedule_covers_the_run(self) -> None:
-        """An explicit --schedule-steps shorter than the run trains its last steps at lr 0: say so."""
-        run_steps, why = self._run_steps()
-        if self.total_steps < run_steps:
-            self.log(
-                f"note: the cosine spans {self.total_steps} steps ({self.schedule_source}) but the run has {run_steps} "
-                f"({why}): steps {self.total_steps + 1} to {run_steps} train at lr 0"
-            )
+            check_resume_length(self.cfg, ckpt, self.steps_per_epoch, self.ckpt_path)
+        steps, source, notice = resolve_schedule(self.cfg, self.steps_per_epoch, ckpt)
+        if notice:
+            self.log(notice)
+        return steps, source
 
     def _setup_training(self, ckpt: dict[str, Any] | None) -> None:
         """Loader, schedule, optimiser, scaler, Gumbel generator, step, meters and records."""
@@ -326,7 +270,6 @@ class _Trainer:
                 f"over {ctx.world} process(es); lower --batch-size or add images"
             )
         self.total_steps, self.schedule_source = self._resolve_schedule(ckpt)
-        self._check_schedule_covers_the_run()
         self.init_lr = scaled_lr(cfg.lr, cfg.batch_size)
         if self.init_lr > torch.finfo(torch.float32).max:
             raise ValueError(

@@ -38,7 +38,7 @@ _OLD_CHECKPOINT_NAMES = {
 
 def _refused_globals(path: Path, error: Exception) -> list[str] | None:
     """The globals (classes, functions) a weights_only load refused; None when the error is about something
-    else (a damaged or foreign file, which is then reported as torch raised it)."""
+    else (a damaged file, or no pickle at all)."""
     import torch
 
     try:
