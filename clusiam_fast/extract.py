@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         "their recorded paths (slides moved)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a CHECKPOINT / --weights file that needs pickle (it can run code embedded in the file); "
+        "without it such files are refused and only tensors, numbers and strings are read",
+    )
     c = add_cohort_arguments(
         p,
         "extract",
@@ -231,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redo=args.redo,
                 lock_timeout=args.lock_timeout,
                 shard=parse_shard(args.shard),
+                trust_pickle=args.trust_pickle,
             )
     except (FileNotFoundError, ValueError, ImportError, ConnectionError, SettingsChangedError) as error:
         print(f"extract: error: {error}", file=sys.stderr)

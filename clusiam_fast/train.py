@@ -17,7 +17,9 @@ clusters by argmax, / log K) and projection_std (the SimSiam paper's monitor on 
 projector's final BatchNorm keeps near 1 whatever the backbone does).
 
 Schedule: the cosine spans --schedule-steps, else the run's length (--max-steps when it ends the
-run before --epochs does); --resume keeps the checkpoint's schedule. --max-steps 0 writes the
+run before --epochs does); --resume keeps the checkpoint's schedule, unless it asks for more
+epochs / steps than that spans: then the cosine spans the new length from the resume step on,
+as if the run had been started so (one line says so). --max-steps 0 writes the
 initial checkpoint; a run stopped mid-epoch adds a row with partial = 1 to log.csv.
 
 ``--batch-size`` is the global batch, split over the torchrun processes; only global rank 0
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="optimiser steps the cosine lr decay spans (default: the run's length, min(--max-steps, "
-        "epochs x steps/epoch); --resume keeps the checkpoint's unless this is given)",
+        "epochs x steps/epoch); --resume keeps the checkpoint's unless this is given or the run grew longer)",
     )
     g.add_argument(
         "--batch-size",
@@ -242,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--overwrite", action="store_true", help="start again even though DIR holds a checkpoint (the --demo default)"
+    )
+    g.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="--resume from a checkpoint that needs pickle to load (it can run code embedded in the file); "
+        "without it such files are refused",
     )
     g.add_argument(
         "--save-every",
@@ -326,12 +334,19 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     if args.get("resume") and (out / "checkpoint.pt").is_file():
         from .training.checkpoint import read_resume_checkpoint
 
-        saved = read_resume_checkpoint(out / "checkpoint.pt")["config"]
+        saved = read_resume_checkpoint(out / "checkpoint.pt", args.get("trust_pickle", False))["config"]
         if "method" in args and saved.get("method", args["method"]) != args["method"]:
             raise ValueError(
                 f"--resume: {out / 'checkpoint.pt'} was trained with --method {saved['method']}, this run asks "
                 f"for --method {args['method']}; the method defines the model: leave --method out to continue "
                 f"that run, or train {args['method']} in another --out"
+            )
+        if "method" not in args and saved.get("method", D.method) != D.method:
+            print(
+                f"warning: --resume: {out / 'checkpoint.pt'} is a {saved['method']} run, not {D.method} (the default "
+                f"--method): continuing it as {saved['method']}; pass --method {saved['method']} to say so, or train "
+                f"{D.method} in another --out",
+                file=sys.stderr,
             )
         values.update(saved)
     elif demo:

@@ -171,6 +171,26 @@ def test_unreadable_image_is_reported_once_and_replaced(patches, tmp_path, capsy
     assert "skipped 1 unreadable image(s) named before" in text
 
 
+def test_nan_or_inf_pixels_are_named_and_counted_like_an_unreadable_image(patches, tmp_path, capsys):
+    """A float TIFF (a real patch in [0, 1]) with NaN and Inf pixels: left out, named and counted, never set to 0."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for src in sorted(patches.iterdir())[:15]:
+        (data / src.name).symlink_to(src.resolve())
+    pixels = np.asarray(Image.open(sorted(patches.iterdir())[20]), dtype=np.float32) / 255
+    pixels[:4, :4, 0], pixels[10, 10, 2] = np.nan, np.inf
+    tifffile.imwrite(data / "float_nan.tif", pixels, photometric="rgb")
+    result = train(small_config(data, tmp_path / "run", method="simsiam", epochs=2))
+    assert result.step == 4 and [r["skipped_images"] for r in read_rows(tmp_path / "run" / "log.csv")] == ["1", "1"]
+    out = capsys.readouterr()
+    (line,) = [line for line in (out.out + out.err).splitlines() if "skipped unreadable image: " in line]
+    assert "float_nan.tif" in line and f"17 of {pixels.size} pixel values are NaN or Inf" in line, line
+
+
 def test_data_errors_name_the_path(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

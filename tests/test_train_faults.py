@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_cases import small_config
+from train_cases import read_rows, small_config
 
+from clusiam_fast.models import read_checkpoint
 from clusiam_fast.train import build_parser
 from clusiam_fast.train import main as cli_main
 from clusiam_fast.training import TrainConfig, train
@@ -145,6 +147,22 @@ def test_resume_with_another_method_names_both(patches, tmp_path, capsys):
     assert _digests(run) == before
     with pytest.raises(ValueError, match="--method clusiam, this run asks for --method byol"):
         train(small_config(patches, run, method="byol", resume=True))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_of_another_methods_run_without_method_warns_naming_both(patches, tmp_path, capsys):
+    """--resume without --method continues the checkpoint's method (as documented), in one warning line
+    that names it and the default; --method given (the same) is the explicit choice and continues quietly."""
+    run = tmp_path / "run"
+    assert cli_main(_args(patches, run, "--method", "byol", "--max-steps", "1")) == 0
+    capsys.readouterr()
+    assert cli_main(["--out", str(run), "--resume", "--max-steps", "2", "--no-progress"]) == 0
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert f"{run / 'checkpoint.pt'} is a byol run, not clusiam (the default --method)" in line
+    assert "pass --method byol" in line
+    assert read_checkpoint(run / "checkpoint.pt")["config"]["method"] == "byol"
+    assert cli_main(["--out", str(run), "--resume", "--method", "byol", "--max-steps", "3", "--no-progress"]) == 0
+    assert "warning:" not in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -291,3 +309,65 @@ def test_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------- --resume asking for more / fewer steps
+
+
+def _model_state(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_with_more_epochs_extends_the_cosine_and_a_second_resume_keeps_it(patches, tmp_path, capsys):
+    """--epochs 1 then --resume --epochs 3: the cosine spans the 18 steps of the longer run from step 6 on
+    (lr > 0, the weights move), said in one line; stopping and resuming that extended run is exact."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    for run in (straight, stopped):
+        assert cli_main(_args(patches, run)) == 0
+    epoch1 = _model_state(straight / "checkpoint.pt")
+    capsys.readouterr()
+    assert cli_main(["--out", str(straight), "--resume", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if "more than the 6 the checkpoint's cosine spans" in line]
+    assert "this run asks for 18 steps (--epochs 3 x 6 steps)" in line and "the cosine now spans 18 steps" in line
+    rows = read_rows(straight / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and all(float(r["lr"]) > 0 for r in rows[1:])
+    lrs = [float(r["lr"]) for r in read_rows(straight / "steps.csv")]
+    assert len(lrs) == 18 and all(lr > 0 for lr in lrs[6:]) and lrs[6] > lrs[5]  # a new cosine from step 6 on
+    after = _model_state(straight / "checkpoint.pt")
+    assert not torch.equal(after["backbone.conv1.weight"], epoch1["backbone.conv1.weight"])
+    assert not torch.equal(after["cluster_assigner.weight"], epoch1["cluster_assigner.weight"])
+    ckpt = read_checkpoint(straight / "checkpoint.pt")
+    assert ckpt["schedule"]["steps"] == 18 and "extended from 6 at step 6" in ckpt["schedule"]["source"]
+
+    # The same extension, interrupted at step 9 (Ctrl-C) and resumed with the same --epochs 3: bitwise the
+    # straight run, the saved 18-step cosine kept.
+    def press_ctrl_c(step: int) -> None:
+        if step == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = train(small_config(patches, stopped, epochs=3, resume=True), on_step=press_ctrl_c)
+    assert first.status == "interrupted" and first.step == 9
+    assert read_checkpoint(stopped / "checkpoint.pt")["schedule"]["steps"] == 18
+    capsys.readouterr()
+    assert cli_main(["--out", str(stopped), "--resume", "--epochs", "3"]) == 0
+    assert "kept from the checkpoint" in capsys.readouterr().out
+    resumed = _model_state(stopped / "checkpoint.pt")
+    assert all(torch.equal(resumed[k], after[k]) for k in after)
+    assert [float(r["lr"]) for r in read_rows(stopped / "steps.csv")] == lrs
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_asking_for_fewer_steps_than_done_is_refused_in_one_line(patches, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(_args(patches, run, "--epochs", "2", "--max-steps", "8")) == 0  # epoch 1 and 2 steps of epoch 2
+    before = _digests(run)
+    capsys.readouterr()
+    for flags, asked in ((["--max-steps", "5"], "--max-steps 5"), (["--epochs", "1"], "--epochs 1")):
+        assert cli_main(["--out", str(run), "--resume", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"has done 8 steps (1 epoch(s) and 2 steps of epoch 2), more than this run asks for ({asked})" in err
+        assert "--epochs / --max-steps" in err
+        assert _digests(run) == before

@@ -193,11 +193,13 @@ def test_max_steps_spans_the_cosine_and_stops_mid_epoch_with_a_partial_row(patch
 
     resumed = train(small_config(patches, run, method="simsiam", epochs=2, resume=True))  # no --max-steps now
     assert resumed.status == "complete" and resumed.step == 12
-    assert "cosine over 10 steps (--max-steps 10, kept from the checkpoint)" in capsys.readouterr().out
+    # The run grew past the checkpoint's 10-step cosine: it now spans the run's 12 steps, never lr 0.
+    assert "cosine over 12 steps (--epochs 2 x 6 steps (extended from 10 at step 10))" in capsys.readouterr().out
     rows = read_rows(run / "log.csv")
     assert [(r["epoch"], r["step"], r["partial"]) for r in rows] == [("1", "6", "0"), ("2", "12", "0")]
     lrs = [float(r["lr"]) for r in read_rows(run / "steps.csv")]
-    assert lrs[10:] == [0.0, 0.0]  # past the checkpoint's 10-step schedule
+    assert lrs[10:] == pytest.approx([cosine_lr(init, 10, 12), cosine_lr(init, 11, 12)], rel=1e-5)
+    assert min(lrs[10:]) > 0
 
 
 def test_ctrl_c_mid_epoch_writes_a_partial_row(patches, tmp_path):

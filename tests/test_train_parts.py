@@ -19,7 +19,7 @@ from clusiam_fast.training.ddp import DistContext
 from clusiam_fast.training.loader import ResumableSampler, TwoViewDataset, resolve_source
 from clusiam_fast.training.monitors import EpochMeter, collapse_std, rankme, step_monitors
 from clusiam_fast.training.norm_stats import load_or_compute_stats
-from clusiam_fast.training.schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
+from clusiam_fast.training.schedule import build_optimizer, cosine_lr, resolve_schedule, scaled_lr, set_lr
 
 
 def _pair(n=6, d=16, k=None, seed=0) -> PairOutput:
@@ -69,6 +69,20 @@ def test_lr_schedule_and_fixed_predictor_lr():
     set_lr(opt, 0.01, 0.1)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"encoder": 0.01, "predictor": 0.1, "cluster": 0.01}
+
+
+def test_schedule_spans_the_run_and_a_longer_resume_re_spans_it():
+    cfg = TrainConfig(epochs=3, batch_size=8).resolved()
+    assert resolve_schedule(cfg, 6, None) == (18, "--epochs 3 x 6 steps", None)
+    done = {"step": 6, "config": {"schedule_steps": None}, "schedule": {"steps": 6, "source": "--epochs 1 x 6 steps"}}
+    steps, source, notice = resolve_schedule(cfg, 6, done)
+    assert (steps, source) == (18, "--epochs 3 x 6 steps (extended from 6 at step 6)")
+    assert f"lr {cosine_lr(scaled_lr(0.05, 8), 6, 18):.4g} at step 6" in notice
+    again = {**done, "step": 9, "schedule": {"steps": 18, "source": source}}  # the next resume keeps it
+    assert resolve_schedule(cfg, 6, again) == (18, f"{source}, kept from the checkpoint", None)
+    short = TrainConfig(epochs=3, batch_size=8, schedule_steps=12).resolved()  # explicit: used, and said
+    steps, _, notice = resolve_schedule(short, 6, done)
+    assert steps == 12 and "steps 13 to 18 train at lr 0" in notice
 
 
 def test_sampler_splits_ranks_and_skips_batches():

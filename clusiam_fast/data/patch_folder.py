@@ -59,9 +59,11 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
       no value is negative, else from the dtype's minimum to its maximum. PIL's 32-bit
       mode ``I`` (how Pillow may hold a 16-bit PNG) counts as 16-bit when its values fit
       in 0..65535.
-    - floating point (NaN/Inf count as 0): [0, 1] when every value lies in [0, 1]; else
+    - floating point: [0, 1] when every value lies in [0, 1]; else
       [0, 255] (8-bit values stored as floats) when they lie in [0, 255]; else [0, 65535]
-      when they lie in [0, 65535]; else the observed range (min -> 0, max -> 255).
+      when they lie in [0, 65535]; else the observed range (min -> 0, max -> 255). NaN or Inf
+      values raise ValueError (the reader names the file and the run counts it as unreadable):
+      no pixel value stands for them.
     """
     a = np.asarray(array)
     if a.dtype == np.uint8:
@@ -75,7 +77,9 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
             lo, hi = 0, 65535
         scaled = (a.astype(np.float64) - lo) * (255.0 / (hi - lo))
     else:
-        f = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        f = a.astype(np.float64)
+        if not_finite := int(np.count_nonzero(~np.isfinite(f))):
+            raise ValueError(f"{not_finite} of {f.size} pixel values are NaN or Inf")
         lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 1.0)
         for top in (1.0, 255.0, 65535.0):
             if lo >= 0 and hi <= top:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..utils.torch_files import PickleRefusedError, load_torch_file
 from .encoder import Encoder, check_finite_weights
 
 LIBRARIES = ("timm", "torchvision")
@@ -71,8 +72,10 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """The tensors of a local weights file (.safetensors, or a torch state_dict), prefixes stripped."""
+def read_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, Tensor]:
+    """The tensors of a local weights file (.safetensors, or a torch state_dict), prefixes stripped.
+
+    A torch file that needs pickle is refused unless ``trust_pickle`` (``--trust-pickle``)."""
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -84,7 +87,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             raise ValueError(f"--weights {path}: not a readable safetensors file ({error})") from error
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path, trust_pickle=trust_pickle)
+        except PickleRefusedError as error:
+            raise PickleRefusedError(f"--weights {error}") from None
         except Exception as error:  # truncated file, a pickle with objects, not a torch file
             raise ValueError(
                 f"--weights {path}: cannot read it as a state_dict ({type(error).__name__}: {error})"
@@ -205,6 +210,7 @@ def load_baseline_encoder(
     *,
     random_init: bool = False,
     model_kwargs: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
 ) -> Encoder:
     """An eval-mode :class:`Encoder` for ``timm:NAME`` or ``torchvision:NAME`` with local ``weights``."""
     library, name = parse_encoder(spec)
@@ -235,7 +241,7 @@ def load_baseline_encoder(
             model, classifier, config = _torchvision_model(name)
     config.update(method=spec, arch=name, weights=None, weights_sha256="", dropped_keys=[], random_init=random_init)
     if weights is not None:
-        config["dropped_keys"] = load_weights(model, read_state_dict(weights), classifier, str(weights))
+        config["dropped_keys"] = load_weights(model, read_state_dict(weights, trust_pickle), classifier, str(weights))
         config.update(weights=str(weights.resolve()), weights_sha256=file_digest(weights))
     if model_kwargs:
         config["model_kwargs"] = dict(model_kwargs)

@@ -17,13 +17,14 @@
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..utils.torch_files import PickleRefusedError, load_torch_file
 
 _RESNETS = {
     ((2, 2, 2, 2), False): "resnet18",
@@ -88,14 +89,11 @@ def resnet_from_state_dict(state: dict[str, Tensor], source: str = "state_dict")
     return model, arch
 
 
-def _load_any(path: Path) -> Any:
+def _load_any(path: Path, trust_pickle: bool = False) -> Any:
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # Trainer checkpoints also hold RNG states (numpy arrays): a full load, as
-            # clusiam_fast.models.read_checkpoint does for the user's own files.
-            return torch.load(path, map_location="cpu", weights_only=False)
+        return load_torch_file(path, trust_pickle=trust_pickle)
+    except PickleRefusedError as error:
+        raise PickleRefusedError(f"checkpoint {error}") from None
     except Exception as error:  # truncated file, not a torch file
         raise ValueError(f"cannot read checkpoint {path} ({type(error).__name__}: {error})") from error
 
@@ -111,14 +109,15 @@ def check_finite_weights(state: dict[str, Any], source: str | Path) -> None:
         )
 
 
-def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:
+def load_encoder(path: str | Path, map_location: str = "cpu", *, trust_pickle: bool = False) -> Encoder:
     """Load a trainer checkpoint or an exported ResNet backbone as an eval-mode :class:`Encoder`.
 
-    Weights with NaN or Inf values are refused (:func:`check_finite_weights`)."""
+    Weights with NaN or Inf values are refused (:func:`check_finite_weights`); a file that needs
+    pickle is refused unless ``trust_pickle`` (:func:`clusiam_fast.utils.torch_files.load_torch_file`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = _load_any(path)
+    obj = _load_any(path, trust_pickle)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         check_finite_weights(obj["model"], path)
     elif isinstance(obj, dict):
@@ -126,7 +125,7 @@ def load_encoder(path: str | Path, map_location: str = "cpu") -> Encoder:
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
         from ..models import CLUSTER_METHODS, load_checkpoint
 
-        model, config = load_checkpoint(path, map_location=map_location)
+        model, config = load_checkpoint(path, map_location=map_location, trust_pickle=trust_pickle)
         config = dict(config)
         if isinstance(obj.get("norm_stats"), dict):
             config.setdefault("norm_stats", obj["norm_stats"])

@@ -117,6 +117,7 @@ def extract(
     redo: bool = False,
     lock_timeout: float = 600.0,
     shard: tuple[int, int] | None = None,
+    trust_pickle: bool = False,
 ) -> dict:
     """Write one feature bag per slide of ``data`` into ``out``; return the summary (extract.json).
 
@@ -135,7 +136,8 @@ def extract(
     ``shard=(I, N)``; jobs sharing ``out`` lock slides. ``engine="ray"``: a pool of
     ``actors`` Ray actors (default: one per GPU with ``num_gpus=1`` each, else one CPU actor),
     each holding the model, fed patch batches read by Ray CPU tasks (see :class:`SlideEncoder`).
-    ``index.csv`` lists every bag done in ``out``.
+    ``index.csv`` lists every bag done in ``out``. A CHECKPOINT or ``weights`` file that needs pickle
+    to load is refused unless ``trust_pickle`` (it could run code embedded in the file).
     """
     from ..cohort import CohortSummary, done_records, plan_cohort, run_cohort, select_shard
     from ..cohort.engines import run_actor_cohort
@@ -148,7 +150,7 @@ def extract(
     if mean is not None:
         check_normalisation(mean, std, "the command line (--mean/--std)")
     encoder_spec = encoder
-    encoder = load_any_encoder(checkpoint, encoder_spec, weights, random_init, encoder_kwargs)
+    encoder = load_any_encoder(checkpoint, encoder_spec, weights, random_init, encoder_kwargs, trust_pickle)
     mean, std, norm_origin = resolve_normalisation(encoder, checkpoint, mean, std)
     check_normalisation(mean, std, norm_origin)
     if resize is None and crop is None:  # a baseline's own input size (timm: resize then centre crop)
@@ -177,6 +179,7 @@ def extract(
         random_init=random_init,
         encoder_kwargs=json.dumps(encoder_kwargs, sort_keys=True) if encoder_kwargs else None,
         interpolation=interpolation,
+        trust_pickle=trust_pickle,
     )
     for folder in ("bags", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
         remove_stale_temps(out / folder)

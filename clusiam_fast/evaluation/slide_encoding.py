@@ -130,8 +130,11 @@ def load_any_encoder(
     weights: str | Path | None = None,
     random_init: bool = False,
     encoder_kwargs: dict | None = None,
+    trust_pickle: bool = False,
 ) -> Encoder:
-    """The trainer checkpoint / exported backbone, or a ``timm:NAME`` / ``torchvision:NAME`` baseline."""
+    """The trainer checkpoint / exported backbone, or a ``timm:NAME`` / ``torchvision:NAME`` baseline.
+
+    Files that need pickle to load are refused unless ``trust_pickle`` (``--trust-pickle``)."""
     from .baselines import load_baseline_encoder, parse_encoder
 
     if parse_encoder(encoder)[0] == "checkpoint":
@@ -139,10 +142,12 @@ def load_any_encoder(
             raise ValueError("give a CHECKPOINT, or --encoder timm:NAME / torchvision:NAME with --weights FILE")
         if weights is not None or random_init or encoder_kwargs:
             raise ValueError("--weights, --random-init and --encoder-kwargs go with --encoder timm:/torchvision:")
-        return load_encoder(checkpoint)
+        return load_encoder(checkpoint, trust_pickle=trust_pickle)
     if checkpoint is not None:
         raise ValueError(f"--encoder {encoder} takes no CHECKPOINT (its weights come from --weights)")
-    return load_baseline_encoder(encoder, weights, random_init=random_init, model_kwargs=encoder_kwargs)
+    return load_baseline_encoder(
+        encoder, weights, random_init=random_init, model_kwargs=encoder_kwargs, trust_pickle=trust_pickle
+    )
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ class ExtractSpec:
     random_init: bool = False
     encoder_kwargs: str | None = None  # JSON (the spec is hashable: read sources are cached by it)
     interpolation: str = "bilinear"
+    trust_pickle: bool = False  # --trust-pickle: how the model file may be read, not what the bags hold
 
     @property
     def dtype(self):
@@ -206,7 +212,9 @@ class ExtractSpec:
 
     def load_encoder(self) -> Encoder:
         kwargs = json.loads(self.encoder_kwargs) if self.encoder_kwargs else None
-        return load_any_encoder(self.checkpoint, self.encoder, self.weights, self.random_init, kwargs)
+        return load_any_encoder(
+            self.checkpoint, self.encoder, self.weights, self.random_init, kwargs, self.trust_pickle
+        )
 
     def attrs(self, encoder: Encoder) -> dict:
         return {

@@ -1,6 +1,6 @@
 """Reading checkpoints and exporting the backbone as a plain torchvision state_dict.
 
-A checkpoint is ``torch.save`` of a dict with at least ``{"model": state_dict,
+A checkpoint is ``torch.save`` of a dict (read with ``weights_only=True``) with at least ``{"model": state_dict,
 "config": dict(method=..., arch=..., num_clusters=..., ...), "epoch": int}``; the
 trainer adds optimiser, scaler, RNG and history entries (see
 :mod:`clusiam_fast.training.checkpoint`).
@@ -16,17 +16,23 @@ import torch
 from torch import nn
 
 from ..utils.atomic import atomic_torch_save
+from ..utils.torch_files import PickleRefusedError, load_torch_file
 from .base import SelfSupervisedModel
 from .factory import build_model, model_config, unwrap
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load`` a checkpoint with clear errors for a missing or foreign file."""
+def read_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, trust_pickle: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint (``weights_only=True``; pickle only with ``trust_pickle``) with clear errors for a
+    missing, foreign or pickle-bearing file (:class:`~clusiam_fast.utils.torch_files.PickleRefusedError`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = load_torch_file(path, trust_pickle=trust_pickle, map_location=map_location)
+    except PickleRefusedError as error:
+        raise PickleRefusedError(f"checkpoint {error}") from None
     except Exception as error:  # truncated / not a torch file
         first = (str(error).strip().splitlines() or [""])[0]  # torch's C++ errors append a stack trace
         raise ValueError(
@@ -46,7 +52,9 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> di
     return state
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[SelfSupervisedModel, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, trust_pickle: bool = False
+) -> tuple[SelfSupervisedModel, dict[str, Any]]:
     """Rebuild the model saved in a checkpoint; returns ``(model, config)`` (model in eval mode).
 
     Example::
@@ -54,7 +62,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
         model, config = load_checkpoint("runs/demo/checkpoint.pt")
         feats = model.features(images)
     """
-    ckpt = read_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path, map_location, trust_pickle=trust_pickle)
     config = dict(ckpt["config"])
     model = build_model(**model_config(config))
     model.load_state_dict(_strip_prefix(ckpt["model"]))

@@ -7,10 +7,14 @@
   current, unfinished epoch; 0 at an epoch boundary);
 - ``optimizer`` and ``scaler`` state dicts;
 - ``ranks``: per rank, the RNG states (torch CPU/CUDA, numpy, python, the Gumbel
-  generator) and the partial epoch's meters, gathered to rank 0;
+  generator; numpy's key as a tensor) and the partial epoch's meters, gathered to rank 0;
 - ``records`` (the logged rows), ``norm_stats``, ``world_size``, ``complete``;
 - ``schedule``: ``{"steps": N, "source": "..."}``, the optimiser steps the cosine
   spans and what set them; a resumed run keeps it.
+
+Only tensors, numbers, strings, lists, tuples and dicts: the file loads with
+``torch.load(weights_only=True)`` (:func:`clusiam_fast.utils.torch_files.load_torch_file`).
+Format 1 held numpy's RNG key as an ``ndarray``; such files still load and resume.
 """
 
 from __future__ import annotations
@@ -25,27 +29,36 @@ import torch
 
 from ..models import read_checkpoint, unwrap
 from ..utils.atomic import atomic_path, atomic_torch_save
+from ..utils.torch_files import PickleRefusedError
 from .ddp import DistContext
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numpy's RNG key stored as a tensor (weights_only loads)
 
 
-def read_resume_checkpoint(path: Path) -> dict[str, Any]:
+def read_resume_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
     """``read_checkpoint`` for --resume: a damaged file gives one line that says what to do (ValueError)."""
     try:
-        return read_checkpoint(path)
+        return read_checkpoint(path, trust_pickle=trust_pickle)
+    except PickleRefusedError as error:
+        raise PickleRefusedError(f"--resume: {error}") from None
     except ValueError as error:
         kept = path.parent / "checkpoints"
         copies = f"copy one of {kept}/epoch_NNNN.pt over it, " if kept.is_dir() and any(kept.glob("*.pt")) else ""
         raise ValueError(f"--resume: {error}; {copies}start again with --overwrite, or choose another --out") from None
 
 
+def _numpy_state_as_tensors(state: tuple) -> tuple:
+    """numpy's legacy RNG state with its uint32 key as an int64 tensor (loadable with weights_only=True)."""
+    name, key, *rest = state
+    return (name, torch.from_numpy(key.astype(np.int64)), *rest)
+
+
 def capture_rank_state(generator: torch.Generator, meter) -> dict[str, Any]:
     """This rank's RNG states and partial-epoch meters."""
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_as_tensors(np.random.get_state()),
         "python": random.getstate(),
         "gumbel": generator.get_state(),
         "meter": meter.state_dict(),
@@ -57,7 +70,8 @@ def capture_rank_state(generator: torch.Generator, meter) -> dict[str, Any]:
 
 def restore_rank_state(state: dict[str, Any], generator: torch.Generator, meter) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))  # a tensor, or format 1's ndarray
     random.setstate(state["python"])
     generator.set_state(state["gumbel"])
     meter.load_state_dict(state["meter"])

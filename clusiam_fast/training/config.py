@@ -79,6 +79,7 @@ class TrainConfig:
     # outputs
     resume: bool = False
     overwrite: bool = False
+    trust_pickle: bool = False  # --resume may read a checkpoint that needs pickle (never saved as True)
     save_every: int = 1
     keep_every: int = 0
     log_every: int = 10

@@ -21,7 +21,10 @@ or when the last epoch is one, the run stops with :class:`CollapseError`.
 ``collapse_warn`` only warns (:class:`CollapseWarning`) when backbone_std falls below it.
 
 Schedule: the cosine spans ``schedule_steps`` when given, else the run's length,
-min(``max_steps``, epochs x steps per epoch); a resumed run keeps the checkpoint's.
+min(``max_steps``, epochs x steps per epoch); a resumed run keeps the checkpoint's, unless it
+asks for more steps than that spans: then the cosine spans the new length from the resume
+step on, as in a run started with those settings (never lr 0 for the added steps; said in one
+line and saved). A resume asking for fewer epochs or steps than were done is refused.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from .loader import build_train_loader, resolve_source
 from .monitors import EpochMeter
 from .norm_stats import load_or_compute_stats
 from .records import RunRecords
-from .schedule import build_optimizer, cosine_lr, scaled_lr, set_lr
+from .schedule import build_optimizer, check_resume_length, cosine_lr, resolve_schedule, scaled_lr, set_lr
 from .step import TrainStep, resolve_amp_dtype
 from .stop import StopSignal
 from .sync_bn import convert_batchnorm
@@ -185,7 +188,7 @@ class _Trainer:
         if not self.ckpt_path.exists():
             self.log(f"--resume: no checkpoint in {self.out} yet, starting a new run")
             return None
-        ckpt = read_resume_checkpoint(self.ckpt_path)
+        ckpt = read_resume_checkpoint(self.ckpt_path, cfg.trust_pickle)
         _check_resumable(ckpt, cfg, self.ckpt_path)
         if ckpt.get("world_size", 1) != self.ctx.world:
             self.log(
@@ -248,22 +251,13 @@ class _Trainer:
         )
 
     def _resolve_schedule(self, ckpt: dict[str, Any] | None) -> tuple[int, str]:
-        """(steps the cosine spans, what set them): --schedule-steps, else the checkpoint's on resume, else the
-        run's length min(--max-steps, epochs x steps/epoch); --max-steps 0 (initial checkpoint) spans the epochs."""
-        cfg, per_epoch = self.cfg, self.steps_per_epoch
-        saved = ckpt.get("schedule") if ckpt is not None else None
-        if cfg.schedule_steps is not None and (
-            ckpt is None or cfg.schedule_steps != ckpt["config"].get("schedule_steps")
-        ):
-            return cfg.schedule_steps, "--schedule-steps" + (", replacing the checkpoint's" if ckpt else "")
-        if saved:
-            return saved["steps"], f"{saved['source']}, kept from the checkpoint"
-        run_steps = cfg.epochs * per_epoch
-        if ckpt is not None:  # a checkpoint from before the schedule was saved: it spanned --epochs
-            return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
-        if cfg.max_steps and cfg.max_steps < run_steps:
-            return cfg.max_steps, f"--max-steps {cfg.max_steps}"
-        return run_steps, f"--epochs {cfg.epochs} x {per_epoch} steps"
+        """(steps the cosine spans, what set them); see :func:`.schedule.resolve_schedule`."""
+        if ckpt is not None:
+            check_resume_length(self.cfg, ckpt, self.steps_per_epoch, self.ckpt_path)
+        steps, source, notice = resolve_schedule(self.cfg, self.steps_per_epoch, ckpt)
+        if notice:
+            self.log(notice)
+        return steps, source
 
     def _setup_training(self, ckpt: dict[str, Any] | None) -> None:
         """Loader, schedule, optimiser, scaler, Gumbel generator, step, meters and records."""
@@ -418,7 +412,7 @@ class _Trainer:
             model=self.raw_model,
             optimizer=self.optimizer,
             scaler=self.scaler,
-            config={**dataclasses.asdict(self.cfg), "resume": False, "overwrite": False},
+            config={**dataclasses.asdict(self.cfg), "resume": False, "overwrite": False, "trust_pickle": False},
             epoch=self.epoch,
             epoch_step=self.epoch_step,
             step=self.step,
@@ -431,7 +425,7 @@ class _Trainer:
             schedule={"steps": self.total_steps, "source": self.schedule_source.split(", ")[0]},
         )
         if self.ctx.is_main:
-            atomic_write_json(self.out / "train_config.json", dataclasses.asdict(self.cfg))
+            atomic_write_json(self.out / "train_config.json", {**dataclasses.asdict(self.cfg), "trust_pickle": False})
         self._saved = (self.epoch, self.step)
         for name in (CHECKPOINT, "train_config.json", f"checkpoints/epoch_{self.epoch:04d}.pt" if keep else None):
             if name and name not in self._written:
