@@ -179,3 +179,21 @@ def test_cucim_tile_shared_batches_equal_single_reads(wsi_dir, name, level, mpp)
             for patch, xy in zip(patches, locations):
                 np.testing.assert_array_equal(patch, slide.read_region(xy, level, plan.read_size))
                 _nearly_equal(patch, ref.read_region(xy, level, plan.read_size))
+
+
+@pytest.mark.parametrize("name,backend", [(CMU, "cucim"), (CMU, "openslide"), (CMU, "tifffile"), (OME, "tifffile")])
+def test_every_reader_returns_n_regions_for_1_2_and_many(wsi_dir, name, backend):
+    """read_regions / read_patches give (N, h, w, 3) for N = 1 too (cuCIM gave (h, w, 3): issue 19)."""
+    _need(backend)
+    with open_slide(wsi_dir / name, backend) as slide:
+        w, h = slide.dimensions
+        inside = [(w // 2 + 32 * k, h // 2) for k in range(7)]  # 32-px neighbours share tiles (cuCIM cuts them)
+        for size in (224, 32):
+            for n in (1, 2, 7):
+                for locations in (inside[:n], [(w - 10, h - 10)] + inside[: n - 1]):  # inside / over the border
+                    batches = list(slide.read_regions(locations, 0, size, num_workers=2, batch_size=n))
+                    assert [b.shape for b in batches] == [(n, size, size, 3)], (size, locations)
+                    patches = slide.read_patches(locations, 0, size, num_workers=2)
+                    assert patches.shape == (n, size, size, 3) and patches.dtype == np.uint8
+                    for patch, xy in zip(patches, locations):
+                        np.testing.assert_array_equal(patch, slide.read_region(xy, 0, size))
