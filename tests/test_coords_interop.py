@@ -318,3 +318,39 @@ def test_results_folders_resolve_to_their_coordinate_files(tmp_path):
     _trident_h5(job / "10x_256px_0px_overlap", "a", COORDS, 256, 40, 10, 2048, 2048)
     with pytest.raises(ValueError, match="several coordinate folders .*10x_256px_0px_overlap.*; pass one of them"):
         resolve_data(job)
+
+
+def test_extract_leaves_out_patches_off_the_slide_and_fails_a_slide_with_none_left(
+    wsi_dir, backbone, tmp_path, capsys, one_thread
+):
+    """Was: exit 0, bags of white padding. Rule: at most half a patch outside level 0 (the centre on the slide)."""
+    import json
+
+    from clusiam_fast.extract import main
+    from clusiam_fast.formats.feature_bags import load_bags
+
+    data, slides = tmp_path / "coords", tmp_path / "slides"
+    slides.mkdir()
+    for name in ("offslide", "mixed"):  # both are CMU (2220 x 2967 px at level 0)
+        (slides / f"{name}.svs").symlink_to(wsi_dir / CMU)
+    _clam_h5(data / "offslide.h5", [[50000, 50000], [-500, -500]], 224, 0, (2220, 2967), (1.0, 1.0))
+    # centre at x = 0 is kept (half the patch off), one px further is not
+    mixed = [[448, 448], [50000, 50000], [672, 448], [-112, 100], [-113, 100], [2220 - 112, 2967 - 112]]
+    _clam_h5(data / "mixed.h5", mixed, 224, 0, (2220, 2967), (1.0, 1.0))
+    out = tmp_path / "feats"
+    assert main([str(backbone), str(data), "--out", str(out), "--slide-dir", str(slides), *STATS]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED offslide: all 2 patches failed" in err and "outside the slide" in err
+    assert "mixed: left out 2 patch(es) whose field of view lies outside the slide" in err
+    bags = load_bags(out)
+    assert [bag.slide_id for bag in bags] == ["mixed"]
+    np.testing.assert_array_equal(bags[0].coords, [[448, 448], [672, 448], [-112, 100], [2108, 2855]])
+    summary = json.loads((out / "extract.json").read_text())
+    assert summary["num_off_slide_patches"] == 2 and summary["off_slide_patches"] == {"mixed": 2}
+    named = [f["patch"] for f in summary["failed_patches"]["mixed"]]
+    assert named == ["mixed@50000,50000", "mixed@-113,100"]
+    assert [f["slide_id"] for f in summary["failed_slides"]] == ["offslide"]
+    assert "(2220 x 2967 px at level 0)" in summary["failed_slides"][0]["reason"]
+    cohort = json.loads((out / "cohort.json").read_text())
+    assert cohort["off_slide_patches"] == {"mixed": 2} and list(cohort["failed"]) == ["offslide"]
+    assert "outside the slide" in cohort["failed"]["offslide"]["reason"]

@@ -269,6 +269,8 @@ def extract(
         "num_patches": int(sum(r["num_patches"] for r in rows)),
         "num_failed_patches": int(sum(r["num_failed"] for r in rows)),
         "failed_patches": {r["slide_id"]: r["failures"] for r in rows if r.get("failures")},
+        "num_off_slide_patches": int(sum(r.get("num_off_slide", 0) for r in rows)),
+        "off_slide_patches": {r["slide_id"]: r["num_off_slide"] for r in rows if r.get("num_off_slide")},
         "failed_slides": failed_slides,
         "skipped_slides": len(plan.skipped),
         "left_to_other_jobs": others,
