@@ -354,3 +354,56 @@ def test_extract_leaves_out_patches_off_the_slide_and_fails_a_slide_with_none_le
     cohort = json.loads((out / "cohort.json").read_text())
     assert cohort["off_slide_patches"] == {"mixed": 2} and list(cohort["failed"]) == ["offslide"]
     assert "outside the slide" in cohort["failed"]["offslide"]["reason"]
+
+
+def _h5_with(path, coords, **attrs):
+    with h5py.File(path, "w") as f:
+        dataset = f.create_dataset("coords", data=coords)
+        for key, value in attrs.items():
+            dataset.attrs[key] = value
+    return path
+
+
+@pytest.mark.parametrize(
+    "coords,message",
+    [
+        (np.arange(30).reshape(10, 3), r"shape \(10, 3\)"),  # was read as 15 (x, y) pairs
+        (np.arange(20), r"shape \(20,\)"),
+        (np.arange(8).reshape(2, 2, 2), r"shape \(2, 2, 2\)"),
+        (np.array([[10.5, 20.0]]), "holds 10.5"),
+        (np.array([[np.nan, 20.0]]), "holds nan"),
+    ],
+)
+def test_coords_of_another_shape_or_not_whole_numbers_are_refused(tmp_path, capsys, coords, message):
+    """Only (N, 2) integer-valued coords are read; the error names the file, the dataset and its shape."""
+    from clusiam_fast.data.slide_dataset import SlidePatchDataset
+
+    path = _h5_with(tmp_path / "odd.h5", coords, patch_size=224, patch_level=0)
+    with pytest.raises(ValueError, match=rf"odd.h5: dataset 'coords' .*{message}"):
+        read_coords_h5(path)
+    with pytest.raises(ValueError, match="odd.h5: dataset 'coords'"):  # what train and extract open
+        SlidePatchDataset(path)
+    np.testing.assert_array_equal(
+        read_coords_h5(_h5_with(tmp_path / "f.h5", [[1.0, 2.0]], patch_size=224))[0], [[1, 2]]
+    )
+
+
+@pytest.mark.parametrize(
+    "attrs,bad",
+    [
+        ({"patch_size": "abc"}, "patch_size"),
+        ({"patch_size": 0}, "patch_size"),
+        ({"patch_size": 224.5}, "patch_size"),
+        ({"patch_size": 224, "patch_level": -1}, "patch_level"),
+        ({"patch_size": 224, "downsample": (0.0, 0.0)}, "downsample"),
+        ({"patch_size": 224, "level0_magnification": 40, "target_magnification": 0}, "target_magnification"),
+        ({"patch_size": 224, "patch_size_level0": -448}, "patch_size_level0"),
+    ],
+)
+def test_unusable_geometry_attributes_name_the_file_and_attribute(tmp_path, attrs, bad):
+    """Were: ValueError without the file (int('abc')), ZeroDivisionError (target_magnification 0), or silent."""
+    from clusiam_fast.data.slide_dataset import SlidePatchDataset
+
+    path = _h5_with(tmp_path / "attrs.h5", np.array([[0, 0]]), **attrs)
+    with pytest.raises(ValueError, match=rf"attrs.h5: attribute '{bad}' of 'coords' is "):
+        SlidePatchDataset(path, slide_paths=[tmp_path / "attrs.h5"])
