@@ -143,6 +143,9 @@ def extract(
     started = time.time()
     checkpoint, out = (None if checkpoint is None else Path(checkpoint)), Path(out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    for flag, value in (("--resize", resize), ("--crop", crop)):
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
     if (mean is None) != (std is None):
         raise ValueError("give both --mean and --std, or neither")
     if mean is not None:
