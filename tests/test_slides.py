@@ -197,3 +197,22 @@ def test_every_reader_returns_n_regions_for_1_2_and_many(wsi_dir, name, backend)
                     assert patches.shape == (n, size, size, 3) and patches.dtype == np.uint8
                     for patch, xy in zip(patches, locations):
                         np.testing.assert_array_equal(patch, slide.read_region(xy, 0, size))
+
+
+def test_a_header_claiming_a_huge_image_fails_by_name(tmp_path):
+    """A 512 px tiled TIFF whose header was edited to say 60000 x 60000 px (was IndexError: tuple index out of range)."""
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "huge.tif"
+    pixels = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", compression="jpeg", resolution=(20000, 20000))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(60000)
+        tif.pages[0].tags["ImageLength"].overwrite(60000)
+    backends = ["auto"] + [b for b in ("cucim", "openslide", "tifffile") if importlib.util.find_spec(b)]
+    for backend in backends:
+        with pytest.raises(SlideError, match=r"huge.tif: .*60000 x 60000 px, which takes 55225 tiles.* lists 4"):
+            open_slide(path, backend)
+    from clusiam_fast.tiling import TileConfig, tile_slides
+
+    report = tile_slides([path], tmp_path / "out", TileConfig(), progress=False)
+    assert [f.path.name for f in report.failures] == ["huge.tif"] and "60000 x 60000" in report.failures[0].error
