@@ -216,3 +216,18 @@ def test_a_header_claiming_a_huge_image_fails_by_name(tmp_path):
 
     report = tile_slides([path], tmp_path / "out", TileConfig(), progress=False)
     assert [f.path.name for f in report.failures] == ["huge.tif"] and "60000 x 60000" in report.failures[0].error
+
+
+def test_tifffile_reader_picks_the_jpeg_colour_space_before_threads_read(wsi_dir):
+    """tifffile reads the file to choose the JPEG colour space (is_jfif) on first use of page.decode,
+    outside the reader's file lock: a threaded first read raced it and decoded the OME-TIFF's YCbCr
+    tiles as RGB (cuCIM's wrong colours), for the reader's whole life. Seen in the DALI slide workers."""
+    from clusiam_fast.slides.tifffile_reader import TiffFileReader
+
+    locations = [(0, 0), (493, 0), (0, 493), (493, 493)]
+    with TiffFileReader(wsi_dir / OME) as reference:
+        assert all("decode" in page.__dict__ for page in reference._pages)  # chosen at open, single-threaded
+        expected = np.stack([reference.read_region(xy, 0, 493) for xy in locations])
+    for _ in range(10):  # fresh readers, first reads in threads
+        with TiffFileReader(wsi_dir / OME) as slide:
+            np.testing.assert_array_equal(slide.read_patches(locations, 0, 493, num_workers=4, batch_size=4), expected)

@@ -79,6 +79,9 @@ class TiffFileReader(SlideReader):
             if why is not None:  # strips too (the tile index of integrity.py knows tiled pages only)
                 self._tif.close()
                 raise SlideError(f"{self.path.name}: level {len(dims)}: {why}; the header is damaged")
+            # tifffile picks the JPEG colour space on first use of page.decode, reading the file through
+            # its handle (is_jfif) outside our file lock: done here, so no tile read in a thread races it
+            page.decode  # noqa: B018
             self._pages.append(page)
             dims.append((int(page.shape[1]), int(page.shape[0])))
         w0, h0 = dims[0]
