@@ -117,10 +117,12 @@ def _coords_array(path: Path, dataset) -> np.ndarray:
             f"{path}: dataset 'coords' has shape {shape}; expected (N, 2) level-0 (x, y) pairs, one row per patch"
         )
     values = np.asarray(dataset[:])
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
     if values.dtype.kind == "f":
         bad = values[~np.isfinite(values) | (values != np.round(values))]
-    else:
-        bad = values.ravel()[:0] if values.dtype.kind in "iu" else values.ravel()[:1]  # strings, booleans, ...
+    else:  # strings, booleans, ...
+        bad = values.ravel()
     if len(bad):
         bad = bad[0].item() if hasattr(bad[0], "item") else bad[0]
         raise ValueError(

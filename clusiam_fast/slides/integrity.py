@@ -97,13 +97,12 @@ def segment_table_problem(page) -> str | None:
 def check_segment_tables(reader) -> None:
     """SlideError naming the file when a level's TIFF tile table is shorter than its header's image."""
     index = reader.tile_index
-    for level, page in enumerate(index._levels if index is not None else ()):
-        why = None if page is None else segment_table_problem(page)
-        if why is not None:
-            raise SlideError(
-                f"{reader.path.name}: level {level}: {why}; the header is damaged or the image data is missing "
-                "(copy or export the slide again)"
-            )
+    found = None if index is None else index.table_problem()
+    if found is not None:
+        raise SlideError(
+            f"{reader.path.name}: level {found[0]}: {found[1]}; the header is damaged or the image data is missing "
+            "(copy or export the slide again)"
+        )
 
 
 class TiffTileIndex:
@@ -138,6 +137,14 @@ class TiffTileIndex:
             index.close()
             return None
         return index
+
+    def table_problem(self) -> tuple[int, str] | None:
+        """(level, why) of the first level whose tile table cannot hold its header's image, or None."""
+        for level, page in enumerate(self._levels):
+            why = None if page is None else segment_table_problem(page)
+            if why is not None:
+                return level, why
+        return None
 
     def covers(self, level: int) -> bool:
         return 0 <= level < len(self._levels) and self._levels[level] is not None
