@@ -34,7 +34,11 @@ The HDF5 files are CLAM-compatible feature files (``features``, ``coords``). An
 unreadable patch is reported by name and left out of its bag; a slide whose patches
 all fail gets no bag and is listed under ``failed_slides``; a slide of the manifest
 whose file is missing (look elsewhere with ``--slide-dir``) is skipped and listed under
-``missing_slides``; none of them stops the run (the exit status is then 1).
+``missing_slides``; none of them stops the run (the exit status is then 1). A patch whose
+field of view lies more than half a patch outside its slide (level 0; coordinates made for
+another slide) is left out of its bag, named under ``failed_patches`` and counted
+(``off_slide_patches`` in extract.json and cohort.json, and on the console); a slide left
+with none fails by name.
 
 Patch sizes: without ``--resize``/``--crop``, a DATA folder (or manifest) mixing patch
 sizes is resized to the checkpoint's training size (``crop_size`` of its config; the
@@ -252,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if summary.get("skipped_slides"):
         print(f"skipped {summary['skipped_slides']} slide(s) already extracted into {args.out} (--redo to redo them)")
+    for slide_id, count in summary.get("off_slide_patches", {}).items():
+        print(
+            f"extract: {slide_id}: left out {count} patch(es) whose field of view lies outside the slide "
+            f"(listed under failed_patches in {args.out / 'extract.json'})",
+            file=sys.stderr,
+        )
     for failed in summary["failed_slides"]:
         print(f"extract: FAILED {failed['slide_id']}: {failed['reason']}", file=sys.stderr)
     if summary["num_failed_patches"] or summary["failed_slides"]:

@@ -318,3 +318,92 @@ def test_results_folders_resolve_to_their_coordinate_files(tmp_path):
     _trident_h5(job / "10x_256px_0px_overlap", "a", COORDS, 256, 40, 10, 2048, 2048)
     with pytest.raises(ValueError, match="several coordinate folders .*10x_256px_0px_overlap.*; pass one of them"):
         resolve_data(job)
+
+
+def test_extract_leaves_out_patches_off_the_slide_and_fails_a_slide_with_none_left(
+    wsi_dir, backbone, tmp_path, capsys, one_thread
+):
+    """Was: exit 0, bags of white padding. Rule: at most half a patch outside level 0 (the centre on the slide)."""
+    import json
+
+    from clusiam_fast.extract import main
+    from clusiam_fast.formats.feature_bags import load_bags
+
+    data, slides = tmp_path / "coords", tmp_path / "slides"
+    slides.mkdir()
+    for name in ("offslide", "mixed"):  # both are CMU (2220 x 2967 px at level 0)
+        (slides / f"{name}.svs").symlink_to(wsi_dir / CMU)
+    _clam_h5(data / "offslide.h5", [[50000, 50000], [-500, -500]], 224, 0, (2220, 2967), (1.0, 1.0))
+    # centre at x = 0 is kept (half the patch off), one px further is not
+    mixed = [[448, 448], [50000, 50000], [672, 448], [-112, 100], [-113, 100], [2220 - 112, 2967 - 112]]
+    _clam_h5(data / "mixed.h5", mixed, 224, 0, (2220, 2967), (1.0, 1.0))
+    out = tmp_path / "feats"
+    assert main([str(backbone), str(data), "--out", str(out), "--slide-dir", str(slides), *STATS]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED offslide: all 2 patches failed" in err and "outside the slide" in err
+    assert "mixed: left out 2 patch(es) whose field of view lies outside the slide" in err
+    bags = load_bags(out)
+    assert [bag.slide_id for bag in bags] == ["mixed"]
+    np.testing.assert_array_equal(bags[0].coords, [[448, 448], [672, 448], [-112, 100], [2108, 2855]])
+    summary = json.loads((out / "extract.json").read_text())
+    assert summary["num_off_slide_patches"] == 2 and summary["off_slide_patches"] == {"mixed": 2}
+    named = [f["patch"] for f in summary["failed_patches"]["mixed"]]
+    assert named == ["mixed@50000,50000", "mixed@-113,100"]
+    assert [f["slide_id"] for f in summary["failed_slides"]] == ["offslide"]
+    assert "(2220 x 2967 px at level 0)" in summary["failed_slides"][0]["reason"]
+    cohort = json.loads((out / "cohort.json").read_text())
+    assert cohort["off_slide_patches"] == {"mixed": 2} and list(cohort["failed"]) == ["offslide"]
+    assert "outside the slide" in cohort["failed"]["offslide"]["reason"]
+
+
+def _h5_with(path, coords, **attrs):
+    with h5py.File(path, "w") as f:
+        dataset = f.create_dataset("coords", data=coords)
+        for key, value in attrs.items():
+            dataset.attrs[key] = value
+    return path
+
+
+@pytest.mark.parametrize(
+    "coords,message",
+    [
+        (np.arange(30).reshape(10, 3), r"shape \(10, 3\)"),  # was read as 15 (x, y) pairs
+        (np.arange(20), r"shape \(20,\)"),
+        (np.arange(8).reshape(2, 2, 2), r"shape \(2, 2, 2\)"),
+        (np.array([[10.5, 20.0]]), "holds 10.5"),
+        (np.array([[np.nan, 20.0]]), "holds nan"),
+    ],
+)
+def test_coords_of_another_shape_or_not_whole_numbers_are_refused(tmp_path, capsys, coords, message):
+    """Only (N, 2) integer-valued coords are read; the error names the file, the dataset and its shape."""
+    from clusiam_fast.data.slide_dataset import SlidePatchDataset
+
+    path = _h5_with(tmp_path / "odd.h5", coords, patch_size=224, patch_level=0)
+    with pytest.raises(ValueError, match=rf"odd.h5: dataset 'coords' .*{message}"):
+        read_coords_h5(path)
+    with pytest.raises(ValueError, match="odd.h5: dataset 'coords'"):  # what train and extract open
+        SlidePatchDataset(path)
+    np.testing.assert_array_equal(
+        read_coords_h5(_h5_with(tmp_path / "f.h5", [[1.0, 2.0]], patch_size=224))[0], [[1, 2]]
+    )
+
+
+@pytest.mark.parametrize(
+    "attrs,bad",
+    [
+        ({"patch_size": "abc"}, "patch_size"),
+        ({"patch_size": 0}, "patch_size"),
+        ({"patch_size": 224.5}, "patch_size"),
+        ({"patch_size": 224, "patch_level": -1}, "patch_level"),
+        ({"patch_size": 224, "downsample": (0.0, 0.0)}, "downsample"),
+        ({"patch_size": 224, "level0_magnification": 40, "target_magnification": 0}, "target_magnification"),
+        ({"patch_size": 224, "patch_size_level0": -448}, "patch_size_level0"),
+    ],
+)
+def test_unusable_geometry_attributes_name_the_file_and_attribute(tmp_path, attrs, bad):
+    """Were: ValueError without the file (int('abc')), ZeroDivisionError (target_magnification 0), or silent."""
+    from clusiam_fast.data.slide_dataset import SlidePatchDataset
+
+    path = _h5_with(tmp_path / "attrs.h5", np.array([[0, 0]]), **attrs)
+    with pytest.raises(ValueError, match=rf"attrs.h5: attribute '{bad}' of 'coords' is "):
+        SlidePatchDataset(path, slide_paths=[tmp_path / "attrs.h5"])

@@ -253,6 +253,22 @@ def test_bad_mean_std_are_refused(backbone, tmp_path, capsys, mean, std, message
     assert message in err and "--mean/--std" in err
 
 
+@pytest.mark.parametrize("flag,value", [("--resize", "-32"), ("--resize", "0"), ("--crop", "-8")])
+def test_non_positive_resize_or_crop_is_refused_in_one_line(pcam_dir, backbone, tmp_path, capsys, flag, value):
+    """Was: --resize -32 accepted, then every patch failed (0 silently meant no resize)."""
+    from clusiam_fast.extract import main
+
+    data = tmp_path / "patches"
+    data.mkdir()
+    for src in sorted((pcam_dir / "valid" / "0").glob("*.jpg"))[:2]:
+        (data / src.name).symlink_to(src)
+    args = [str(backbone), str(data), "--out", str(tmp_path / "o"), "--workers", "0", "--quiet", flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"extract: error: {flag} must be a positive number of pixels, got {value}"]
+    assert not (tmp_path / "o" / "bags").exists()
+
+
 def test_a_bad_file_is_reported_once(pcam_dir, backbone, tmp_path):
     """Batched reads that fail fall back to single reads: each bad file still counts once."""
     import os

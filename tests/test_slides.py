@@ -179,3 +179,55 @@ def test_cucim_tile_shared_batches_equal_single_reads(wsi_dir, name, level, mpp)
             for patch, xy in zip(patches, locations):
                 np.testing.assert_array_equal(patch, slide.read_region(xy, level, plan.read_size))
                 _nearly_equal(patch, ref.read_region(xy, level, plan.read_size))
+
+
+@pytest.mark.parametrize("name,backend", [(CMU, "cucim"), (CMU, "openslide"), (CMU, "tifffile"), (OME, "tifffile")])
+def test_every_reader_returns_n_regions_for_1_2_and_many(wsi_dir, name, backend):
+    """read_regions / read_patches give (N, h, w, 3) for N = 1 too (cuCIM gave (h, w, 3): issue 19)."""
+    _need(backend)
+    with open_slide(wsi_dir / name, backend) as slide:
+        w, h = slide.dimensions
+        inside = [(w // 2 + 32 * k, h // 2) for k in range(7)]  # 32-px neighbours share tiles (cuCIM cuts them)
+        for size in (224, 32):
+            for n in (1, 2, 7):
+                for locations in (inside[:n], [(w - 10, h - 10)] + inside[: n - 1]):  # inside / over the border
+                    batches = list(slide.read_regions(locations, 0, size, num_workers=2, batch_size=n))
+                    assert [b.shape for b in batches] == [(n, size, size, 3)], (size, locations)
+                    patches = slide.read_patches(locations, 0, size, num_workers=2)
+                    assert patches.shape == (n, size, size, 3) and patches.dtype == np.uint8
+                    for patch, xy in zip(patches, locations):
+                        np.testing.assert_array_equal(patch, slide.read_region(xy, 0, size))
+
+
+def test_a_header_claiming_a_huge_image_fails_by_name(tmp_path):
+    """A 512 px tiled TIFF whose header was edited to say 60000 x 60000 px (was IndexError: tuple index out of range)."""
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "huge.tif"
+    pixels = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", compression="jpeg", resolution=(20000, 20000))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(60000)
+        tif.pages[0].tags["ImageLength"].overwrite(60000)
+    backends = ["auto"] + [b for b in ("cucim", "openslide", "tifffile") if importlib.util.find_spec(b)]
+    for backend in backends:
+        with pytest.raises(SlideError, match=r"huge.tif: .*60000 x 60000 px, which takes 55225 tiles.* lists 4"):
+            open_slide(path, backend)
+    from clusiam_fast.tiling import TileConfig, tile_slides
+
+    report = tile_slides([path], tmp_path / "out", TileConfig(), progress=False)
+    assert [f.path.name for f in report.failures] == ["huge.tif"] and "60000 x 60000" in report.failures[0].error
+
+
+def test_tifffile_reader_picks_the_jpeg_colour_space_before_threads_read(wsi_dir):
+    """tifffile reads the file to choose the JPEG colour space (is_jfif) on first use of page.decode,
+    outside the reader's file lock: a threaded first read raced it and decoded the OME-TIFF's YCbCr
+    tiles as RGB (cuCIM's wrong colours), for the reader's whole life. Seen in the DALI slide workers."""
+    from clusiam_fast.slides.tifffile_reader import TiffFileReader
+
+    locations = [(0, 0), (493, 0), (0, 493), (493, 493)]
+    with TiffFileReader(wsi_dir / OME) as reference:
+        assert all("decode" in page.__dict__ for page in reference._pages)  # chosen at open, single-threaded
+        expected = np.stack([reference.read_region(xy, 0, 493) for xy in locations])
+    for _ in range(10):  # fresh readers, first reads in threads
+        with TiffFileReader(wsi_dir / OME) as slide:
+            np.testing.assert_array_equal(slide.read_patches(locations, 0, 493, num_workers=4, batch_size=4), expected)

@@ -264,3 +264,30 @@ def test_qa_thumbnail_outlines_tissue_over_its_true_colours(wsi_dir):
     edge = mask & ~ndimage.binary_erosion(mask)
     green = (body[..., 1] == 200) & (body[..., 0] == 0) & (body[..., 2] == 0)
     assert green[edge].mean() > 0.9  # the outline is drawn
+
+
+def test_symlinked_slides_keep_their_link_names_and_a_dangling_link_is_a_failed_slide(wsi_dir, tmp_path, capsys):
+    """Were: ids from the targets' names (two slide.svs collided); a dangling link exited 1 with num_failed 0."""
+    import json
+
+    for sub, target in (("a", CMU), ("b", OME)):  # two different files, both named slide.svs
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "slide.svs").symlink_to(wsi_dir / target)
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "patient1.svs").symlink_to(tmp_path / "a" / "slide.svs")
+    (given / "patient2.svs").symlink_to(tmp_path / "b" / "slide.svs")
+    (given / "gone.svs").symlink_to(tmp_path / "nowhere" / "gone.svs")
+    out = tmp_path / "out"
+    assert main([str(given), "--out", str(out)]) == 1
+    assert "gone.svs: a symbolic link to" in capsys.readouterr().err
+    with open(out / "manifest.csv", newline="") as f:
+        rows = {r["slide_id"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["patient1", "patient2"]
+    assert rows["patient1"]["slide_path"] == str(given / "patient1.svs")  # the name given, not the target's
+    cohort = json.loads((out / "cohort.json").read_text())
+    assert cohort["num_failed"] == 1 and cohort["done"] == ["patient1", "patient2"]
+    assert "which does not exist" in cohort["failed"]["gone"]["reason"]
+    # named on the command line, a dangling link is a failed slide too
+    assert main([str(given / "gone.svs"), "--out", str(tmp_path / "out2")]) == 1
+    assert json.loads((tmp_path / "out2" / "cohort.json").read_text())["num_failed"] == 1

@@ -97,3 +97,69 @@ def test_bad_sources_are_named(tmp_path):
         SlidePatchDataset(tmp_path / "nothing.csv")
     with pytest.raises(FileNotFoundError, match="neither a manifest.csv nor any .h5"):
         SlidePatchDataset(tmp_path)
+
+
+def _mixed_manifest(tiled, folder, cmu_patches: int):
+    """The tiled manifest with only the first ``cmu_patches`` CMU patches (cuCIM) and all 4 OME ones (tifffile)."""
+    from clusiam_fast.formats.manifest import read_manifest, write_manifest
+
+    out, _ = tiled
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = read_manifest(out / "manifest.csv")
+    for row in rows:
+        coords, attrs = read_coords_h5(row["h5_path"])
+        keep = coords[:cmu_patches] if row["slide_id"] == "CMU-1-Small-Region" else coords
+        row["h5_path"] = write_coords_h5(folder / f"{row['slide_id']}.h5", keep, attrs).name
+        row["num_patches"] = len(keep)
+    return write_manifest(folder / "manifest.csv", rows)
+
+
+def test_torch_loader_batches_with_1_2_and_many_patches_of_a_slide(tiled):
+    """The trainer's DataLoader path on a mixed-slide manifest: batches holding 1, 2 or many patches of a slide."""
+    from torch.utils.data import DataLoader
+
+    from clusiam_fast.data.augment import TwoViews, paper_augmentation
+    from clusiam_fast.training.loader import TwoViewDataset, collate_views
+
+    out, _ = tiled
+    dataset = SlidePatchDataset(out / "manifest.csv")
+    assert [s.backend for s in dataset.slides] == ["cucim", "tifffile"]
+    cmu, ome = dataset.slides[0].num_patches, dataset.slides[1].num_patches
+    assert cmu >= 12 and ome >= 3
+    cmu_ids, ome_ids = list(range(cmu)), list(range(cmu, cmu + ome))
+    batches = [
+        cmu_ids[:1] + ome_ids,  # one cuCIM patch (crashed the trainer), many tifffile ones
+        cmu_ids[5:7] + ome_ids[:1],  # two and one
+        cmu_ids[:12] + ome_ids[:2],  # many and two
+    ]
+    views = TwoViewDataset(dataset, TwoViews(paper_augmentation(32, (0.5,) * 3, (0.25,) * 3)))
+    loader = DataLoader(views, batch_sampler=[[(i, 1000 + i) for i in b] for b in batches], collate_fn=collate_views)
+    for (v1, v2, skipped), indices in zip(loader, batches, strict=True):
+        assert v1.shape == v2.shape == (len(indices), 3, 32, 32) and skipped == []
+        for k, i in enumerate(indices):  # the batched read gives what each patch read alone gives
+            one1, one2, _ = views[(i, 1000 + i)]
+            assert torch.equal(v1[k], one1) and torch.equal(v2[k], one2)
+
+
+@pytest.mark.parametrize("cmu_patches", [1, 2, 12])
+def test_dali_loader_batches_with_1_2_and_many_patches_of_a_slide(tiled, tmp_path, cmu_patches):
+    """The DALI path (CPU, device_id=None) on a mixed-slide manifest; every batch holds ``cmu_patches`` CMU ones."""
+    pytest.importorskip("nvidia.dali")
+    from clusiam_fast.data.augment import Recipe
+    from clusiam_fast.data.dali import build_dali_loader
+    from clusiam_fast.data.dali_sources import epoch_plan
+
+    manifest = _mixed_manifest(tiled, tmp_path / "mixed", cmu_patches)
+    size = cmu_patches + 4
+    no_aug = Recipe(scale=(1.0, 1.0), ratio=(1.0, 1.0), p_jitter=0.0, p_gray=0.0, p_blur=0.0, p_flip=0.0)
+    loader = build_dali_loader(
+        manifest, batch_size=size, crop_size=224, mean=(0, 0, 0), std=(1 / 255,) * 3, recipe=no_aug, py_workers=1
+    )
+    assert loader.device_id is None and len(loader) == 1
+    ((v1, v2),) = list(loader)
+    assert v1.shape == (size, 3, 224, 224)
+    dataset = SlidePatchDataset(manifest, transform=_to_tensor)
+    order = epoch_plan(size, seed=0, epoch=0, shard_id=0, num_shards=1)
+    expected = torch.stack([dataset[int(i)] for i in order]).float()
+    for view in (v1, v2):
+        assert (view - expected).abs().max() <= 1.0  # pixels of the right patches (up to resize rounding)

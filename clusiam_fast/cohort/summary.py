@@ -55,6 +55,10 @@ class CohortSummary:
             result = record.get("result")
             return int(result.get(self.patches_key, 0)) if isinstance(result, dict) else 0
 
+        def off_slide(record: dict[str, Any]) -> int:  # patches left out as lying off their slide (extract)
+            result = record.get("result")
+            return int(result.get("num_off_slide", 0)) if isinstance(result, dict) else 0
+
         return {
             "step": self.step,
             "engine": self.engine,
@@ -67,6 +71,7 @@ class CohortSummary:
             "skipped": self.skipped,
             "pending": sorted(set(self.slide_ids) - set(done) - set(failed)),
             "patches": sum(patches(r) for r in done.values()),
+            "off_slide_patches": {k: n for k, r in sorted(done.items()) if (n := off_slide(r))},
             "seconds": round(time.time() - self.start, 3),
             "updated": time.time(),
         }

@@ -22,7 +22,10 @@ A slide whose file is missing (or cannot be found) is skipped with one warning n
 (and, for h5 input, the places searched); ``dataset.missing_slides`` lists them
 (``slide_id``, ``slide_path``, ``h5_path``, ``reason``) so callers can report them. Only
 when every slide is missing is it an error. A slide file that cannot be opened is tried
-once per process: its later patches fail at once with the same error.
+once per process: its later patches fail at once with the same error. A patch whose field of
+view lies more than half a patch outside level 0 (coordinates made for another slide, or by
+hand) raises :class:`~clusiam_fast.slides.OffSlideError` naming it: extraction leaves it out
+and counts it, training replaces it by the next readable patch and reports it.
 
 Items are ``transform(PIL RGB image output_size x output_size)`` (the PIL image itself
 when ``transform`` is None), or ``(item, (slide_index, x, y))`` with ``return_coords``
@@ -48,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from ..slides import SLIDE_EXTENSIONS, SlideReader, available_backends, open_slide, patch_image
+from ..slides import SLIDE_EXTENSIONS, OffSlideError, SlideReader, available_backends, open_slide, patch_image
 from .resolve import resolve_data
 
 
@@ -309,6 +312,20 @@ class SlidePatchDataset(torch.utils.data.Dataset):
             self._readers.move_to_end(slide_index)
         return reader
 
+    def _refuse_off_slide(self, slide_index: int, reader: SlideReader, locations: Sequence[Sequence[int]]) -> None:
+        """:class:`OffSlideError` naming the first patch whose field of view lies off the slide (see ``off_slide``)."""
+        info = self.slides[slide_index]
+        off = reader.off_slide(locations, info.read_level, info.read_size)
+        if off.any():
+            x, y = (int(v) for v in locations[int(np.argmax(off))])
+            side = round(info.read_size * reader.level_downsamples[info.read_level])
+            width, height = reader.dimensions
+            raise OffSlideError(
+                f"{info.slide_id} patch at ({x}, {y}): its {side} px field of view lies more than half a patch "
+                f"outside the slide ({width} x {height} px at level 0); check the coordinates"
+                f"{f' in {info.h5_path}' if info.h5_path else ''}"
+            )
+
     def _item(self, region: np.ndarray, where: tuple[int, int, int]) -> Any:
         image = patch_image(region, self.slides[where[0]].output_size)
         item = self.transform(image) if self.transform is not None else image
@@ -318,6 +335,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         where = self.locate(index)
         reader = self.reader(where[0])  # first: opening may choose the read level (TRIDENT files)
         info = self.slides[where[0]]
+        self._refuse_off_slide(where[0], reader, [where[1:]])
         region = reader.read_region(where[1:], info.read_level, info.read_size)
         return self._item(region, where)
 
@@ -332,6 +350,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
             reader = self.reader(slide)
             info = self.slides[slide]
             locations = [places[k][1:] for k in ks]
+            self._refuse_off_slide(slide, reader, locations)  # the caller then reads item by item, naming it
             batches = reader.read_regions(
                 locations, info.read_level, info.read_size, num_workers=self.read_threads, batch_size=len(ks)
             )

@@ -145,6 +145,9 @@ def extract(
     started = time.time()
     checkpoint, out = (None if checkpoint is None else Path(checkpoint)), Path(out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    for flag, value in (("--resize", resize), ("--crop", crop)):
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
     if (mean is None) != (std is None):
         raise ValueError("give both --mean and --std, or neither")
     if mean is not None:
@@ -272,6 +275,8 @@ def extract(
         "num_patches": int(sum(r["num_patches"] for r in rows)),
         "num_failed_patches": int(sum(r["num_failed"] for r in rows)),
         "failed_patches": {r["slide_id"]: r["failures"] for r in rows if r.get("failures")},
+        "num_off_slide_patches": int(sum(r.get("num_off_slide", 0) for r in rows)),
+        "off_slide_patches": {r["slide_id"]: r["num_off_slide"] for r in rows if r.get("num_off_slide")},
         "failed_slides": failed_slides,
         "skipped_slides": len(plan.skipped),
         "left_to_other_jobs": others,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..formats.feature_bags import FeatureBag, safe_name, write_bag
+from ..slides import OffSlideError
 from .encoder import Encoder, load_encoder
 from .sources import PatchSource, SlideEntry, collate_patches, open_source
 
@@ -42,6 +43,9 @@ def build_transform(
         steps.append(T.CenterCrop(crop))
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
+
+
+OFF_SLIDE = f"{OffSlideError.__name__}:"  # how a failure of a patch off its slide starts (data.tolerant.describe_error)
 
 
 class _BagWriter:
@@ -83,9 +87,12 @@ class _BagWriter:
     def _write(self, k: int, slide: SlideEntry) -> None:
         parts = self.parts.pop(k, [])
         failures = self.failed.pop(k, [])
+        off_slide = sum(f["error"].startswith(OFF_SLIDE) for f in failures)
         if not parts:
             errors = {f["error"] for f in failures}
             same = f": {next(iter(errors))}" if len(errors) == 1 else ""  # e.g. the slide file cannot be opened
+            if off_slide == len(failures) > 1:
+                same = f" (every one lies outside the slide, e.g. {failures[0]['error']})"
             self.failed_slides.append(
                 {
                     "slide_id": slide.slide_id,
@@ -109,7 +116,7 @@ class _BagWriter:
             clusters=None if probs is None else probs.argmax(1).astype(np.int32),
             coords=None if slide.coords is None else slide.coords[idx],
             paths=None if slide.paths is None else [slide.paths[i] for i in idx],
-            attrs={**slide.attrs, **self.attrs, "num_failed": len(failures)},
+            attrs={**slide.attrs, **self.attrs, "num_failed": len(failures), "num_off_slide": off_slide},
         )
         rel = Path("bags") / f"{name}.h5"
         write_bag(self.out / rel, bag)
@@ -119,6 +126,7 @@ class _BagWriter:
                 "bag_path": rel.as_posix(),
                 "num_patches": len(bag),
                 "num_failed": len(failures),
+                "num_off_slide": off_slide,
                 "failures": failures,
             }
         )

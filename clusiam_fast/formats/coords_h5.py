@@ -97,15 +97,65 @@ def read_coords_h5(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             if "coords" not in f:
                 raise ValueError(f"{path}: no 'coords' dataset; is it a CLAM or TRIDENT patch file?")
             dataset = f["coords"]
-            coords = np.asarray(dataset[:], dtype=np.int64).reshape(-1, 2)
+            coords = _coords_array(path, dataset)
             attrs = {key: _plain(value) for key, value in dataset.attrs.items()}
     except OSError as error:
         raise ValueError(f"{path}: cannot read it as HDF5 ({error})") from error
     if "patch_size" not in attrs:
         raise ValueError(f"{path}: the 'coords' dataset has no 'patch_size' attribute; cannot tell what to read")
+    _check_geometry_attrs(path, attrs)
     attrs["coords_format"] = coords_format(attrs)
     attrs.setdefault("name", path.stem.removesuffix("_patches") if attrs["coords_format"] == "trident" else path.stem)
     return coords, attrs
+
+
+def _coords_array(path: Path, dataset) -> np.ndarray:
+    """The (N, 2) integer-valued ``coords`` as int64; any other shape or value is an error naming the file."""
+    shape = tuple(dataset.shape)
+    if len(shape) != 2 or shape[1] != 2:
+        raise ValueError(
+            f"{path}: dataset 'coords' has shape {shape}; expected (N, 2) level-0 (x, y) pairs, one row per patch"
+        )
+    values = np.asarray(dataset[:])
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        bad = values[~np.isfinite(values) | (values != np.round(values))]
+    else:  # strings, booleans, ...
+        bad = values.ravel()
+    if len(bad):
+        bad = bad[0].item() if hasattr(bad[0], "item") else bad[0]
+        raise ValueError(
+            f"{path}: dataset 'coords' (shape {shape}, {values.dtype}) holds {bad!r}; "
+            "expected whole level-0 pixel coordinates"
+        )
+    return values.astype(np.int64)
+
+
+def _check_geometry_attrs(path: Path, attrs: dict[str, Any]) -> None:
+    """ValueError naming the file and the attribute when a geometry attribute cannot be used."""
+
+    def number(key: str, whole: bool, minimum: float, what: str) -> None:
+        if key not in attrs:
+            return
+        value = attrs[key]
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        ok = len(values) > 0
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < minimum:
+                ok = False
+            elif whole and v != int(v):
+                ok = False
+        if not ok:
+            raise ValueError(f"{path}: attribute '{key}' of 'coords' is {value!r}; it must be {what}")
+
+    number("patch_size", True, 1, "a positive whole number of pixels")
+    number("patch_level", True, 0, "a pyramid level (0, 1, ...)")
+    number("output_size", True, 1, "a positive whole number of pixels")
+    number("downsample", False, 1e-9, "the positive downsample of patch_level (x, y)")
+    number("patch_size_level0", False, 1e-9, "a positive number of level-0 pixels")
+    number("level0_magnification", False, 1e-9, "a positive magnification (e.g. 40)")
+    number("target_magnification", False, 1e-9, "a positive magnification (e.g. 20)")
 
 
 def coords_format(attrs: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@
 Heavy libraries are imported only when a backend is opened.
 """
 
-from .base import CorruptTileError, MissingMppError, SlideError, SlideReader, as_size, patch_image
+from .base import CorruptTileError, MissingMppError, OffSlideError, SlideError, SlideReader, as_size, patch_image
 from .factory import (
     BACKENDS,
     SLIDE_EXTENSIONS,
@@ -30,6 +30,7 @@ __all__ = [
     "SLIDE_EXTENSIONS",
     "MissingMppError",
     "MppInfo",
+    "OffSlideError",
     "SlideError",
     "SlideReader",
     "as_size",

@@ -35,6 +35,10 @@ class MissingMppError(SlideError):
     """The slide's metadata has no pixel size and none was given."""
 
 
+class OffSlideError(SlideError):
+    """A patch's field of view lies outside level 0 of its slide (see :meth:`SlideReader.off_slide`)."""
+
+
 class CorruptTileError(SlideError):
     """Tile data of the slide is damaged where a read needs it (see ``integrity.py``).
 
@@ -191,6 +195,21 @@ class SlideReader(ABC):
         lw, lh = self.level_dimensions[level]
         lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
         return lx >= 0 and ly >= 0 and lx + w <= lw and ly + h <= lh
+
+    def off_slide(
+        self, locations: Sequence[Sequence[int]] | np.ndarray, level: int, size: int | Sequence[int]
+    ) -> np.ndarray:
+        """True for each region whose field of view lies more than half its side outside level 0.
+
+        The tolerance (half a patch on each axis: the patch centre must lie on the slide) keeps
+        border patches of other tilers; beyond it a patch is mostly white padding, not slide.
+        """
+        w, h = as_size(size)
+        ds = self.level_downsamples[level]
+        xy = np.asarray(locations, dtype=np.float64).reshape(-1, 2)
+        cx, cy = xy[:, 0] + w * ds / 2, xy[:, 1] + h * ds / 2
+        width, height = self.dimensions
+        return (cx < 0) | (cy < 0) | (cx > width) | (cy > height)
 
     def read_regions(
         self,

@@ -111,6 +111,15 @@ def _open_cuimage(path: Path, gpu: bool = False):
     return cucim.CuImage(str(path))
 
 
+def _stacked(batches, h: int, w: int) -> np.ndarray:
+    """cuCIM's multi-location batches as one (N, h, w, 3) array.
+
+    A batch of one location comes back as (h, w, C), not (1, h, w, C): the reshape keeps N.
+    """
+    arrays = [np.asarray(b) for b in batches]
+    return np.concatenate([a.reshape(-1, h, w, a.shape[-1])[..., :3] for a in arrays])
+
+
 class CuCIMReader(SlideReader):
     """Reads through ``cucim.CuImage`` (on the CPU here; cuCIM can decode on a GPU too)."""
 
@@ -210,13 +219,13 @@ class CuCIMReader(SlideReader):
         batches = self._image.read_region(
             [(int(x), int(y)) for x, y in locs], (w, h), level, num_workers=workers, batch_size=len(locs)
         )
-        return np.concatenate([np.asarray(b)[..., :3] for b in batches])
+        return _stacked(batches, h, w)
 
     def _cut_from_tiles(self, level_xy, tiles, level, w, h, tw, th, workers) -> np.ndarray:
         ds = self.level_downsamples[level]
         origins = [(math.ceil(tx * tw * ds - 1e-6), math.ceil(ty * th * ds - 1e-6)) for tx, ty in tiles]
         batches = self._image.read_region(origins, (tw, th), level, num_workers=workers, batch_size=len(origins))
-        decoded = np.concatenate([np.asarray(b) for b in batches])
+        decoded = _stacked(batches, th, tw)
         index = {tile: i for i, tile in enumerate(tiles)}
         out = np.empty((len(level_xy), h, w, 3), np.uint8)
         for k, (lx, ly) in enumerate(level_xy):
@@ -225,7 +234,7 @@ class CuCIMReader(SlideReader):
                     x0, x1 = max(lx, tx * tw), min(lx + w, tx * tw + tw)
                     y0, y1 = max(ly, ty * th), min(ly + h, ty * th + th)
                     out[k, y0 - ly : y1 - ly, x0 - lx : x1 - lx] = decoded[
-                        index[(tx, ty)], y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw, :3
+                        index[(tx, ty)], y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw
                     ]
         return out
 

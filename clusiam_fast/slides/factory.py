@@ -17,6 +17,7 @@ Backends that are not installed are skipped; if none can open the file a
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,17 @@ def check_decode_device(device: str, backend: str = "auto", flag: str = "--decod
         raise ValueError(f"{flag} cuda: no CUDA GPU is visible ({why}); use {flag} cpu")
 
 
+def _check_tables_or_close(reader: SlideReader) -> None:
+    """The file's TIFF tile tables hold the image its header claims (``integrity.check_segment_tables``)."""
+    from .integrity import check_segment_tables
+
+    try:
+        check_segment_tables(reader)
+    except SlideError:
+        reader.close()
+        raise
+
+
 def open_slide(
     path: str | Path, backend: str = "auto", *, slide_mpp: float | None = None, device: str = "cpu"
 ) -> SlideReader:
@@ -162,6 +174,8 @@ def open_slide(
     if device == "cuda":
         return _open_for_gpu(path, backend, slide_mpp)
     if not path.exists():
+        if path.is_symlink():
+            raise SlideError(f"{path.name}: a symbolic link to {os.readlink(path)}, which does not exist")
         raise SlideError(f"{path}: no such file")
     if path.is_dir() and path.suffix.lower() != ".mrxs":
         raise SlideError(f"{path}: is a folder, not a slide file")
@@ -186,6 +200,7 @@ def open_slide(
         except SlideError as error:
             errors.append(f"{name}: {str(error).removeprefix(path.name + ': ')}")
             continue
+        _check_tables_or_close(reader)
         if name == "cucim" and vendor not in ("aperio", "philips"):
             try:
                 check_cucim_colours(reader)
@@ -212,6 +227,7 @@ def _open_for_gpu(path: Path, backend: str, slide_mpp: float | None) -> SlideRea
     from .cucim_reader import CuCIMReader
 
     reader = CuCIMReader(path, device="cuda")
+    _check_tables_or_close(reader)
     if vendor not in ("aperio", "philips"):
         try:
             check_cucim_colours(reader)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CorruptTileError
+from .base import CorruptTileError, SlideError
 
 ZERO_RUN = 64
 _JPEG = {6, 7, 34892}  # OJPEG, JPEG, lossy JPEG (DNG)
@@ -71,6 +71,38 @@ def tile_problem(data: bytes, compression: int) -> str | None:
     if b"\0" * ZERO_RUN in data:
         return f"a run of {ZERO_RUN}+ zero bytes inside the coded data"
     return None
+
+
+def segment_table_problem(page) -> str | None:
+    """Why a TIFF page's tile (or strip) table cannot hold the image its header claims, or None.
+
+    A header edited or damaged to claim a bigger image (say 60000 x 60000 px over 4 tiles)
+    would otherwise fail on the first read past the table with an unnamed IndexError.
+    """
+    width, height = int(page.imagewidth), int(page.imagelength)
+    if page.is_tiled:
+        tw, th = int(page.tilewidth), int(page.tilelength)
+        needed, unit = math.ceil(width / tw) * math.ceil(height / th), f"tiles of {tw} x {th} px"
+    else:
+        rows = max(1, min(int(page.rowsperstrip or height), height))
+        needed, unit = math.ceil(height / rows), f"strips of {rows} rows"
+    if int(page.planarconfig) == 2:
+        needed *= int(page.samplesperpixel)
+    found = min(len(page.dataoffsets), len(page.databytecounts))
+    if found >= needed:
+        return None
+    return f"its TIFF header says {width} x {height} px, which takes {needed} {unit}, but the file lists {found}"
+
+
+def check_segment_tables(reader) -> None:
+    """SlideError naming the file when a level's TIFF tile table is shorter than its header's image."""
+    index = reader.tile_index
+    found = None if index is None else index.table_problem()
+    if found is not None:
+        raise SlideError(
+            f"{reader.path.name}: level {found[0]}: {found[1]}; the header is damaged or the image data is missing "
+            "(copy or export the slide again)"
+        )
 
 
 class TiffTileIndex:
@@ -105,6 +137,14 @@ class TiffTileIndex:
             index.close()
             return None
         return index
+
+    def table_problem(self) -> tuple[int, str] | None:
+        """(level, why) of the first level whose tile table cannot hold its header's image, or None."""
+        for level, page in enumerate(self._levels):
+            why = None if page is None else segment_table_problem(page)
+            if why is not None:
+                return level, why
+        return None
 
     def covers(self, level: int) -> bool:
         return 0 <= level < len(self._levels) and self._levels[level] is not None

@@ -68,11 +68,20 @@ class TiffFileReader(SlideReader):
                 f"{self.path.name}: unsupported TIFF layout (shape {base.shape}, dtype {base.dtype}); "
                 "slides must be interleaved RGB(A) uint8"
             )
+        from .integrity import segment_table_problem
+
         self._pages = []
         dims = []
         for page in pages:  # keep a strictly shrinking pyramid of RGB levels
             if page.ndim != 3 or page.shape[-1] != base.shape[-1] or (dims and page.shape[1] >= dims[-1][0]):
                 continue
+            why = segment_table_problem(page)
+            if why is not None:  # strips too (the tile index of integrity.py knows tiled pages only)
+                self._tif.close()
+                raise SlideError(f"{self.path.name}: level {len(dims)}: {why}; the header is damaged")
+            # tifffile picks the JPEG colour space on first use of page.decode, reading the file through
+            # its handle (is_jfif) outside our file lock: done here, so no tile read in a thread races it
+            page.decode  # noqa: B018
             self._pages.append(page)
             dims.append((int(page.shape[1]), int(page.shape[0])))
         w0, h0 = dims[0]

@@ -26,6 +26,7 @@ counted in the manifest (``corrupt_patches``), the h5 attributes and the summary
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -169,6 +170,8 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideFai
 
     A named file is always tried whatever its extension; in a folder only files with a
     slide extension (``SLIDE_EXTENSIONS``) are taken. A folder with no slide is an error.
+    Paths are made absolute but symbolic links are not followed: a slide is known by the name
+    the user gave (its id is the link's name), and a dangling link is a slide that fails.
     """
     slides: list[Path] = []
     missing: list[SlideFailure] = []
@@ -178,16 +181,18 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideFai
             found = sorted(
                 p
                 for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(SLIDE_EXTENSIONS)
+                if (p.is_file() or (p.is_symlink() and not p.exists()))
+                and not p.name.startswith(".")
+                and p.name.lower().endswith(SLIDE_EXTENSIONS)
             )
             if not found:
                 raise FileNotFoundError(f"no slide files ({', '.join(SLIDE_EXTENSIONS)}) in folder {path}")
             slides += found
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             slides.append(path)
         else:
             missing.append(SlideFailure(path, "no such file or folder"))
-    return [p.resolve() for p in slides], missing
+    return [Path(os.path.abspath(p)) for p in slides], missing
 
 
 def tile_slide(
@@ -199,7 +204,7 @@ def tile_slide(
     ``config.on_corrupt_tile == "skip"`` the patches on it are dropped and counted instead
     (``corrupt_patches`` in the row).
     """
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # links not followed: the slide keeps the name it was given
     out_dir = Path(out_dir)
     slide_id = slide_id or slide_id_from_path(path)
     skip = config.on_corrupt_tile == "skip"
