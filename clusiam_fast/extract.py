@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .cohort import SettingsChangedError, parse_shard
     from .evaluation.extraction import extract
+    from .utils.atomic import WriteFailedError
 
     try:
         with warnings.catch_warnings():  # said once below, from the summary
@@ -250,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shard=parse_shard(args.shard),
             )
     except (FileNotFoundError, ValueError, ImportError, ConnectionError, SettingsChangedError) as error:
+        print(f"extract: error: {error}", file=sys.stderr)
+        return 2
+    except WriteFailedError as error:  # disk full, read-only --out: one line; what was written before is kept
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
     if summary.get("size_note"):

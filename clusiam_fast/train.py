@@ -23,7 +23,8 @@ initial checkpoint; a run stopped mid-epoch adds a row with partial = 1 to log.c
 ``--batch-size`` is the global batch, split over the torchrun processes; only global rank 0
 reads and writes --out (see README, "Multi-node training with torchrun").
 
-Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint (one line on
+Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint, or an output the
+file system refused (disk full, read-only --out; the last checkpoint is left as it was) (one line on
 stderr), 3 the loss or the weights became NaN / inf (the last good checkpoint is left as it was),
 4 --out is a file, not a folder, 5 --stop-on-collapse: the backbone collapsed (the last checkpoint
 above the thresholds is left as it was), 130 interrupted (Ctrl-C / SIGTERM; checkpoint saved).
@@ -48,6 +49,7 @@ from .training.config import (  # torch-free: --help answers fast, arguments are
     check_out_outside_data,
     check_out_path,
 )
+from .utils.atomic import WriteFailedError
 
 D = TrainConfig()  # the defaults quoted in --help
 
@@ -378,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     except CollapseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 5
+    except WriteFailedError as error:  # disk full, read-only --out: the last checkpoint is left as it was
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError) as error:
         if os.environ.get("CLUSIAM_DEBUG"):
             raise
