@@ -12,6 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_utils  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """Benchmarks get an hour each, not the tests' 10 minutes (pyproject.toml): the big-slide workloads take long."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(item.path).resolve().parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(3600))
+
+
 def pytest_terminal_summary(terminalreporter):
     for summary in bench_utils.SUMMARIES:
         text = summary()

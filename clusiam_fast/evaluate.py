@@ -37,6 +37,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+MIL_MODELS = ("maxpool", "dsmil", "abmil")  # a literal copy of evaluation/mil/registry.py's, so --help needs no torch
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -62,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--models",
         nargs="+",
-        default=["maxpool", "dsmil", "abmil"],
-        choices=["maxpool", "dsmil", "abmil"],
+        default=list(MIL_MODELS),
+        choices=MIL_MODELS,
         help="MIL heads to evaluate (default: all three; abmil = gated attention, Ilse et al. 2018)",
     )
     g.add_argument(
@@ -156,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """The checks that need no torch, run before it is imported: the inputs exist, --out can be a folder."""
+    for flag, path in (("FEATURES", args.features), ("--labels", args.labels), ("--patch-labels", args.patch_labels)):
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"--out {args.out} is a file, not a folder: choose a folder for the report")
+    if args.folds is not None and args.folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {args.folds}")
+
+
 def config_from_args(args: argparse.Namespace):
     """The :class:`~clusiam_fast.evaluation.pipeline.EvalConfig` of the command line."""
     import torch
@@ -200,6 +213,11 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _check_paths(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
     from .evaluation.pipeline import run_evaluation
 
     try:

@@ -200,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """The checks that need no torch, run before it is imported: the inputs exist, --out can be a folder."""
+    if args.encoder == "checkpoint" and not args.checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    if not args.data.exists():
+        raise FileNotFoundError(f"DATA {args.data} does not exist")
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"--out {args.out} is a file, not a folder: choose a folder for the bags")
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -207,10 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.checkpoint, args.data = None, args.checkpoint
     if args.data is None:
         parser.error("DATA is required (CHECKPOINT DATA, or --encoder timm:NAME --weights FILE DATA)")
+    try:
+        _check_paths(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"extract: error: {error}", file=sys.stderr)
+        return 2
     import warnings
 
     from .cohort import SettingsChangedError, parse_shard
     from .evaluation.extraction import extract
+    from .utils.atomic import WriteFailedError
 
     try:
         with warnings.catch_warnings():  # said once below, from the summary
@@ -244,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 trust_pickle=args.trust_pickle,
             )
     except (FileNotFoundError, ValueError, ImportError, ConnectionError, SettingsChangedError) as error:
+        print(f"extract: error: {error}", file=sys.stderr)
+        return 2
+    except WriteFailedError as error:  # disk full, read-only --out: one line; what was written before is kept
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
     if summary.get("size_note"):

@@ -203,12 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 some slide failed, 2 bad arguments)."""
+    """Run the CLI; returns the exit status (0 ok, 1 some slide failed, 2 bad arguments or --out not writable)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from clusiam_fast.cohort import SettingsChangedError, parse_shard
     from clusiam_fast.tiling.mpp_table import read_mpp_table
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
+    from clusiam_fast.utils.atomic import WriteFailedError
 
     try:
         shard = parse_shard(args.shard)
@@ -239,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             slide_mpps=slide_mpps,
         )
     except (ValueError, FileNotFoundError, ImportError, ConnectionError, SettingsChangedError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except WriteFailedError as error:  # disk full, read-only --out: one line; what was written before is kept
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.summary())

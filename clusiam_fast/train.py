@@ -25,7 +25,8 @@ initial checkpoint; a run stopped mid-epoch adds a row with partial = 1 to log.c
 ``--batch-size`` is the global batch, split over the torchrun processes; only global rank 0
 reads and writes --out (see README, "Multi-node training with torchrun").
 
-Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint (one line on
+Exit status: 0 done (or --max-steps reached), 2 bad arguments, data or checkpoint, or an output the
+file system refused (disk full, read-only --out; the last checkpoint is left as it was) (one line on
 stderr), 3 the loss or the weights became NaN / inf (the last good checkpoint is left as it was),
 4 --out is a file, not a folder, 5 --stop-on-collapse: the backbone collapsed (the last checkpoint
 above the thresholds is left as it was), 130 interrupted (Ctrl-C / SIGTERM; checkpoint saved).
@@ -39,12 +40,18 @@ import os
 import sys
 from pathlib import Path
 
-from .training.config import (  # torch-free: --help answers fast
+from .training.config import (  # torch-free: --help answers fast, arguments are checked before torch loads
+    ARCH_NAMES,
+    CLUSTER_LOSS_IMPLS,
+    METHOD_NAMES,
     CollapseError,
     NonFiniteLossError,
     OutPathError,
     TrainConfig,
+    check_out_outside_data,
+    check_out_path,
 )
+from .utils.atomic import WriteFailedError
 
 D = TrainConfig()  # the defaults quoted in --help
 
@@ -90,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("model")
-    g.add_argument("--method", choices=["clusiam", "clubyol", "simsiam", "byol"], help=f"method (default {D.method})")
+    g.add_argument("--method", choices=METHOD_NAMES, help=f"method (default {D.method})")
     g.add_argument(
         "--arch",
-        choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+        choices=ARCH_NAMES,
         help=f"backbone, random init (default {D.arch})",
     )
     g.add_argument("--num-clusters", type=int, metavar="K", help=f"clusters of the assigner (default {D.num_clusters})")
@@ -145,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--cluster-loss-impl",
-        choices=["auto", "fused", "reference"],
+        choices=CLUSTER_LOSS_IMPLS,
         help="cluster loss kernels: fused C++/CUDA op (auto when built) or the pure PyTorch reference",
     )
 
@@ -329,8 +336,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     demo = args.pop("demo", False)
     values: dict = {}
     out = Path(args["out"])
-    if out.exists() and not out.is_dir():
-        raise OutPathError(f"--out {out} is a file, not a folder: choose a folder for the run's outputs")
+    check_out_path(out)
     if args.get("resume") and (out / "checkpoint.pt").is_file():
         from .training.checkpoint import read_resume_checkpoint
 
@@ -362,7 +368,13 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     values.update(args)
     if values.get("data"):
         values["data"] = str(Path(values["data"]).expanduser().absolute())  # --resume works from any folder
-    return TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict(values)
+    cfg.check_given()  # names, ranges and paths before torch is imported (train() checks them all again)
+    if cfg.data:
+        from .data.resolve import data_kind
+
+        check_out_outside_data(cfg.out, cfg.data, data_kind(cfg.data))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except CollapseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 5
+    except WriteFailedError as error:  # disk full, read-only --out: the last checkpoint is left as it was
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError) as error:
         if os.environ.get("CLUSIAM_DEBUG"):
             raise

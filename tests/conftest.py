@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+from child_processes import live_descendants, wait_for_no_descendants
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CLUSIAM_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -86,3 +88,41 @@ def patches(pcam_dir, tmp_path_factory) -> Path:
         for src in sorted((pcam_dir / "train" / label).glob("*.jpg"))[:24]:
             (root / f"{label}_{src.name}").symlink_to(src)
     return root
+
+
+# modules that start processes (Ray, process pools, mp.spawn, torchrun, loader workers): none may be left after them
+PROCESS_MODULES = {
+    "test_cluster_loss_ddp",
+    "test_cohort",
+    "test_cohort_ray",
+    "test_sync_bn",
+    "test_train_ddp",
+    "test_train_multinode",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_child_process_left(request):
+    """After a module of PROCESS_MODULES (and its fixtures, e.g. a Ray instance): no process it started is alive.
+
+    The package's kept local pools (``cohort/engines.py``, closed at exit) are closed first, as at exit; what
+    is still alive 10 s later fails the module by name and is killed, so later modules are not blamed.
+    """
+    before = set(live_descendants())
+    yield
+    if request.module.__name__.rpartition(".")[2] not in PROCESS_MODULES:
+        return
+    import gc
+    import signal
+    import sys
+
+    engines = sys.modules.get("clusiam_fast.cohort.engines")
+    if engines is not None:
+        engines._close_pools()
+    gc.collect()  # loaders with persistent workers held only by reference cycles
+    left = {pid: cmd for pid, cmd in wait_for_no_descendants(10.0).items() if pid not in before}
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        pytest.fail(f"{request.module.__name__} left {len(left)} process(es) running: {left}", pytrace=False)

@@ -247,3 +247,23 @@ def test_knn_bootstrap_interval_is_the_percentiles_of_sklearn_f1_on_resamples():
     acc = [(y_true[i] == y_pred[i]).mean() for i in idx]
     assert got["f1_macro_ci95"] == pytest.approx(np.percentile(f1, [2.5, 97.5]))
     assert got["accuracy_ci95"] == pytest.approx(np.percentile(acc, [2.5, 97.5]))
+
+
+def test_the_config_is_checked_without_importing_torch(pcam_dir, tmp_path):
+    bad = _config(tmp_path, pcam_dir, "[{name: clusiam}, {name: simclr}]")
+    code = (
+        "import sys\n"
+        "from clusiam_fast.study.__main__ import main\n"
+        "from clusiam_fast.study.config import load_config\n"
+        "status = main([sys.argv[1], '--quiet'])\n"
+        "torch_after_error = 'torch' in sys.modules\n"
+        "good = sys.argv[2]\n"
+        "open(good, 'w').write(open(sys.argv[1]).read().replace('{name: simclr}', '{name: simsiam}'))\n"
+        "load_config(good)\n"
+        "print(status, torch_after_error, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(bad), str(tmp_path / "good.yaml")], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr[-2000:]
+    assert "methods[1].name: unknown method 'simclr'" in done.stderr

@@ -371,3 +371,73 @@ def test_resume_asking_for_fewer_steps_than_done_is_refused_in_one_line(patches,
         assert f"has done 8 steps (1 epoch(s) and 2 steps of epoch 2), more than this run asks for ({asked})" in err
         assert "--epochs / --max-steps" in err
         assert _digests(run) == before
+
+
+_NO_TORCH_RUNNER = (
+    "import importlib, sys\n"
+    "status = importlib.import_module(sys.argv[1]).main(sys.argv[2:])\n"
+    "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', status)\n"
+)
+
+
+def _run_without_torch(module: str, *argv: str) -> tuple[str, str]:
+    """Run ``module``'s main(argv) in a fresh interpreter: (stdout: torch imported? + status, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH_RUNNER, module, *argv], capture_output=True, text=True, timeout=120
+    )
+    return done.stdout.strip(), done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv,status,message",
+    [
+        (["{data}", "--out", "{data}/run"], 2, "is inside DATA"),
+        (["{missing}", "--out", "{out}"], 2, "DATA {missing} does not exist"),
+        (["{data}", "--out", "{out}", "--batch-size", "1"], 2, "--batch-size must be >= 2"),
+        (["{data}", "--out", "{out}", "--method", "simsiam", "--alpha", "0.5"], 2, "--alpha weighs the cluster loss"),
+        (["{data}", "--out", "{file}/run"], 4, "lies under {file}, which is a file"),
+    ],
+    ids=["out-inside-data", "missing-data", "batch-1", "alpha-without-clusters", "out-under-a-file"],
+)
+def test_train_argument_errors_are_found_before_torch_is_imported(patches, tmp_path, argv, status, message):
+    (tmp_path / "file.txt").write_text("not a folder")
+    names = dict(data=patches, missing=tmp_path / "nosuch", out=tmp_path / "o", file=tmp_path / "file.txt")
+    out, err = _run_without_torch("clusiam_fast.train", *(a.format(**names) for a in argv))
+    assert out == f"NO-TORCH {status}", err[-2000:]
+    assert message.format(**names) in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "module,argv,message",
+    [
+        ("clusiam_fast.extract", ["{ckpt}", "{data}", "--out", "{out}"], "checkpoint {ckpt} does not exist"),
+        ("clusiam_fast.extract", ["{here}", "{data}", "--out", "{file}"], "--out {file} is a file"),
+        ("clusiam_fast.evaluate", ["{ckpt}", "--out", "{out}"], "FEATURES {ckpt} does not exist"),
+        ("clusiam_fast.evaluate", ["{here}", "--out", "{out}", "--folds", "1"], "--folds must be at least 2"),
+    ],
+    ids=["extract-missing-checkpoint", "extract-out-is-a-file", "evaluate-missing-features", "evaluate-folds-1"],
+)
+def test_extract_and_evaluate_path_errors_are_found_before_torch_is_imported(patches, tmp_path, module, argv, message):
+    (tmp_path / "file.txt").write_text("not a folder")
+    names = dict(ckpt=tmp_path / "nosuch.pt", data=patches, out=tmp_path / "o", file=tmp_path / "file.txt")
+    names["here"] = tmp_path
+    out, err = _run_without_torch(module, *(a.format(**names) for a in argv))
+    assert out == "NO-TORCH 2", err[-2000:]
+    assert message.format(**names) in err and "Traceback" not in err, err
+
+
+def test_the_torch_free_copies_of_the_registries_equal_the_registries():
+    from clusiam_fast import evaluate
+    from clusiam_fast.evaluation.mil.registry import DEFAULT_MODELS, MIL_MODELS
+    from clusiam_fast.models import ARCHS, CLUSTER_METHODS, METHODS
+    from clusiam_fast.ops.cluster_loss import IMPLS
+    from clusiam_fast.training import config
+
+    assert config.METHOD_NAMES == METHODS
+    assert config.CLUSTER_METHOD_NAMES == CLUSTER_METHODS
+    assert config.ARCH_NAMES == ARCHS
+    assert config.CLUSTER_LOSS_IMPLS == IMPLS
+    assert evaluate.MIL_MODELS == tuple(MIL_MODELS) == DEFAULT_MODELS
+    parser = build_parser()
+    choices = {a.dest: a.choices for a in parser._actions if a.choices}
+    assert (choices["method"], choices["arch"], choices["cluster_loss_impl"]) == (METHODS, ARCHS, IMPLS)

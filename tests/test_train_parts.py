@@ -209,9 +209,10 @@ def test_cli_help_explains_every_flag_and_maps_to_config(tmp_path):
             assert action.dest in fields | {"demo"}, action.dest
     for flag in ("--no-gumbel", "--alpha", "--projector-end", "--resume", "--export-backbone", "--loader", "--amp"):
         assert flag in text
+    (tmp_path / "data").mkdir()  # --out outside DATA: checked here already
     cfg = config_from_args(
         [
-            str(tmp_path),
+            str(tmp_path / "data"),
             "--out",
             str(tmp_path / "o"),
             "--no-gumbel",

@@ -2,21 +2,32 @@
 
 Slide patches (``slide_dataset``) and the DALI pipeline (``dali``) live in their
 own modules and are imported where used, so this package stays light.
+
+The names below are imported on first use, so that ``clusiam_fast.data.resolve`` (what DATA is) loads
+without torch: the train CLI checks its arguments before importing it.
 """
 
-from .augment import PAPER_RECIPE, GaussianBlur, Recipe, TwoViews, paper_augmentation
-from .patch_folder import IMAGE_EXTENSIONS, PatchFolder, find_images, load_rgb
-from .stats import dataset_mean_std
+from importlib import import_module
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "PAPER_RECIPE",
-    "GaussianBlur",
-    "PatchFolder",
-    "Recipe",
-    "TwoViews",
-    "dataset_mean_std",
-    "find_images",
-    "load_rgb",
-    "paper_augmentation",
-]
+_LAZY = {
+    "IMAGE_EXTENSIONS": ".patch_folder",
+    "PAPER_RECIPE": ".augment",
+    "GaussianBlur": ".augment",
+    "PatchFolder": ".patch_folder",
+    "Recipe": ".augment",
+    "TwoViews": ".augment",
+    "dataset_mean_std": ".stats",
+    "find_images": ".patch_folder",
+    "load_rgb": ".patch_folder",
+    "paper_augmentation": ".augment",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

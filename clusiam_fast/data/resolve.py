@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .patch_folder import find_images
-
 KINDS = ("folder", "manifest", "coords", "shards")
 _DESCRIPTION = {
     "folder": "a folder of image patches",
@@ -64,6 +62,11 @@ def resolve_data(
     return arg
 
 
+def data_kind(data: str | os.PathLike, what: str = "DATA") -> str:
+    """The kind of the DATA path ``data``, found without listing a folder's images (and without torch)."""
+    return _from_path(Path(data), what, KINDS, list_images=False).kind
+
+
 def _hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
@@ -71,7 +74,7 @@ def _hidden(path: Path) -> bool:
 _IN_FOLDER = {"manifest": "a manifest.csv", "coords": "any .h5 coordinate file", "shards": "any .tar shard"}
 
 
-def _from_path(path: Path, what: str, accept: Sequence[str]) -> DataArg:
+def _from_path(path: Path, what: str, accept: Sequence[str], list_images: bool = True) -> DataArg:
     if not path.exists():
         hint = "; make a tiler manifest with `python -m clusiam_fast.tile`" if path.suffix.lower() == ".csv" else ""
         raise FileNotFoundError(f"{what} {path} does not exist{hint}")
@@ -101,6 +104,10 @@ def _from_path(path: Path, what: str, accept: Sequence[str]) -> DataArg:
     if "folder" not in accept:
         looked_for = " nor ".join(_IN_FOLDER[k] for k in accept if k in _IN_FOLDER)
         raise FileNotFoundError(f"{what} {path}: neither {looked_for} in this folder")
+    if not list_images:
+        return DataArg("folder", path)
+    from .patch_folder import find_images  # torch: only when the images are listed
+
     return DataArg("folder", path, tuple(find_images(path)))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_h5
 from ..utils.deps import require
 
 COORDS_FORMATS = ("clam", "trident")
@@ -74,13 +74,12 @@ def write_coords_h5(path: str | Path, coords: np.ndarray, attrs: dict[str, Any],
     if coords_format == "trident" and "patch_level" in attrs:
         raise ValueError(f"{path}: a TRIDENT file must not carry CLAM's patch_level (its patch_size differs)")
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            dataset = f.create_dataset(
-                "coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2)
-            )
-            for key, value in attrs.items():
-                dataset.attrs[key] = value
+    with atomic_h5(path, h5py) as f:
+        dataset = f.create_dataset(
+            "coords", data=coords, maxshape=(None, 2), chunks=(max(1, min(len(coords), 4096)), 2)
+        )
+        for key, value in attrs.items():
+            dataset.attrs[key] = value
     return path
 
 

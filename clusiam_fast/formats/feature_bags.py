@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_h5, atomic_path
 from ..utils.deps import require
 
 INDEX_COLUMNS = ["slide_id", "bag_path", "num_patches", "num_failed"]
@@ -53,21 +53,20 @@ def write_bag(path: str | Path, bag: FeatureBag) -> Path:
     h5py = _h5py()
     path = Path(path)
     n = len(bag)
-    with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=bag.features)
-            if bag.probs is not None:
-                f.create_dataset("probs", data=bag.probs)
-            if bag.clusters is not None:
-                f.create_dataset("clusters", data=np.asarray(bag.clusters, dtype=np.int32))
-            if bag.coords is not None:
-                f.create_dataset("coords", data=np.asarray(bag.coords, dtype=np.int64).reshape(n, 2))
-            if bag.paths is not None:
-                f.create_dataset("paths", data=np.array(bag.paths, dtype=object), dtype=h5py.string_dtype())
-            f.attrs["slide_id"] = bag.slide_id
-            for key, value in bag.attrs.items():
-                if value is not None:
-                    f.attrs[key] = value
+    with atomic_h5(path, h5py, suffix=".h5") as f:
+        f.create_dataset("features", data=bag.features)
+        if bag.probs is not None:
+            f.create_dataset("probs", data=bag.probs)
+        if bag.clusters is not None:
+            f.create_dataset("clusters", data=np.asarray(bag.clusters, dtype=np.int32))
+        if bag.coords is not None:
+            f.create_dataset("coords", data=np.asarray(bag.coords, dtype=np.int64).reshape(n, 2))
+        if bag.paths is not None:
+            f.create_dataset("paths", data=np.array(bag.paths, dtype=object), dtype=h5py.string_dtype())
+        f.attrs["slide_id"] = bag.slide_id
+        for key, value in bag.attrs.items():
+            if value is not None:
+                f.attrs[key] = value
     return path
 
 

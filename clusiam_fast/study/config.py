@@ -4,8 +4,8 @@ Everything is checked here, before any training: an unknown key, an unknown meth
 missing data folder or a bad budget is a :class:`StudyConfigError` naming the key
 (``methods[2].method``, ``data.train``, ``budget.max_steps``). Training and evaluation
 flags are checked by the real parsers of ``clusiam_fast.train`` / ``extract`` /
-``evaluate`` and by :meth:`TrainConfig.resolved`, so a study accepts exactly what the
-CLIs accept.
+``evaluate`` and by :meth:`TrainConfig.check_given`, so a study accepts exactly what the
+CLIs accept, and all of it is checked without importing torch.
 
 Schema (see ``benchmarks/study_pcam.yaml`` for a commented example)::
 
@@ -249,9 +249,9 @@ def _check_data(data: Any, base: Path, source: Path) -> dict[str, Any]:
 def _check_methods(
     methods: Any, source: Path, train_parser: argparse.ArgumentParser
 ) -> tuple[list[MethodRun], list[str]]:
-    from ..models.factory import METHODS  # torch is imported here, still before any training
+    from ..training.config import METHOD_NAMES  # the registry's names, without importing torch
 
-    valid = (*METHODS, RANDOM_INIT)
+    valid = (*METHOD_NAMES, RANDOM_INIT)
     if not isinstance(methods, list) or not methods:
         raise _fail(source, "methods", "must be a non-empty list, e.g. [{name: clusiam}, {name: simsiam}]")
     runs, seen = [], set()
@@ -295,7 +295,7 @@ def _check_train_flags(cfg: StudyConfig, source: Path) -> None:
         argv += ["--method", cfg.train_method(run), *cfg.budget_flags, *cfg.train_args, *run.flags]
         args = vars(_parser_raising(build_parser(), source, key).parse_args(argv))  # only the flags given
         try:
-            TrainConfig.from_dict(args).resolved()
+            TrainConfig.from_dict(args).check_given()
         except ValueError as error:
             raise _fail(source, key, f"train flags rejected: {error}") from None
 

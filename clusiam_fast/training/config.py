@@ -10,7 +10,15 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+# Literal copies of the registries (models/factory.py, models/backbone.py, ops/cluster_loss.py), so that the
+# CLI and the study check names without importing torch; tests/test_train_faults.py checks that they match.
+METHOD_NAMES = ("clusiam", "simsiam", "clubyol", "byol")  # in the registry's order
+CLUSTER_METHOD_NAMES = ("clusiam", "clubyol")
+ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+CLUSTER_LOSS_IMPLS = ("auto", "fused", "reference")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -24,6 +32,27 @@ class CollapseError(RuntimeError):
 
 class OutPathError(NotADirectoryError):
     """--out names a file (or lies under one): the run folder cannot be made. The CLI exits with status 4."""
+
+
+def check_out_path(out: str | os.PathLike) -> None:
+    """--out must be (or become) a folder: neither it nor a parent may be a file."""
+    out = Path(out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == out else f"lies under {existing}, which is a file"
+        raise OutPathError(f"--out {out} {where}, not a folder: choose a folder for the run's outputs")
+
+
+def check_out_outside_data(out: str | os.PathLike, data: str | os.PathLike, kind: str) -> None:
+    """--out may not lie inside a DATA folder of images (manifests and coordinate files list their patches)."""
+    if kind != "folder":
+        return
+    data_dir, out_dir = Path(data).resolve(), Path(out).resolve()
+    if out_dir == data_dir or data_dir in out_dir.parents:
+        raise ValueError(
+            f"--out {out} is inside DATA {data}: the images written there (training.png, "
+            "--demo patches) would be read as training data; choose an --out outside DATA"
+        )
 
 
 @dataclass
@@ -122,21 +151,24 @@ class TrainConfig:
         cfg._check_values()
         return cfg
 
+    def check_given(self) -> None:
+        """The checks that need no method defaults, so no torch: names, and the range of every value given.
+
+        The CLI runs them before importing torch; :meth:`resolved` runs them all again."""
+        self._check_choices()
+        self._check_values()
+
     @property
     def has_clusters(self) -> bool:
-        from ..models import CLUSTER_METHODS
-
-        return self.method in CLUSTER_METHODS
+        return self.method in CLUSTER_METHOD_NAMES
 
     def _check_choices(self) -> None:
-        from ..models import ARCHS, METHODS
-
         choices = {
-            "method": METHODS,
-            "arch": ARCHS,
+            "method": METHOD_NAMES,
+            "arch": ARCH_NAMES,
             "projector_end": ("bn", "linear"),
             "inv_reduction": ("sum", "mean"),
-            "cluster_loss_impl": ("auto", "fused", "reference"),
+            "cluster_loss_impl": CLUSTER_LOSS_IMPLS,
             "loader": ("torch", "dali"),
             "device": ("auto", "cpu", "cuda"),
             "amp_dtype": ("auto", "bf16", "fp16"),
@@ -165,8 +197,8 @@ class TrainConfig:
         ):
             value = getattr(self, flag.replace("-", "_"))
             need(value is None or math.isfinite(value), flag, "must be a finite number")
-        need(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
-        if not self.has_clusters and self.alpha != 0.0:
+        need(self.alpha is None or 0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        if not self.has_clusters and self.alpha not in (None, 0.0):
             raise ValueError(
                 f"--alpha weighs the cluster loss of clusiam / clubyol; {self.method} has none (got {self.alpha})"
             )

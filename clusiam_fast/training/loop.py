@@ -47,7 +47,7 @@ from ..models.factory import MODEL_KEYS
 from ..utils.atomic import atomic_write_json, remove_stale_temps
 from ..utils.threads import torch_threads
 from .checkpoint import CHECKPOINT, read_resume_checkpoint, restore_rank_state, save_checkpoint
-from .config import CollapseError, NonFiniteLossError, OutPathError, TrainConfig
+from .config import CollapseError, NonFiniteLossError, OutPathError, TrainConfig, check_out_outside_data, check_out_path
 from .curves import plot_training
 from .ddp import DistContext, cleanup_distributed, setup_distributed
 from .loader import build_train_loader, resolve_source
@@ -160,21 +160,10 @@ class _Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _check_out(self) -> None:
-        """--out must be (or become) a folder: neither it nor a parent may be a file."""
-        existing = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
-        if existing is not None and not existing.is_dir():
-            where = "is a file" if existing == self.out else f"lies under {existing}, which is a file"
-            raise OutPathError(f"--out {self.out} {where}, not a folder: choose a folder for the run's outputs")
+        check_out_path(self.out)
 
     def _check_out_outside_data(self) -> None:
-        if self.source.kind != "folder":
-            return  # manifests and coordinate files list their patches: nothing in OUT is picked up
-        data, out = self.source.path.resolve(), self.out.resolve()
-        if out == data or data in out.parents:
-            raise ValueError(
-                f"--out {self.out} is inside DATA {self.source.path}: the images written there (training.png, "
-                "--demo patches) would be read as training data; choose an --out outside DATA"
-            )
+        check_out_outside_data(self.out, self.source.path, self.source.kind)
 
     def _load_resume(self) -> dict[str, Any] | None:
         cfg = self.cfg

@@ -6,11 +6,17 @@ writing process: ``.<target name>.<pid>-<8 hex><suffix>.tmp``; a write killed
 before its rename leaves one behind, which :func:`remove_stale_temps` deletes
 at the next start. Files are created with mode ``0o666`` less the umask, as
 ``open()`` would create them.
+
+A write that the file system refuses (disk full, quota, file too large, read-only
+folder, no permission) raises :class:`WriteFailedError`: one line naming the file
+and the OS reason; the previous file is left as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import re
@@ -24,6 +30,33 @@ from typing import Any
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-[0-9a-f]{8}(?:\.[^.]+)*\.tmp$")
 _LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}(?:\.[^.]+)*\.tmp$")
 LEGACY_MAX_AGE_S = 3600.0  # names without a pid: only this old ones are surely not being written
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class WriteFailedError(OSError):
+    """The file system refused to write an output file; ``str()`` is one line naming it and the OS reason."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def refused_write(path: str | os.PathLike, error: OSError) -> WriteFailedError | None:
+    """The :class:`WriteFailedError` for ``error`` while writing ``path``, or None when it is not a refused write."""
+    if error.errno not in _FULL + _READ_ONLY or isinstance(error, WriteFailedError):
+        return None
+    advice = {
+        errno.ENOSPC: "free space or choose another --out",
+        errno.EDQUOT: "free space (your quota is used up) or choose another --out",
+        errno.EFBIG: "the file system or the process (ulimit -f) caps the file size: raise it or choose another --out",
+    }.get(error.errno, "make the folder writable or choose another --out")
+    return WriteFailedError(
+        error.errno,
+        f"cannot write {path}: {os.strerror(error.errno)} (errno {error.errno}); {advice}"
+        + (" (the previous file is kept)" if Path(path).exists() else ""),
+    )
 
 
 def _create_temp(path: Path, suffix: str) -> Path:
@@ -45,15 +78,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     ``suffix`` (default: the target's) lets libraries that look at the extension work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path, path.suffix if suffix is None else suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(path, path.suffix if suffix is None else suffix)
+    except OSError as error:
+        raise (refused_write(path, error) or error) from None
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # the OS refused the write (of tmp, not some file the caller read)
+        if error.filename is not None and str(error.filename) not in (str(tmp), str(path)):
+            raise
+        raise (refused_write(path, error) or error) from None
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
@@ -111,8 +151,47 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+@contextlib.contextmanager
+def atomic_h5(path: str | os.PathLike, h5py: Any, suffix: str | None = None) -> Iterator[Any]:
+    """Yield a new HDF5 file (h5py) built in memory; on success it is written to ``path`` atomically.
+
+    Python's I/O writes the bytes, so a refused write is a :class:`WriteFailedError`: HDF5 writing a
+    file itself reports it as tracebacks from its destructors and may crash the process at exit.
+    """
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
+    with atomic_path(path, suffix) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+
+
+class _WriteRecorder:
+    """A binary file for ``torch.save`` that keeps the OSError of a failed write (torch turns it into a
+    RuntimeError that names neither the file nor the reason)."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+            f.flush()
+        except RuntimeError:
+            if recorder.error is None:
+                raise
+            raise recorder.error from None
