@@ -52,10 +52,11 @@ def _interrupt(signum, frame):  # SIGTERM as Ctrl-C: the running step is stopped
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import StudyConfigError, load_config
+    from .config import StudyConfigError, evaluate_settings, load_config
 
     try:
         cfg = load_config(args.config, args.out)
+        evaluate_settings(cfg)  # every evaluate value, before the data are built
     except (StudyConfigError, ImportError) as error:
         print(f"study: error: {error}", file=sys.stderr)
         return 2
