@@ -59,9 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StudyConfigError, ImportError) as error:
         print(f"study: error: {error}", file=sys.stderr)
         return 2
+    from ..utils.atomic import WriteFailedError
     from .report import method_result, write_report
     from .runner import Study
-    from ..utils.atomic import WriteFailedError
 
     study = Study(cfg, progress=not args.quiet, show_output=args.show_output)
     previous = signal.signal(signal.SIGTERM, _interrupt)
