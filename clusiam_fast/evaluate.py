@@ -219,11 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
     from .evaluation.pipeline import run_evaluation
+    from .utils.atomic import WriteFailedError
 
     try:
         cfg = config_from_args(args)
         results = run_evaluation(args.features, args.out, labels=args.labels, patch_labels=args.patch_labels, cfg=cfg)
-    except (FileNotFoundError, ValueError, ImportError) as error:
+    except (FileNotFoundError, ValueError, ImportError, WriteFailedError) as error:  # a full disk: one line too
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
     from .evaluation.bag_checks import left_out_lines

@@ -129,3 +129,21 @@ def test_tile_into_a_read_only_out_is_one_line(wsi_dir, tmp_path):
     with _read_only(out):
         done = _cli("clusiam_fast.tile", wsi_dir / CMU, "--out", out, "--workers", "1")
     _one_line_error(done, 2, f"error: cannot write {out}/")
+
+
+def test_evaluate_into_a_read_only_out_is_one_line(crc_dir, tmp_path):
+    """evaluate writes report.md / report.json through the same atomic writer: a refused write is one line."""
+    import torch
+    import torchvision
+
+    from clusiam_fast.evaluation.extraction import extract
+
+    torch.manual_seed(0)
+    backbone = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    torch.save(backbone, tmp_path / "backbone.pt")
+    extract(tmp_path / "backbone.pt", crc_dir, tmp_path / "bags", resize=32, workers=0, progress=False)
+    out = tmp_path / "eval"
+    out.mkdir()
+    with _read_only(out):
+        done = _cli("clusiam_fast.evaluate", tmp_path / "bags", "--out", out)
+    _one_line_error(done, 2, f"evaluate: error: cannot write {out}/")

@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StudyConfigError, ImportError) as error:
         print(f"study: error: {error}", file=sys.stderr)
         return 2
+    from ..utils.atomic import WriteFailedError
     from .report import method_result, write_report
     from .runner import Study
 
@@ -82,24 +83,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # data that the checks could not see (too few images to sample)
         print(f"study: error: {error}", file=sys.stderr)
         return 2
+    except WriteFailedError as error:  # disk full, read-only --out: one line; finished steps are kept
+        print(f"study: error: {error}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     rows = [
         method_result(run.name, run.method, cfg.out / "runs" / run.name, [r for r in records if r["name"] == run.name])
         for run in cfg.methods
     ]
-    result = write_report(
-        cfg.out,
-        {
-            "config": str(cfg.path),
-            "settings": cfg.raw,
-            "budget_flags": cfg.budget_flags,
-            "train_args": cfg.train_args,
-            "data": study.data_info,
-            "methods": rows,
-            "steps": records,
-        },
-    )
+    report = {
+        "config": str(cfg.path),
+        "settings": cfg.raw,
+        "budget_flags": cfg.budget_flags,
+        "train_args": cfg.train_args,
+        "data": study.data_info,
+        "methods": rows,
+        "steps": records,
+    }
+    try:
+        result = write_report(cfg.out, report)
+    except WriteFailedError as error:
+        print(f"study: error: {error}", file=sys.stderr)
+        return 2
     for row in result["methods"]:
         knn = row.get("knn", {}).get("f1_macro")
         mil = ", ".join(
