@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import clusiam_fast
-from clusiam_fast.evaluation.baselines import read_state_dict
 from clusiam_fast.extract import main as extract_main
+from clusiam_fast.extraction.encoders.baselines import read_state_dict
 from clusiam_fast.train import main as train_main
 from clusiam_fast.utils.torch_files import PickleRefusedError
 

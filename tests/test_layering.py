@@ -19,11 +19,12 @@ LEVELS = {
     "reference": 2,  # thin re-export of ops
     "formats": 2,
     "slides": 3,
-    "cohort": 3,  # done records, locks, engines: used by tiling and evaluation, imports no torch
+    "cohort": 3,  # done records, locks, engines: used by tiling and extraction, imports no torch
     "data": 4,
     "models": 5,
     "training": 6,
     "tiling": 6,
+    "extraction": 6,  # never imports evaluation, nor evaluation it: one room of a level never imports another
     "evaluation": 6,
     "train": 7,
     "tile": 7,

@@ -12,7 +12,7 @@
 - exported backbone (``--export-backbone``, a plain torchvision ResNet state_dict
   without ``fc``): the architecture (resnet18/34/50/101/152) is read off the keys.
 - timm and torchvision models with local weights (``kind`` "timm"/"torchvision"):
-  :mod:`clusiam_fast.evaluation.baselines`.
+  :mod:`clusiam_fast.extraction.encoders.baselines`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..utils.torch_files import PickleRefusedError, load_torch_file
+from ...utils.torch_files import PickleRefusedError, load_torch_file
 
 _RESNETS = {
     ((2, 2, 2, 2), False): "resnet18",
@@ -123,7 +123,7 @@ def load_encoder(path: str | Path, map_location: str = "cpu", *, trust_pickle: b
     elif isinstance(obj, dict):
         check_finite_weights(obj, path)
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
-        from ..models import CLUSTER_METHODS, load_checkpoint
+        from ...models import CLUSTER_METHODS, load_checkpoint
 
         model, config = load_checkpoint(path, map_location=map_location, trust_pickle=trust_pickle)
         config = dict(config)

@@ -1,4 +1,4 @@
-"""Encoding slides into feature bags: what a worker of :func:`clusiam_fast.evaluation.extraction.extract` runs.
+"""Encoding slides into feature bags: what a worker of :func:`clusiam_fast.extraction.pipeline.extract` runs.
 
 :class:`ExtractSpec` is everything a worker needs to rebuild the extraction (it is sent to
 Ray actors and read tasks); :func:`load_any_encoder` builds the model (trainer checkpoint or
@@ -22,7 +22,7 @@ import torch
 
 from ..formats.feature_bags import FeatureBag, safe_name, write_bag
 from ..slides import OffSlideError
-from .encoder import Encoder, load_encoder
+from .encoders.checkpoint import Encoder, load_encoder
 from .sources import PatchSource, SlideEntry, collate_patches, open_source
 
 
@@ -143,7 +143,7 @@ def load_any_encoder(
     """The trainer checkpoint / exported backbone, or a ``timm:NAME`` / ``torchvision:NAME`` baseline.
 
     Files that need pickle to load are refused unless ``trust_pickle`` (``--trust-pickle``)."""
-    from .baselines import load_baseline_encoder, parse_encoder
+    from .encoders.baselines import load_baseline_encoder, parse_encoder
 
     if parse_encoder(encoder)[0] == "checkpoint":
         if checkpoint is None:
@@ -176,7 +176,7 @@ class ExtractSpec:
     batch_size: int
     workers: int
     out: str
-    encoder: str = "checkpoint"  # or timm:NAME / torchvision:NAME (evaluation/baselines.py)
+    encoder: str = "checkpoint"  # or timm:NAME / torchvision:NAME (extraction/encoders/baselines.py)
     weights: str | None = None
     random_init: bool = False
     encoder_kwargs: str | None = None  # JSON (the spec is hashable: read sources are cached by it)

@@ -6,7 +6,7 @@ are documented in :mod:`clusiam_fast.extract`; the bag schema is
 
 Slides are the unit of work (:mod:`clusiam_fast.cohort`: done records, locks, shards,
 cohort.json); what a worker does with one (read, encode, write its bag) is
-:mod:`clusiam_fast.evaluation.slide_encoding`: the local engine encodes each slide in this
+:mod:`clusiam_fast.extraction.slide_encoding`: the local engine encodes each slide in this
 process, the Ray engine hands slides to its ``SlideEncoder`` actors.
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from ..formats.feature_bags import write_index
 from ..utils.atomic import atomic_write_json, remove_stale_temps
-from .encoder import Encoder
+from .encoders.checkpoint import Encoder
 from .slide_encoding import (
     ExtractSpec,
     SlideEncoder,
@@ -127,7 +127,7 @@ def extract(
     Slides missing from a manifest are skipped and listed (``missing_slides``).
 
     ``encoder="timm:NAME"`` / ``"torchvision:NAME"`` (``checkpoint=None``) extracts with that
-    model and local ``weights`` (:mod:`clusiam_fast.evaluation.baselines`); its input size,
+    model and local ``weights`` (:mod:`clusiam_fast.extraction.encoders.baselines`); its input size,
     interpolation and normalisation are used unless ``resize``/``crop``/``mean``/``std`` are given.
 
     Resumable (:mod:`clusiam_fast.cohort`): a slide whose bag has a done record for these

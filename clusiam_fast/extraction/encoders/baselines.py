@@ -1,7 +1,7 @@
 """Foundation-model and ImageNet baselines for extraction: timm and torchvision models with local weights.
 
 ``load_baseline_encoder("timm:vit_small_patch16_224", "vit.pth")`` (or ``"torchvision:resnet50"``)
-returns an :class:`~clusiam_fast.evaluation.encoder.Encoder` whose features are the model's
+returns an :class:`~clusiam_fast.extraction.encoders.checkpoint.Encoder` whose features are the model's
 pooled output, so a foundation model's features go through the same evaluation as CluSiam's.
 
 - weights come from a local file only (a state_dict ``.pth``/``.pt``/``.bin``, or
@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..utils.torch_files import PickleRefusedError, load_torch_file
-from .encoder import Encoder, check_finite_weights
+from ...utils.torch_files import PickleRefusedError, load_torch_file
+from .checkpoint import Encoder, check_finite_weights
 
 LIBRARIES = ("timm", "torchvision")
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")
@@ -182,7 +182,7 @@ def _timm_model(name: str, model_kwargs: dict[str, Any]) -> tuple[nn.Module, tup
 def _torchvision_model(name: str) -> tuple[nn.Module, tuple[str, ...], dict[str, Any]]:
     import torchvision
 
-    from .extraction import IMAGENET_MEAN, IMAGENET_STD
+    from ..pipeline import IMAGENET_MEAN, IMAGENET_STD
 
     known = torchvision.models.list_models()
     if name not in known:
