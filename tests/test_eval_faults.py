@@ -165,7 +165,7 @@ def test_mixed_patch_sizes_are_resized_and_said_so(mixed_sizes, backbone, tmp_pa
     import torchvision
 
     from clusiam_fast.extract import main
-    from clusiam_fast.extraction.pipeline import build_transform
+    from clusiam_fast.extraction.normalisation import build_transform
     from clusiam_fast.formats.feature_bags import load_bags
 
     out = tmp_path / "out"

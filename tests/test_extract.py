@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from clusiam_fast.extract import main
-from clusiam_fast.extraction.pipeline import build_transform, extract
+from clusiam_fast.extraction.normalisation import build_transform
+from clusiam_fast.extraction.pipeline import extract
 from clusiam_fast.formats.feature_bags import load_bags, read_bag
 
 
