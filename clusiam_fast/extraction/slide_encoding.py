@@ -1,8 +1,8 @@
 """Encoding slides into feature bags: what a worker of :func:`clusiam_fast.extraction.pipeline.extract` runs.
 
 :class:`ExtractSpec` is everything a worker needs to rebuild the extraction (it is sent to
-Ray actors and read tasks); :func:`~clusiam_fast.extraction.encoders.load_encoder` builds the model (trainer checkpoint or
-a timm / torchvision baseline); :func:`build_transform` the patch transform. The local
+Ray actors and read tasks): the model (:func:`~clusiam_fast.extraction.encoders.load_encoder`)
+and the patch transform (:func:`~clusiam_fast.extraction.normalisation.build_transform`). The local
 engine encodes each slide in this process (:class:`_LocalEncoder`, a DataLoader per slide);
 the Ray engine's :class:`SlideEncoder` actors (one model each) have the patches read by Ray
 CPU tasks (:func:`read_patch_batch`). Whoever encodes a slide writes its bag
