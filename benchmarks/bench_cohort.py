@@ -137,7 +137,7 @@ def extraction_input(workloads, tmp_path_factory):
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_extract(benchmark, extraction_input, tmp_path, engine, one_thread):
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
 
     if engine == "ray":
         _ray_with(2)  # one actor (1 CPU) + read tasks (1 CPU)

@@ -6,7 +6,7 @@ trainer, slide tiling, a DALI data pipeline and MIL evaluation.
 Layering (a module imports only from rooms to its left, or from its own room; a test
 walks every import and fails on one that runs against it)::
 
-    utils < ops < formats < slides, cohort < data < models < training, tiling, evaluation < CLI modules < study
+    utils < ops < formats < slides, cohort < data < models < training, tiling, extraction, evaluation < CLI modules < study
 
 - ``utils``: atomic writes, optional-dependency hints, thread scopes.
 - ``ops``: the cluster loss (public function, module, reference, registration).
@@ -15,7 +15,8 @@ walks every import and fails on one that runs against it)::
 - ``cohort``: resumable cohorts: done records, per-slide locks, shards, cohort.json, local / Ray engines.
 - ``data``: what DATA is, patch datasets, augmentation, DALI pipeline, shards.
 - ``models``: one file per method (CluSiam, CluBYOL, SimSiam, BYOL), backbones and heads.
-- ``training``, ``tiling``, ``evaluation`` (with ``evaluation.mil``): the three jobs.
+- ``training``, ``tiling``, ``extraction``, ``evaluation`` (with ``evaluation.mil``): the four jobs,
+  one room per verb (train, tile, extract, evaluate).
 - CLI modules (``train``, ``tile``, ``extract``, ``evaluate``, ``shards``): argparse only.
 - ``study``: compares methods end to end by running the train / extract / evaluate CLIs.
 """

@@ -5,13 +5,13 @@ ResNet state_dict written by ``clusiam_fast.train --export-backbone``. Baselines
 through the same pipeline without a CHECKPOINT:
 ``python -m clusiam_fast.extract --encoder timm:NAME --weights FILE DATA --out DIR`` (or
 ``torchvision:NAME``; weights from a local file, never downloaded; see
-:mod:`clusiam_fast.evaluation.baselines`). DATA is a tiler
+:mod:`clusiam_fast.extraction.encoders.baselines`). DATA is a tiler
 ``manifest.csv`` (or the folder holding it): patches are read on the fly from the
 slides; or CLAM / TRIDENT coordinate files (``.h5`` files, a folder of them, or a CLAM
 results folder with ``patches/``, ``masks/``, ``stitches/``; each file read in its own
 convention, see :mod:`clusiam_fast.formats.coords_h5`), their slides found beside them
 or in ``--slide-dir``; or a folder of patch images: one bag per folder that directly
-holds images, named by its path relative to DATA (see :mod:`clusiam_fast.evaluation.sources`).
+holds images, named by its path relative to DATA (see :mod:`clusiam_fast.extraction.sources`).
 
 Output format (one "bag" per slide)::
 
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     from .cohort import SettingsChangedError, parse_shard
-    from .evaluation.extraction import extract
+    from .extraction.pipeline import extract
     from .utils.atomic import WriteFailedError
 
     try:

@@ -58,7 +58,7 @@ def crc_random_bags(crc_dir, tmp_path_factory) -> list:
     import torch
     import torchvision
 
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
     from clusiam_fast.formats.feature_bags import load_bags
 
     root = tmp_path_factory.mktemp("crc_bags")

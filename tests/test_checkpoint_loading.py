@@ -16,10 +16,13 @@ import pytest
 import torch
 
 import clusiam_fast
-from clusiam_fast.evaluation.baselines import read_state_dict
 from clusiam_fast.extract import main as extract_main
+from clusiam_fast.extraction.encoders import load_encoder
+from clusiam_fast.extraction.encoders.baselines import read_state_dict
+from clusiam_fast.extraction.encoders.checkpoint import resnet_from_state_dict
+from clusiam_fast.models import backbone_state_dict, load_checkpoint
 from clusiam_fast.train import main as train_main
-from clusiam_fast.utils.torch_files import PickleRefusedError
+from clusiam_fast.utils.torch_files import WRAPPER_PREFIXES, PickleRefusedError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,3 +144,32 @@ def test_pickle_bearing_checkpoint_is_refused_without_trust_pickle(one_step_run,
     resume = ["--out", str(checkpoint.parent), "--resume", "--max-steps", "2", "--no-progress", "--trust-pickle"]
     assert train_main(resume) == 0 and marker.exists()
     assert torch.load(checkpoint, weights_only=True)["config"]["trust_pickle"] is False  # not kept as a setting
+
+
+def test_an_encoder_checkpoint_is_read_from_disk_once(one_step_run, monkeypatch):
+    checkpoint = one_step_run / "checkpoint.pt"
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(Path(path)) or load(path, *a, **k))
+    encoder = load_encoder(checkpoint)
+    assert reads == [checkpoint]
+    monkeypatch.undo()
+    model, _ = load_checkpoint(checkpoint)  # the same weights as the library's own loader
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(encoder(images)[0], model.features(images))
+
+
+def test_every_loader_strips_the_one_list_of_wrapper_prefixes(one_step_run, tmp_path):
+    ckpt = torch.load(one_step_run / "checkpoint.pt", weights_only=True)
+    backbone = backbone_state_dict(load_checkpoint(one_step_run / "checkpoint.pt")[0])
+    for prefix in WRAPPER_PREFIXES:
+        wrapped = {prefix + k: v for k, v in backbone.items()}
+        model, _ = resnet_from_state_dict(wrapped)  # exported backbones (--encoder checkpoint)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
+        torch.save(wrapped, tmp_path / "w.pt")
+        assert read_state_dict(tmp_path / "w.pt").keys() == backbone.keys()  # --weights of timm / torchvision
+    ckpt["model"] = {"module." + k: v for k, v in ckpt["model"].items()}  # a DDP-wrapped trainer model
+    torch.save(ckpt, tmp_path / "ddp.pt")
+    a, b = load_checkpoint(tmp_path / "ddp.pt")[0], load_checkpoint(one_step_run / "checkpoint.pt")[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

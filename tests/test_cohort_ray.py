@@ -185,7 +185,7 @@ def test_a_ray_address_that_does_not_answer_or_is_not_ray_fails_in_one_line(wsi_
 def test_ray_actors_extract_the_bags_the_local_engine_extracts(ray_cluster, wsi_dir, tmp_path):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
     from clusiam_fast.formats.feature_bags import load_bags
 
     slides = make_cohort(wsi_dir, tmp_path / "slides", 2) + [wsi_dir / "OS-1-detail.ome.tif"]

@@ -239,7 +239,7 @@ STATS = ["--mean", "0.7", "0.55", "0.7", "--std", "0.15", "0.2", "0.15", "--work
 
 def test_extract_on_mixed_patch_sizes_resizes_to_one(slides40, wsi_dir, backbone, tmp_path, one_thread):
     """A CLAM file (224 px out) and a TRIDENT file (256 px out) in one folder: was `stack expects each tensor...`."""
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
     from clusiam_fast.formats.feature_bags import load_bags
 
     folder, _ = slides40

@@ -164,8 +164,8 @@ def test_mixed_patch_sizes_are_resized_and_said_so(mixed_sizes, backbone, tmp_pa
     import torch
     import torchvision
 
-    from clusiam_fast.evaluation.extraction import build_transform
     from clusiam_fast.extract import main
+    from clusiam_fast.extraction.normalisation import build_transform
     from clusiam_fast.formats.feature_bags import load_bags
 
     out = tmp_path / "out"
@@ -192,7 +192,7 @@ def test_mixed_patch_sizes_are_resized_and_said_so(mixed_sizes, backbone, tmp_pa
 def test_mixed_sizes_follow_the_checkpoint_training_size(mixed_sizes, tmp_path):
     import torch
 
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
     from clusiam_fast.models import build_model
 
     torch.manual_seed(0)
@@ -273,7 +273,7 @@ def test_a_bad_file_is_reported_once(pcam_dir, backbone, tmp_path):
     """Batched reads that fail fall back to single reads: each bad file still counts once."""
     import os
 
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
 
     data = tmp_path / "d" / "slide"
     data.mkdir(parents=True)
@@ -562,7 +562,7 @@ def test_help_answers_without_importing_torch(module):
 
 def test_an_unreadable_slide_is_one_failure_with_its_reason(wsi_dir, backbone, tmp_path):
     from clusiam_fast.data.slide_dataset import SlidePatchDataset
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
 
     broken = tmp_path / "broken.svs"
     broken.write_bytes(b"II*\x00 this is not a slide")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from clusiam_fast.evaluation.extraction import build_transform, extract
 from clusiam_fast.extract import main
+from clusiam_fast.extraction.normalisation import build_transform
+from clusiam_fast.extraction.pipeline import extract
 from clusiam_fast.formats.feature_bags import load_bags, read_bag
 
 
@@ -161,7 +162,7 @@ def test_patch_folder_bags_and_unreadable_images(pcam_dir, tmp_path):
 def test_resnet_architecture_is_read_off_the_state_dict(tmp_path):
     import torchvision
 
-    from clusiam_fast.evaluation.encoder import resnet_from_state_dict
+    from clusiam_fast.extraction.encoders.checkpoint import resnet_from_state_dict
 
     for arch in ("resnet34", "resnet50"):
         state = {k: v for k, v in getattr(torchvision.models, arch)().state_dict().items() if not k.startswith("fc.")}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from clusiam_fast.evaluation.extraction import extract
 from clusiam_fast.extract import main
+from clusiam_fast.extraction.pipeline import extract
 from clusiam_fast.formats.feature_bags import load_bags
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,7 +45,7 @@ def pcam_features(pcam_dir, tmp_path_factory) -> dict[str, np.ndarray]:
     """Features of disjoint PCam pools: a_* (to train on) and b_* (to test on)."""
     import torchvision
 
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
     from clusiam_fast.formats.feature_bags import load_bags
 
     root = tmp_path_factory.mktemp("pcam_pools")

@@ -1,7 +1,6 @@
-"""Evaluation of learned representations, as in the CluSiam paper.
+"""Evaluation of learned representations, as in the CluSiam paper (the bags it reads come from
+:mod:`clusiam_fast.extraction`).
 
-- :mod:`.encoder`, :mod:`.sources`: what extraction runs on (checkpoint / backbone; manifest / folder);
-  :mod:`.baselines`: timm / torchvision models with local weights (``--encoder timm:NAME``).
 - :mod:`.metrics`: scikit-learn metrics (accuracy, one-vs-rest AUC, Rand index, ARI, F1).
 - :mod:`.clustering`: assigner argmax vs K-means with the same K.
 - :mod:`.knn`: chunked top-1 cosine KNN.

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..utils.atomic import atomic_torch_save
-from ..utils.torch_files import PickleRefusedError, load_torch_file
+from ..utils.torch_files import PickleRefusedError, load_torch_file, strip_prefixes
 from .base import SelfSupervisedModel
 from .factory import build_model, model_config, unwrap
 
@@ -46,10 +46,12 @@ def read_checkpoint(
     return ckpt
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[SelfSupervisedModel, dict[str, Any]]:
+    """The model (eval mode) and config of a checkpoint already read (:func:`read_checkpoint`)."""
+    config = dict(ckpt["config"])
+    model = build_model(**model_config(config))
+    model.load_state_dict(strip_prefixes(ckpt["model"]))  # a trainer model's own keys never share one
+    return model.eval(), config
 
 
 def load_checkpoint(
@@ -62,11 +64,7 @@ def load_checkpoint(
         model, config = load_checkpoint("runs/demo/checkpoint.pt")
         feats = model.features(images)
     """
-    ckpt = read_checkpoint(path, map_location, trust_pickle=trust_pickle)
-    config = dict(ckpt["config"])
-    model = build_model(**model_config(config))
-    model.load_state_dict(_strip_prefix(ckpt["model"]))
-    return model.eval(), config
+    return model_from_checkpoint(read_checkpoint(path, map_location, trust_pickle=trust_pickle))
 
 
 def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

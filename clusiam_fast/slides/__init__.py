@@ -11,7 +11,8 @@
 Heavy libraries are imported only when a backend is opened.
 """
 
-from .base import CorruptTileError, MissingMppError, OffSlideError, SlideError, SlideReader, as_size, patch_image
+from .base import SlideReader, as_size, patch_image
+from .errors import CorruptTileError, MissingMppError, OffSlideError, SlideError
 from .factory import (
     BACKENDS,
     SLIDE_EXTENSIONS,

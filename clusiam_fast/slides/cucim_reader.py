@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-from .base import SlideError, SlideReader, as_size
+from .base import SlideReader, as_size
+from .errors import SlideError
 from .mpp import aperio_mpp, tiff_mpp
 
 _QUIET_OPENS = 1  # CuImage constructions still to run silenced (see _cucim)

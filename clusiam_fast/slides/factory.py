@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SlideError, SlideReader
+from .base import SlideReader
+from .errors import SlideError
 from .mpp import MppInfo
 
 BACKENDS = ("cucim", "openslide", "tifffile")

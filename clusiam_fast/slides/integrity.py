@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CorruptTileError, SlideError
+from .errors import CorruptTileError, SlideError
 
 ZERO_RUN = 64
 _JPEG = {6, 7, 34892}  # OJPEG, JPEG, lossy JPEG (DNG)

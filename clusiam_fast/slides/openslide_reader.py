@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-from .base import CorruptTileError, SlideError, SlideReader, as_size
+from .base import SlideReader, as_size
+from .errors import CorruptTileError, SlideError
 from .mpp import openslide_mpp, tiff_mpp
 
 

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import SlideError, SlideReader
+from .base import SlideReader
+from .errors import SlideError
 
 
 def read_patches(

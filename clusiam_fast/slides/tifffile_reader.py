@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-from .base import CorruptTileError, SlideError, SlideReader
+from .base import SlideReader
+from .errors import CorruptTileError, SlideError
 from .mpp import tiff_mpp
 
 

@@ -5,7 +5,8 @@ file cannot run code while it is read. Every checkpoint the trainer writes loads
 of the first format (before this module) also held numpy's RNG state as an ``ndarray``: the numpy
 globals that rebuild such an array (and nothing else) are allowed while reading. A file that
 needs any other object is refused (:class:`PickleRefusedError`) unless ``trust_pickle``
-(``--trust-pickle``) says the user trusts where it came from.
+(``--trust-pickle``) says the user trusts where it came from. :func:`strip_prefixes` removes the
+wrapper prefixes (:data:`WRAPPER_PREFIXES`) off the keys of what was read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ import os
 import pickle
 from pathlib import Path
 from typing import Any
+
+# What wrappers put before every key of a state_dict: DDP / DataParallel (``module.``), and the
+# attribute a model was saved under in another codebase's checkpoint. The one list every loader strips.
+WRAPPER_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+
+
+def strip_prefixes(state: dict[str, Any], prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, Any]:
+    """``state`` with each of ``prefixes`` (in order) removed where *every* key starts with it."""
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 class PickleRefusedError(ValueError):

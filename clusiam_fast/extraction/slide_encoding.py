@@ -1,8 +1,8 @@
-"""Encoding slides into feature bags: what a worker of :func:`clusiam_fast.evaluation.extraction.extract` runs.
+"""Encoding slides into feature bags: what a worker of :func:`clusiam_fast.extraction.pipeline.extract` runs.
 
 :class:`ExtractSpec` is everything a worker needs to rebuild the extraction (it is sent to
-Ray actors and read tasks); :func:`load_any_encoder` builds the model (trainer checkpoint or
-a timm / torchvision baseline); :func:`build_transform` the patch transform. The local
+Ray actors and read tasks): the model (:func:`~clusiam_fast.extraction.encoders.load_encoder`)
+and the patch transform (:func:`~clusiam_fast.extraction.normalisation.build_transform`). The local
 engine encodes each slide in this process (:class:`_LocalEncoder`, a DataLoader per slide);
 the Ray engine's :class:`SlideEncoder` actors (one model each) have the patches read by Ray
 CPU tasks (:func:`read_patch_batch`). Whoever encodes a slide writes its bag
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,28 +21,9 @@ import torch
 
 from ..formats.feature_bags import FeatureBag, safe_name, write_bag
 from ..slides import OffSlideError
-from .encoder import Encoder, load_encoder
+from .encoders import Encoder, load_encoder
+from .normalisation import build_transform
 from .sources import PatchSource, SlideEntry, collate_patches, open_source
-
-
-def build_transform(
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize: int | None = None,
-    crop: int | None = None,
-    interpolation: str = "bilinear",
-):
-    """PIL RGB -> normalised tensor: optional resize (shorter side), optional centre crop."""
-    from torchvision import transforms as T
-
-    steps = []
-    if resize:
-        steps.append(T.Resize(resize, interpolation=T.InterpolationMode(interpolation)))
-    if crop:
-        steps.append(T.CenterCrop(crop))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
-
 
 OFF_SLIDE = f"{OffSlideError.__name__}:"  # how a failure of a patch off its slide starts (data.tolerant.describe_error)
 
@@ -132,32 +112,6 @@ class _BagWriter:
         )
 
 
-def load_any_encoder(
-    checkpoint: str | Path | None,
-    encoder: str = "checkpoint",
-    weights: str | Path | None = None,
-    random_init: bool = False,
-    encoder_kwargs: dict | None = None,
-    trust_pickle: bool = False,
-) -> Encoder:
-    """The trainer checkpoint / exported backbone, or a ``timm:NAME`` / ``torchvision:NAME`` baseline.
-
-    Files that need pickle to load are refused unless ``trust_pickle`` (``--trust-pickle``)."""
-    from .baselines import load_baseline_encoder, parse_encoder
-
-    if parse_encoder(encoder)[0] == "checkpoint":
-        if checkpoint is None:
-            raise ValueError("give a CHECKPOINT, or --encoder timm:NAME / torchvision:NAME with --weights FILE")
-        if weights is not None or random_init or encoder_kwargs:
-            raise ValueError("--weights, --random-init and --encoder-kwargs go with --encoder timm:/torchvision:")
-        return load_encoder(checkpoint, trust_pickle=trust_pickle)
-    if checkpoint is not None:
-        raise ValueError(f"--encoder {encoder} takes no CHECKPOINT (its weights come from --weights)")
-    return load_baseline_encoder(
-        encoder, weights, random_init=random_init, model_kwargs=encoder_kwargs, trust_pickle=trust_pickle
-    )
-
-
 @dataclass(frozen=True)
 class ExtractSpec:
     """Everything a worker (this process, or a Ray actor / read task) needs to rebuild the extraction."""
@@ -176,7 +130,7 @@ class ExtractSpec:
     batch_size: int
     workers: int
     out: str
-    encoder: str = "checkpoint"  # or timm:NAME / torchvision:NAME (evaluation/baselines.py)
+    encoder: str = "checkpoint"  # or timm:NAME / torchvision:NAME (extraction/encoders/baselines.py)
     weights: str | None = None
     random_init: bool = False
     encoder_kwargs: str | None = None  # JSON (the spec is hashable: read sources are cached by it)
@@ -220,9 +174,7 @@ class ExtractSpec:
 
     def load_encoder(self) -> Encoder:
         kwargs = json.loads(self.encoder_kwargs) if self.encoder_kwargs else None
-        return load_any_encoder(
-            self.checkpoint, self.encoder, self.weights, self.random_init, kwargs, self.trust_pickle
-        )
+        return load_encoder(self.checkpoint, self.encoder, self.weights, self.random_init, kwargs, self.trust_pickle)
 
     def attrs(self, encoder: Encoder) -> dict:
         return {

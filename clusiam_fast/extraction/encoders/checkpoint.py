@@ -1,6 +1,6 @@
 """Load what extraction runs: a trainer checkpoint or an exported torchvision ResNet.
 
-:func:`load_encoder` returns an :class:`Encoder` whose forward gives
+:func:`load_checkpoint_encoder` returns an :class:`Encoder` whose forward gives
 ``(features (N, F), assigner probabilities (N, K) or None)``.
 
 - trainer checkpoint (a dict with ``model`` and ``config``): loaded with
@@ -12,7 +12,8 @@
 - exported backbone (``--export-backbone``, a plain torchvision ResNet state_dict
   without ``fc``): the architecture (resnet18/34/50/101/152) is read off the keys.
 - timm and torchvision models with local weights (``kind`` "timm"/"torchvision"):
-  :mod:`clusiam_fast.evaluation.baselines`.
+  :mod:`clusiam_fast.extraction.encoders.baselines`; :func:`clusiam_fast.extraction.encoders.load_encoder`
+  picks between the two.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from ..utils.torch_files import PickleRefusedError, load_torch_file
+from ...utils.torch_files import PickleRefusedError, load_torch_file, strip_prefixes
+from .base import Encoder, check_finite_weights
 
 _RESNETS = {
     ((2, 2, 2, 2), False): "resnet18",
@@ -35,41 +36,11 @@ _RESNETS = {
 }
 
 
-class Encoder(nn.Module):
-    """Backbone features and (when the model has a cluster assigner) its probabilities."""
-
-    def __init__(self, model: nn.Module, *, kind: str, config: dict[str, Any], has_assigner: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.kind = kind
-        self.config = config
-        self.has_assigner = has_assigner
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.kind != "checkpoint":  # a plain backbone (exported, timm, torchvision): pooled features
-            return self.model(x), None
-        features = self.model.features(x)
-        if not self.has_assigner:
-            return features, None
-        if hasattr(self.model, "assign") and hasattr(self.model, "projector"):
-            logits = self.model.assign(self.model.projector(features))  # one backbone pass
-        else:
-            logits = self.model.cluster_logits(x)
-        return features, torch.softmax(logits.float(), dim=1)
-
-
-def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    for prefix in ("module.", "backbone.", "encoder."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 def resnet_from_state_dict(state: dict[str, Tensor], source: str = "state_dict") -> tuple[nn.Module, str]:
     """Build the torchvision ResNet matching ``state`` (fc = Identity) and load it strictly."""
     import torchvision
 
-    state = _strip_prefix(state)
+    state = strip_prefixes(state)
     blocks = tuple(
         len({int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}) for i in range(1, 5)
     )
@@ -89,44 +60,33 @@ def resnet_from_state_dict(state: dict[str, Tensor], source: str = "state_dict")
     return model, arch
 
 
-def _load_any(path: Path, trust_pickle: bool = False) -> Any:
+def _load_any(path: Path, trust_pickle: bool = False, map_location: str = "cpu") -> Any:
     try:
-        return load_torch_file(path, trust_pickle=trust_pickle)
+        return load_torch_file(path, trust_pickle=trust_pickle, map_location=map_location)
     except PickleRefusedError as error:
         raise PickleRefusedError(f"checkpoint {error}") from None
     except Exception as error:  # truncated file, not a torch file
         raise ValueError(f"cannot read checkpoint {path} ({type(error).__name__}: {error})") from error
 
 
-def check_finite_weights(state: dict[str, Any], source: str | Path) -> None:
-    """Refuse weights holding NaN or Inf (a diverged run) in one line naming the file and how many."""
-    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor) and v.is_floating_point()}
-    bad = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ValueError(
-            f"checkpoint {source}: {len(bad)} of {len(tensors)} weight tensors hold NaN or Inf values "
-            f"(e.g. {', '.join(bad[:3])}); the training run diverged there, use an earlier checkpoint"
-        )
-
-
-def load_encoder(path: str | Path, map_location: str = "cpu", *, trust_pickle: bool = False) -> Encoder:
-    """Load a trainer checkpoint or an exported ResNet backbone as an eval-mode :class:`Encoder`.
+def load_checkpoint_encoder(path: str | Path, map_location: str = "cpu", *, trust_pickle: bool = False) -> Encoder:
+    """Load a trainer checkpoint or an exported ResNet backbone as an eval-mode :class:`Encoder` (one read).
 
     Weights with NaN or Inf values are refused (:func:`check_finite_weights`); a file that needs
     pickle is refused unless ``trust_pickle`` (:func:`clusiam_fast.utils.torch_files.load_torch_file`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = _load_any(path, trust_pickle)
+    obj = _load_any(path, trust_pickle, map_location)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         check_finite_weights(obj["model"], path)
     elif isinstance(obj, dict):
         check_finite_weights(obj, path)
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
-        from ..models import CLUSTER_METHODS, load_checkpoint
+        from ...models import CLUSTER_METHODS
+        from ...models.weights import model_from_checkpoint
 
-        model, config = load_checkpoint(path, map_location=map_location, trust_pickle=trust_pickle)
-        config = dict(config)
+        model, config = model_from_checkpoint(obj)
         if isinstance(obj.get("norm_stats"), dict):
             config.setdefault("norm_stats", obj["norm_stats"])
         has_assigner = bool(getattr(model, "has_clusters", config.get("method") in CLUSTER_METHODS))

@@ -1,7 +1,7 @@
 """Foundation-model and ImageNet baselines for extraction: timm and torchvision models with local weights.
 
 ``load_baseline_encoder("timm:vit_small_patch16_224", "vit.pth")`` (or ``"torchvision:resnet50"``)
-returns an :class:`~clusiam_fast.evaluation.encoder.Encoder` whose features are the model's
+returns an :class:`~clusiam_fast.extraction.encoders.base.Encoder` whose features are the model's
 pooled output, so a foundation model's features go through the same evaluation as CluSiam's.
 
 - weights come from a local file only (a state_dict ``.pth``/``.pt``/``.bin``, or
@@ -38,11 +38,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..utils.torch_files import PickleRefusedError, load_torch_file
-from .encoder import Encoder, check_finite_weights
+from ...utils.torch_files import PickleRefusedError, load_torch_file, strip_prefixes
+from ..normalisation import IMAGENET_MEAN, IMAGENET_STD
+from .base import Encoder, check_finite_weights
 
 LIBRARIES = ("timm", "torchvision")
-_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 TIMM_HINT = 'timm is not installed; install it with `pip install ".[encoders]"` (or `pip install timm`)'
 
 
@@ -99,9 +99,7 @@ def read_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, Tensor]
             state = state[key]
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"--weights {path}: expected a dict of tensors (a state_dict), got {type(state).__name__}")
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    state = strip_prefixes(state)
     check_finite_weights(state, path)
     return state
 
@@ -182,8 +180,6 @@ def _timm_model(name: str, model_kwargs: dict[str, Any]) -> tuple[nn.Module, tup
 def _torchvision_model(name: str) -> tuple[nn.Module, tuple[str, ...], dict[str, Any]]:
     import torchvision
 
-    from .extraction import IMAGENET_MEAN, IMAGENET_STD
-
     known = torchvision.models.list_models()
     if name not in known:
         raise _unknown("torchvision", name, known)
@@ -216,7 +212,7 @@ def load_baseline_encoder(
     library, name = parse_encoder(spec)
     if library == "checkpoint":
         raise ValueError(
-            "load_baseline_encoder takes 'timm:NAME' or 'torchvision:NAME'; use load_encoder for checkpoints"
+            "load_baseline_encoder takes 'timm:NAME' or 'torchvision:NAME'; use load_checkpoint_encoder for checkpoints"
         )
     if random_init and weights is not None:
         raise ValueError("give --weights FILE or --random-init, not both")

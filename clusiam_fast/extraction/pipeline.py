@@ -6,14 +6,13 @@ are documented in :mod:`clusiam_fast.extract`; the bag schema is
 
 Slides are the unit of work (:mod:`clusiam_fast.cohort`: done records, locks, shards,
 cohort.json); what a worker does with one (read, encode, write its bag) is
-:mod:`clusiam_fast.evaluation.slide_encoding`: the local engine encodes each slide in this
+:mod:`clusiam_fast.extraction.slide_encoding`: the local engine encodes each slide in this
 process, the Ray engine hands slides to its ``SlideEncoder`` actors.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,71 +23,16 @@ import torch
 
 from ..formats.feature_bags import write_index
 from ..utils.atomic import atomic_write_json, remove_stale_temps
-from .encoder import Encoder
+from .encoders import Encoder, load_encoder
+from .normalisation import build_transform, check_normalisation, resolve_normalisation
 from .slide_encoding import (
     ExtractSpec,
     SlideEncoder,
     _encode_slide_job,
     _LocalEncoder,
     _slide_jobs,
-    build_transform,
-    load_any_encoder,
 )
 from .sources import PatchSource, open_source
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resolve_normalisation(
-    encoder: Encoder, checkpoint: Path | None, mean: Sequence[float] | None, std: Sequence[float] | None
-) -> tuple[list[float], list[float], str]:
-    """(mean, std, where they came from); see the module docstring for the order.
-
-    timm/torchvision encoders carry their own (``norm_origin`` says whose)."""
-    if mean is not None and std is not None:
-        return list(mean), list(std), "command line"
-    cfg = encoder.config
-    for m_key, s_key in (("mean", "std"), ("norm_mean", "norm_std")):
-        if cfg.get(m_key) is not None and cfg.get(s_key) is not None:
-            return (
-                [float(v) for v in cfg[m_key]],
-                [float(v) for v in cfg[s_key]],
-                cfg.get("norm_origin") or f"checkpoint config ({m_key}/{s_key})",
-            )
-    stats = cfg.get("norm_stats")
-    if isinstance(stats, dict) and "mean" in stats and "std" in stats:
-        return [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]], "checkpoint config (norm_stats)"
-    for folder in (checkpoint.parent, checkpoint.parent.parent) if checkpoint is not None else ():
-        path = folder / "norm_stats.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
-            return [float(v) for v in data["mean"]], [float(v) for v in data["std"]], str(path)
-    warnings.warn(
-        f"no normalisation statistics found for {checkpoint} (no --mean/--std, none in its config, no norm_stats.json beside it); using ImageNet's",
-        stacklevel=2,
-    )
-    return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet (fallback)"
-
-
-def check_normalisation(mean: Sequence[float], std: Sequence[float], origin: str) -> None:
-    """Refuse statistics that cannot be right for [0, 1] pixels, saying what is wrong (and where they came from)."""
-    for name, values in (("mean", mean), ("std", std)):
-        values = list(values)
-        if len(values) != 3:
-            raise ValueError(f"normalisation {name} from {origin} needs 3 values (R G B), got {len(values)}: {values}")
-        bad = [v for v in values if not isinstance(v, (int, float)) or not math.isfinite(float(v))]
-        if bad:
-            raise ValueError(f"normalisation {name} from {origin} has non-finite values: {values}")
-        if any(float(v) > 1 for v in values):
-            raise ValueError(
-                f"normalisation {name} from {origin} is {values}: values > 1 suggest 0-255 pixel units; "
-                f"give them for pixels in [0, 1] (divided by 255: {[round(float(v) / 255, 4) for v in values]})"
-            )
-    if any(float(v) <= 0 for v in std):
-        raise ValueError(f"normalisation std from {origin} is {list(std)}: every std must be > 0")
-    if any(float(v) < 0 for v in mean):
-        raise ValueError(f"normalisation mean from {origin} is {list(mean)}: a mean of [0, 1] pixels lies in [0, 1]")
 
 
 def extract(
@@ -127,7 +71,7 @@ def extract(
     Slides missing from a manifest are skipped and listed (``missing_slides``).
 
     ``encoder="timm:NAME"`` / ``"torchvision:NAME"`` (``checkpoint=None``) extracts with that
-    model and local ``weights`` (:mod:`clusiam_fast.evaluation.baselines`); its input size,
+    model and local ``weights`` (:mod:`clusiam_fast.extraction.encoders.baselines`); its input size,
     interpolation and normalisation are used unless ``resize``/``crop``/``mean``/``std`` are given.
 
     Resumable (:mod:`clusiam_fast.cohort`): a slide whose bag has a done record for these
@@ -153,8 +97,8 @@ def extract(
     if mean is not None:
         check_normalisation(mean, std, "the command line (--mean/--std)")
     encoder_spec = encoder
-    encoder = load_any_encoder(checkpoint, encoder_spec, weights, random_init, encoder_kwargs, trust_pickle)
-    mean, std, norm_origin = resolve_normalisation(encoder, checkpoint, mean, std)
+    encoder = load_encoder(checkpoint, encoder_spec, weights, random_init, encoder_kwargs, trust_pickle)
+    mean, std, norm_origin = resolve_normalisation(encoder.config, checkpoint, mean, std)
     check_normalisation(mean, std, norm_origin)
     if resize is None and crop is None:  # a baseline's own input size (timm: resize then centre crop)
         resize, crop = encoder.config.get("resize"), encoder.config.get("crop")
