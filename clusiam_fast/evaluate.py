@@ -37,7 +37,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-MIL_MODELS = ("maxpool", "dsmil", "abmil")  # a literal copy of evaluation/mil/registry.py's, so --help needs no torch
+from .choices import MIL_MODEL_NAMES as MIL_MODELS  # torch-free, so --help needs no torch
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import clusiam_fast
 ROOT = Path(clusiam_fast.__file__).parent
 LEVELS = {
     "utils": 0,
+    "choices": 0,  # the torch-free table of names
     "ops": 1,
     "reference": 2,  # thin re-export of ops
     "formats": 2,

@@ -438,6 +438,13 @@ def test_the_torch_free_copies_of_the_registries_equal_the_registries():
     assert config.ARCH_NAMES == ARCHS
     assert config.CLUSTER_LOSS_IMPLS == IMPLS
     assert evaluate.MIL_MODELS == tuple(MIL_MODELS) == DEFAULT_MODELS
+    # every registry holds exactly the keys of the one torch-free table
+    from clusiam_fast import choices
+    from clusiam_fast.models.factory import METHOD_SPECS
+
+    assert tuple(METHOD_SPECS) == choices.METHOD_NAMES
+    assert tuple(MIL_MODELS) == choices.MIL_MODEL_NAMES
+    assert (ARCHS, IMPLS) == (choices.ARCH_NAMES, choices.CLUSTER_LOSS_IMPLS)
     parser = build_parser()
     choices = {a.dest: a.choices for a in parser._actions if a.choices}
     assert (choices["method"], choices["arch"], choices["cluster_loss_impl"]) == (METHODS, ARCHS, IMPLS)

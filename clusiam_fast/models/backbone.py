@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision import models as tv_models
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from ..choices import ARCH_NAMES as ARCHS  # the one table of names
 
 
 def build_backbone(arch: str = "resnet18", *, zero_init_residual: bool = True) -> tuple[nn.Module, int]:

@@ -14,6 +14,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..choices import CLUSTER_LOSS_IMPLS
 from . import cluster_loss_reference as reference
 from ._distributed import all_reduce_sums, resolve_group
 from ._extension import FUSED_DEVICE_TYPES, LOAD_ERROR
@@ -22,7 +23,7 @@ from .cluster_loss_reference import sample_gumbel
 if LOAD_ERROR is None:
     from . import _registration  # noqa: F401  (fake kernels and autograd of torch.ops.clusiam.*)
 
-IMPLS = ("auto", "fused", "reference")
+IMPLS = CLUSTER_LOSS_IMPLS  # the one table of names (clusiam_fast/choices.py)
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _warned_fallback: set[str] = set()
 

@@ -13,12 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Literal copies of the registries (models/factory.py, models/backbone.py, ops/cluster_loss.py), so that the
-# CLI and the study check names without importing torch; tests/test_train_faults.py checks that they match.
-METHOD_NAMES = ("clusiam", "simsiam", "clubyol", "byol")  # in the registry's order
-CLUSTER_METHOD_NAMES = ("clusiam", "clubyol")
-ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-CLUSTER_LOSS_IMPLS = ("auto", "fused", "reference")
+# The torch-free table of names (clusiam_fast/choices.py), re-exported for the CLI and the study.
+from ..choices import ARCH_NAMES, CLUSTER_LOSS_IMPLS, CLUSTER_METHOD_NAMES, METHOD_NAMES  # noqa: F401
 
 
 class NonFiniteLossError(RuntimeError):
