@@ -136,7 +136,7 @@ def test_evaluate_into_a_read_only_out_is_one_line(crc_dir, tmp_path):
     import torch
     import torchvision
 
-    from clusiam_fast.evaluation.extraction import extract
+    from clusiam_fast.extraction.pipeline import extract
 
     torch.manual_seed(0)
     backbone = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
