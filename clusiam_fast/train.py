@@ -49,8 +49,8 @@ from .training.config import (  # torch-free: --help answers fast, arguments are
     OutPathError,
     TrainConfig,
     check_out_outside_data,
-    check_out_path,
 )
+from .training.run_folder import CHECKPOINT, open_run_folder
 from .utils.atomic import WriteFailedError
 
 D = TrainConfig()  # the defaults quoted in --help
@@ -68,6 +68,7 @@ def finite_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser: DATA, --out and --demo, then one function per group of flags, in --help's order."""
     p = argparse.ArgumentParser(
         prog="python -m clusiam_fast.train",
         description="Self-supervised pre-training of a ResNet on histopathology patches with CluSiam "
@@ -95,7 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate DIR/demo_patches from scikit-image's immunohistochemistry image (no download) and "
         "train a short run on it (512 patches; crop 64, batch 32, 5 epochs, 16 clusters, 1 worker unless given)",
     )
+    _add_model_flags(p)
+    _add_loss_flags(p)
+    _add_optimisation_flags(p)
+    _add_data_flags(p)
+    _add_runtime_flags(p)
+    _add_checkpoint_flags(p)
+    _add_collapse_flags(p)
+    _add_output_flags(p)
+    return p
 
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model: method, backbone, heads."""
     g = p.add_argument_group("model")
     g.add_argument("--method", choices=METHOD_NAMES, help=f"method (default {D.method})")
     g.add_argument(
@@ -125,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="clubyol/byol target EMA momentum (default 0.99, as published)",
     )
 
+
+def _add_loss_flags(p: argparse.ArgumentParser) -> None:
+    """The loss: alpha, Gumbel temperature, invariance reduction, kernels."""
     g = p.add_argument_group("loss")
     g.add_argument(
         "--alpha",
@@ -156,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster loss kernels: fused C++/CUDA op (auto when built) or the pure PyTorch reference",
     )
 
+
+def _add_optimisation_flags(p: argparse.ArgumentParser) -> None:
+    """Optimisation: epochs, steps, batch, lr schedule, SGD."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, metavar="N", help=f"epochs (default {D.epochs})")
     g.add_argument(
@@ -194,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the predictor's lr constant (default on for clusiam/simsiam, off for clubyol/byol, as published)",
     )
 
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """Data: crops, workers, loader, normalisation statistics."""
     g = p.add_argument_group("data")
     g.add_argument(
         "--crop-size", type=int, metavar="PX", help=f"random-resized-crop output size (default {D.crop_size})"
@@ -211,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"images sampled for the normalisation mean/std, cached in DIR/norm_stats.json (default {D.max_stat_images})",
     )
 
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """Runtime: seed, device, mixed precision, threads, BatchNorm sync."""
     g = p.add_argument_group("runtime")
     g.add_argument(
         "--seed", type=int, metavar="S", help=f"seed of weights, data order, augmentation and noise (default {D.seed})"
@@ -242,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep NCHW memory format on CUDA (channels_last is the default there)",
     )
 
+
+def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    """Checkpoints and logs: resume, overwrite, save / keep / log intervals."""
     g = p.add_argument_group("checkpoints and logs")
     g.add_argument(
         "--resume",
@@ -283,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write DIR/tensorboard even when tensorboard is installed",
     )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _add_collapse_flags(p: argparse.ArgumentParser) -> None:
+    """Collapse monitors: the warning level and --stop-on-collapse."""
     g = p.add_argument_group("collapse monitors")
     g.add_argument(
         "--collapse-warn",
@@ -321,13 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"epochs in a row below a level before --stop-on-collapse stops (default {D.collapse_patience})",
     )
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Outputs: the exported backbone."""
     g = p.add_argument_group("outputs")
     g.add_argument(
         "--export-backbone",
         metavar="FILE",
         help="when the run ends (all epochs or --max-steps), write the backbone as a plain torchvision ResNet state_dict (no fc)",
     )
-    return p
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
@@ -336,20 +371,15 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     demo = args.pop("demo", False)
     values: dict = {}
     out = Path(args["out"])
-    check_out_path(out)
-    if args.get("resume") and (out / "checkpoint.pt").is_file():
-        from .training.checkpoint import read_resume_checkpoint
-
-        saved = read_resume_checkpoint(out / "checkpoint.pt", args.get("trust_pickle", False))["config"]
-        if "method" in args and saved.get("method", args["method"]) != args["method"]:
-            raise ValueError(
-                f"--resume: {out / 'checkpoint.pt'} was trained with --method {saved['method']}, this run asks "
-                f"for --method {args['method']}; the method defines the model: leave --method out to continue "
-                f"that run, or train {args['method']} in another --out"
-            )
+    # The library's checks, made here before torch loads and before --demo writes (train() makes them again)
+    ckpt = open_run_folder(
+        out, resume=args.get("resume", False), trust_pickle=args.get("trust_pickle", False), method=args.get("method")
+    )
+    if ckpt is not None:
+        saved = ckpt["config"]
         if "method" not in args and saved.get("method", D.method) != D.method:
             print(
-                f"warning: --resume: {out / 'checkpoint.pt'} is a {saved['method']} run, not {D.method} (the default "
+                f"warning: --resume: {out / CHECKPOINT} is a {saved['method']} run, not {D.method} (the default "
                 f"--method): continuing it as {saved['method']}; pass --method {saved['method']} to say so, or train "
                 f"{D.method} in another --out",
                 file=sys.stderr,

@@ -13,7 +13,7 @@ from importlib import import_module
 
 _LAZY = {
     "CollapseError": ".loop",
-    "CollapseWarning": ".loop",
+    "CollapseWarning": ".collapse",
     "LossTerms": ".objective",
     "NonFiniteLossError": ".loop",
     "OutPathError": ".loop",

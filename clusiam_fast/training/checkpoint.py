@@ -27,25 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import read_checkpoint, unwrap
+from ..models import unwrap
 from ..utils.atomic import atomic_path, atomic_torch_save
-from ..utils.torch_files import PickleRefusedError
 from .ddp import DistContext
+from .run_folder import CHECKPOINT
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 2  # 2: numpy's RNG key stored as a tensor (weights_only loads)
-
-
-def read_resume_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """``read_checkpoint`` for --resume: a damaged file gives one line that says what to do (ValueError)."""
-    try:
-        return read_checkpoint(path, trust_pickle=trust_pickle)
-    except PickleRefusedError as error:
-        raise PickleRefusedError(f"--resume: {error}") from None
-    except ValueError as error:
-        kept = path.parent / "checkpoints"
-        copies = f"copy one of {kept}/epoch_NNNN.pt over it, " if kept.is_dir() and any(kept.glob("*.pt")) else ""
-        raise ValueError(f"--resume: {error}; {copies}start again with --overwrite, or choose another --out") from None
 
 
 def _numpy_state_as_tensors(state: tuple) -> tuple:
