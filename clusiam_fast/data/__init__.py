@@ -7,7 +7,7 @@ The names below are imported on first use, so that ``clusiam_fast.data.resolve``
 without torch: the train CLI checks its arguments before importing it.
 """
 
-from importlib import import_module
+from ..utils.lazy import lazy_attributes
 
 _LAZY = {
     "IMAGE_EXTENSIONS": ".patch_folder",
@@ -24,10 +24,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -9,7 +9,7 @@ The names below are imported on first use, so ``clusiam_fast.training.config`` (
 ``python -m clusiam_fast.train --help``) loads without torch.
 """
 
-from importlib import import_module
+from ..utils.lazy import lazy_attributes
 
 _LAZY = {
     "CollapseError": ".loop",
@@ -29,14 +29,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
