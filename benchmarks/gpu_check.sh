@@ -196,7 +196,7 @@ if ! LOG=build.log NEEDS="gpu" step fused-check 60 fused_check && [ "$HAVE_GPU" 
 fi
 
 NOT_NEEDED_K="not no_host_sync and not graph and not opcheck and not compile"
-PYTEST=1 NEEDS=gpu step cuda-parity 150 pyt tests/test_cluster_loss_cuda.py -k "$NOT_NEEDED_K"
+PYTEST=1 NEEDS=gpu step cuda-parity 150 pyt tests/ops/test_cluster_loss_cuda.py -k "$NOT_NEEDED_K"
 
 touch "$TMP/stamp"
 LOG=bench.txt PYTEST=1 NEEDS=gpu step bench-loss 150 pyt benchmarks/bench_cluster_loss.py --benchmark-only \
@@ -204,14 +204,14 @@ LOG=bench.txt PYTEST=1 NEEDS=gpu step bench-loss 150 pyt benchmarks/bench_cluste
   --benchmark-columns=median,iqr,rounds
 ratios $(find "$BENCH_RESULTS" -maxdepth 1 -name '*.json' -newer "$TMP/stamp" 2>/dev/null) 2>/dev/null
 
-PYTEST=1 NEEDS=gpu step cuda-nosync 90 pyt tests/test_cluster_loss_cuda.py -k "no_host_sync or graph or opcheck"
+PYTEST=1 NEEDS=gpu step cuda-nosync 90 pyt tests/ops/test_cluster_loss_cuda.py -k "no_host_sync or graph or opcheck"
 
 touch "$TMP/stamp"
 LOG=bench.txt PYTEST=1 NEEDS=gpu step bench-train 180 pyt benchmarks/bench_train_step.py --benchmark-only \
   -k cuda --benchmark-storage "file://$TMP/.benchmarks" --benchmark-columns=median,rounds
 ratios $(find "$BENCH_RESULTS" -maxdepth 1 -name '*.json' -newer "$TMP/stamp" 2>/dev/null) 2>/dev/null
 
-PYTEST=1 NEEDS=gpu step cuda-compile 150 pyt tests/test_cluster_loss_cuda.py -k compile
+PYTEST=1 NEEDS=gpu step cuda-compile 150 pyt tests/ops/test_cluster_loss_cuda.py -k compile
 
 LOG=demo.log NEEDS=gpu step demo 120 demo
 

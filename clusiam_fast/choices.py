@@ -1,6 +1,6 @@
 """The package's choices in one torch-free table: the CLIs' --help and the registries read these names.
 
-tests/test_train_faults.py checks that every registry holds exactly these keys.
+tests/training/test_train_faults.py checks that every registry holds exactly these keys.
 """
 
 METHOD_NAMES = ("clusiam", "simsiam", "clubyol", "byol")  # in the registry's order

@@ -33,7 +33,7 @@ def test_tile_cli_and_its_workers_never_import_torch(wsi_dir, tmp_path):
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(HOOK)
     log = tmp_path / "torch_imports.log"
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(hook), str(repo), os.environ.get("PYTHONPATH", "")]),

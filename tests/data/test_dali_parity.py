@@ -5,7 +5,7 @@ the same :class:`~clusiam_fast.data.augment.Recipe`; their random draws cannot b
 paired, so the tests compare distributions over about 2,000 views per side. Each
 tolerance below is (documented systematic difference) + (about 4 standard errors of
 the difference between two independent runs), both measured on PCam with 4 seeds
-(``python tests/test_dali_parity.py`` reprints them: torchvision, torchvision with
+(``python tests/data/test_dali_parity.py`` reprints them: torchvision, torchvision with
 another seed, DALI).
 """
 
@@ -308,7 +308,7 @@ def _calibrate(pcam: Path, seeds: int = 4) -> None:
             )
 
 
-if __name__ == "__main__":  # python tests/test_dali_parity.py [PCAM_DIR]
+if __name__ == "__main__":  # python tests/data/test_dali_parity.py [PCAM_DIR]
     import sys
 
-    _calibrate(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared/data/pcam"))
+    _calibrate(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[3] / "shared/data/pcam"))

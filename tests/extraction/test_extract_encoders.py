@@ -17,7 +17,7 @@ from clusiam_fast.extract import main
 from clusiam_fast.extraction.pipeline import extract
 from clusiam_fast.formats.feature_bags import load_bags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _folder(src: Path, dst: Path, n: int, pattern: str) -> Path:

@@ -25,7 +25,7 @@ from clusiam_fast.cohort.locks import lock_path
 from clusiam_fast.cohort.records import read_done_log
 from clusiam_fast.tiling import TileConfig, tile_slides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tile_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import pytest
 from clusiam_fast.slides import open_slide
 from clusiam_fast.tiling import read_coords_h5
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (2560, 2048)  # two levels (x1, x4), 10 x 8 tiles of 256
 
 
