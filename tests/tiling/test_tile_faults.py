@@ -12,10 +12,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cohort_slides import zeroed_copy as _zeroed_copy
 
 from clusiam_fast.slides import CorruptTileError, open_slide
 from clusiam_fast.slides.integrity import tile_problem
@@ -24,25 +24,6 @@ from clusiam_fast.tiling import TileConfig, read_coords_h5, tile_slides
 CMU = "CMU-1-Small-Region.svs"
 TCGA = "tcga-cr-7395-01a-01-ts1.svs"
 OME = "OS-1-detail.ome.tif"
-# level-0 tiles (240 px, 10 per row) inside the tissue of CMU, rows 5-7, columns 3-6
-ZEROED = [r * 10 + c for r in (5, 6, 7) for c in (3, 4, 5, 6)]
-
-
-def _zeroed_copy(wsi_dir: Path, dst: Path, tiles=ZEROED, part: slice = slice(None)) -> Path:
-    tifffile = pytest.importorskip("tifffile")
-    shutil.copy(wsi_dir / CMU, dst)
-    dst.chmod(0o644)
-    with tifffile.TiffFile(dst) as tif:
-        page = tif.pages[0]
-        spans = [(int(page.dataoffsets[i]), int(page.databytecounts[i])) for i in tiles]
-    with open(dst, "r+b") as f:
-        for offset, count in spans:
-            start, stop, _ = part.indices(count)
-            f.seek(offset + start)
-            f.write(b"\0" * (stop - start))
-    if tiles == ZEROED:
-        assert sum(c for _, c in spans) > 150_000  # about 200 KB of tile data, as in the bug report
-    return dst
 
 
 @pytest.fixture
