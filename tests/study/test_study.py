@@ -161,6 +161,7 @@ def _sha1(settings) -> str:
 def test_a_study_folder_written_before_is_recognised_as_done(pcam_dir, tmp_path, capsys):
     """Older studies marked a step with runs/<name>/<step>.done.json and a set with data/<set>/.done.json,
     holding a sha1 hash of the settings (a step's settings hold the hashes of the steps before it)."""
+    from clusiam_fast.cohort.records import inputs_stamp, write_done
     from clusiam_fast.study import load_config
     from clusiam_fast.study.runner import Study, up_to_date
 
@@ -193,6 +194,12 @@ def test_a_study_folder_written_before_is_recognised_as_done(pcam_dir, tmp_path,
     # A marker of other settings is not done: that step and the ones after it run.
     (cfg.out / "runs" / "random_init" / "extract.done.json").write_text(json.dumps({"hash": "0" * 16}))
     assert [up_to_date(study.steps_of(run, data)) for run in cfg.methods] == [3, 1]
+    # A done record (as a step writes it) goes before the marker, and holds the file the step read.
+    extract = study.steps_of(cfg.methods[0], data)[1]
+    write_done(extract.records, "extract", inputs_stamp(extract.files), extract.settings, {}, ["features/index.csv"])
+    assert up_to_date(study.steps_of(cfg.methods[0], data)) == 3
+    extract.reads.write_bytes(b"weights trained again")
+    assert up_to_date(study.steps_of(cfg.methods[0], data)) == 1
 
 
 @pytest.mark.parametrize(
