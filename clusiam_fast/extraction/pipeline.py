@@ -4,10 +4,10 @@ The output format and the order in which the normalisation statistics are looked
 are documented in :mod:`clusiam_fast.extract`; the bag schema is
 :mod:`clusiam_fast.formats.feature_bags`.
 
-Slides are the unit of work (:mod:`clusiam_fast.cohort`: done records, locks, shards,
-cohort.json); what a worker does with one (read, encode, write its bag) is
-:mod:`clusiam_fast.extraction.slide_encoding`: the local engine encodes each slide in this
-process, the Ray engine hands slides to its ``SlideEncoder`` actors.
+Slides are the unit of work, run by a :class:`~clusiam_fast.cohort.CohortRun` as ``tile``
+runs them (done records, locks, shards, cohort.json); what a worker does with one (read,
+encode, write its bag) is :mod:`clusiam_fast.extraction.slide_encoding`: the local engine
+encodes each slide in this process, the Ray engine hands slides to its ``SlideEncoder`` actors.
 """
 
 from __future__ import annotations

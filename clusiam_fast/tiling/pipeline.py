@@ -1,7 +1,7 @@
 """Tile slides: tissue mask -> patch grid -> coordinate h5 + QA thumbnail (+ tiles) -> manifest.
 
 :func:`tile_slide` does one slide and raises on any problem; :func:`tile_slides` runs a
-cohort through :mod:`clusiam_fast.cohort` (local processes or Ray; done records, locks,
+cohort through :class:`clusiam_fast.cohort.CohortRun` (local processes or Ray; done records, locks,
 shards; slides already done are skipped), turns each slide's error into a reported failure,
 and rebuilds the manifest of the folder's done slides. Every output file is written under a
 temporary name and renamed when complete; a slide's h5 file is written last, then its done
