@@ -139,6 +139,9 @@ def test_a_killed_training_resumes_and_changed_settings_start_over(pcam_dir, tmp
     assert "--resume" in study._command(train)  # same settings: continue the run exactly
     (train.folder.parent / "train.started.json").write_text(json.dumps({"hash": "another"}))
     assert "--overwrite" in study._command(train)
+    old = _sha1({"kind": "train", "argv": train.argv, "inputs": train.settings["inputs"]})  # an older study's
+    (train.folder.parent / "train.started.json").write_text(json.dumps({"hash": old}))
+    assert "--resume" in study._command(train)
     # The evaluation sets were built once, disjoint: no patch both in the KNN set and in a bag.
     links = [p.resolve() for p in (cfg.out / "data" / "eval").rglob("*.jpg")]
     assert len(links) == len(set(links)) and len(list((cfg.out / "data" / "eval" / "knn").rglob("*.jpg"))) == 40
