@@ -1,6 +1,7 @@
 """Resumable cohorts, engine-agnostic: done records, per-slide locks, shards, the cohort summary, engines.
 
-A slide's work (tiling one slide, extracting one bag) runs through :func:`run_cohort`:
+A verb's run over a cohort is a :class:`CohortRun` (plan, run, records, cohort.json, the verb's
+table rebuilt). A slide's work (tiling one slide, extracting one bag) runs through :func:`run_cohort`:
 skipped when its done record (``OUT/done/<slide_id>.json``) matches the inputs and the
 settings, otherwise done under a lock (``OUT/locks/<slide_id>.lock``) by a local process
 pool or by Ray, and recorded when its outputs are complete. ``OUT/cohort.json`` is
@@ -8,6 +9,7 @@ rebuilt from the records as slides finish. This package never imports torch; Ray
 when chosen.
 """
 
+from .driver import CohortRun
 from .engines import ENGINES, CohortPlan, CohortResult, SlideJob, connect_ray, plan_cohort, run_cohort
 from .locks import LockError, SlideLock, acquire_lock, waiting_lock
 from .records import SettingsChangedError, done_records, inputs_stamp, read_done, settings_hash, write_done
@@ -18,6 +20,7 @@ __all__ = [
     "ENGINES",
     "LockError",
     "CohortPlan",
+    "CohortRun",
     "CohortResult",
     "CohortSummary",
     "SettingsChangedError",

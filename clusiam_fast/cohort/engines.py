@@ -101,12 +101,14 @@ class CohortPlan:
     inputs_changed: list[SlideJob]
 
 
-def plan_cohort(jobs: Sequence[SlideJob], out: str | Path, settings: dict, redo: bool = False) -> CohortPlan:
+def plan_cohort(
+    jobs: Sequence[SlideJob], out: str | Path, settings: dict, redo: bool = False, checks: dict | None = None
+) -> CohortPlan:
     """Split ``jobs`` into to-do and done; refuse done slides with other settings unless ``redo``.
 
     Each slide is compared on its own settings (:meth:`SlideJob.settings_of`). A done slide whose
     record is malformed or whose outputs are missing, do not open or disagree with it is named and
-    done again."""
+    done again (``checks``: where the verdicts on outputs are kept, see ``records.outputs_problem``)."""
     todo, skipped, changed_inputs, changed = [], [], [], []
     for job in jobs:
         path = record_path(out, job.slide_id)
@@ -114,7 +116,7 @@ def plan_cohort(jobs: Sequence[SlideJob], out: str | Path, settings: dict, redo:
         mine = job.settings_of(settings)
         state = done_state(record, inputs_stamp(job.files, fingerprints=False), mine, job.per_slide)
         if state == "done" and not redo:
-            problem = outputs_problem(out, record)
+            problem = outputs_problem(out, record, checks)
             if problem is None:
                 skipped.append(job)
                 continue

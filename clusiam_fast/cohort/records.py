@@ -222,9 +222,34 @@ def _same_inputs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
     return True
 
 
-def outputs_problem(out: str | Path, record: dict[str, Any]) -> str | None:
+def outputs_problem(out: str | Path, record: dict[str, Any], checks: dict | None = None) -> str | None:
     """Why the outputs of a done record are not usable, or None: each exists; an h5 file opens and its
-    ``coords`` (else ``features``) has the record's ``num_patches`` rows, the last one readable."""
+    ``coords`` (else ``features``) has the record's ``num_patches`` rows, the last one readable.
+
+    ``checks``: verdicts already reached in this run (filled here), by what they depend on (the record's
+    count, each output's size and mtime): a run that plans, then rebuilds its manifest, opens each file once."""
+    if checks is None:
+        return _outputs_problem(out, record)
+    key = _outputs_stamp(out, record)
+    if key not in checks:
+        checks[key] = _outputs_problem(out, record)
+    return checks[key]
+
+
+def _outputs_stamp(out: str | Path, record: dict[str, Any]) -> tuple:
+    result = record.get("result")
+    count = result.get("num_patches") if isinstance(result, dict) else None
+    stamps = []
+    for name in record.get("outputs", []):
+        try:
+            st = os.stat(Path(out) / name)
+            stamps.append((name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append((name, None, None))
+    return str(out), count if isinstance(count, int) else None, tuple(stamps)
+
+
+def _outputs_problem(out: str | Path, record: dict[str, Any]) -> str | None:
     result = record.get("result")
     count = result.get("num_patches") if isinstance(result, dict) else None
     for name in record.get("outputs", []):
@@ -254,16 +279,18 @@ def settings_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
-def done_records(out: str | Path, verify: bool = True, rejected: set[str] | None = None) -> dict[str, dict[str, Any]]:
+def done_records(
+    out: str | Path, verify: bool = True, rejected: set[str] | None = None, checks: dict | None = None
+) -> dict[str, dict[str, Any]]:
     """Every done record of ``out`` by slide id (for the manifest or index); with ``verify``, those whose
-    outputs do not match (:func:`outputs_problem`) and malformed ones are left out, named on the console
-    (their slide ids, or file stems, added to ``rejected``)."""
+    outputs do not match (:func:`outputs_problem`, reusing ``checks``) and malformed ones are left out,
+    named on the console (their slide ids, or file stems, added to ``rejected``)."""
     found = {}
     folder = Path(out) / DONE
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         record, problem = read_record(path)
         if record is not None and record["status"] == DONE and verify:
-            problem = outputs_problem(out, record)
+            problem = outputs_problem(out, record, checks)
         if problem and verify:
             note(f"left {path} out of the done slides ({problem}); a re-run does the slide again")
             if rejected is not None:

@@ -4,10 +4,10 @@ The output format and the order in which the normalisation statistics are looked
 are documented in :mod:`clusiam_fast.extract`; the bag schema is
 :mod:`clusiam_fast.formats.feature_bags`.
 
-Slides are the unit of work (:mod:`clusiam_fast.cohort`: done records, locks, shards,
-cohort.json); what a worker does with one (read, encode, write its bag) is
-:mod:`clusiam_fast.extraction.slide_encoding`: the local engine encodes each slide in this
-process, the Ray engine hands slides to its ``SlideEncoder`` actors.
+Slides are the unit of work, run by a :class:`~clusiam_fast.cohort.CohortRun` as ``tile``
+runs them (done records, locks, shards, cohort.json); what a worker does with one (read,
+encode, write its bag) is :mod:`clusiam_fast.extraction.slide_encoding`: the local engine
+encodes each slide in this process, the Ray engine hands slides to its ``SlideEncoder`` actors.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cohort import CohortRun
 from ..formats.feature_bags import write_index
-from ..utils.atomic import atomic_write_json, remove_stale_temps
+from ..utils.atomic import atomic_write_json
 from .encoders import Encoder, load_encoder
 from .normalisation import build_transform, check_normalisation, resolve_normalisation
 from .slide_encoding import (
@@ -83,19 +84,10 @@ def extract(
     ``index.csv`` lists every bag done in ``out``. A CHECKPOINT or ``weights`` file that needs pickle
     to load is refused unless ``trust_pickle`` (it could run code embedded in the file).
     """
-    from ..cohort import CohortSummary, done_records, plan_cohort, run_cohort, select_shard
-    from ..cohort.engines import run_actor_cohort
-
     started = time.time()
     checkpoint, out = (None if checkpoint is None else Path(checkpoint)), Path(out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    for flag, value in (("--resize", resize), ("--crop", crop)):
-        if value is not None and not (isinstance(value, int) and value > 0):
-            raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
-    if (mean is None) != (std is None):
-        raise ValueError("give both --mean and --std, or neither")
-    if mean is not None:
-        check_normalisation(mean, std, "the command line (--mean/--std)")
+    _check_transform_flags(resize, crop, mean, std)
     encoder_spec = encoder
     encoder = load_encoder(checkpoint, encoder_spec, weights, random_init, encoder_kwargs, trust_pickle)
     mean, std, norm_origin = resolve_normalisation(encoder.config, checkpoint, mean, std)
@@ -128,81 +120,28 @@ def extract(
         interpolation=interpolation,
         trust_pickle=trust_pickle,
     )
-    for folder in ("bags", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
-        remove_stale_temps(out / folder)
-    jobs = select_shard(_slide_jobs(source), [s.slide_id for s in source.slides], shard)
-    settings = spec.settings()
-    plan = plan_cohort(jobs, out, settings, redo)
-    summary_file = CohortSummary(out, "extract", [j.slide_id for j in jobs])
-    summary_file.skipped, summary_file.engine = len(plan.skipped), engine
-    summary_file.write()
-
-    from tqdm.auto import tqdm
-
-    rows, failed_slides, others = [], [], []
-    sizes = {s.slide_id: s.stop - s.start for s in source.slides}
-    total = sum(sizes[j.slide_id] for j in plan.todo)
-    start = time.perf_counter()
-    with tqdm(total=total, desc="extract", unit="patch", disable=not progress) as bar:
-        if engine == "ray":
-            results = run_actor_cohort(
-                plan.todo,
-                SlideEncoder,
-                (spec,),
-                out,
-                settings,
-                actors=actors,
-                gpus_per_actor=1.0 if device.startswith("cuda") else 0.0,
-                ray_address=ray_address,
-                num_cpus=(actors or 1) + max(1, workers),
-                redo=redo,
-                since=started,
-                lock_timeout=lock_timeout,
-            )
-        else:
-            local = _LocalEncoder(spec, encoder, source, bar)
-            results = run_cohort(
-                plan.todo,
-                _encode_slide_job,
-                out,
-                settings,
-                args=(local,),
-                redo=redo,
-                since=started,
-                lock_timeout=lock_timeout,
-            )
-        for result in results:
-            if result.status == "done":
-                rows.append(result.value)
-                if engine == "ray":
-                    bar.update(result.value["num_patches"] + result.value["num_failed"])
-            elif result.status == "failed":
-                failed_slides.append({"slide_id": result.job.slide_id, "reason": str(result.value)})
-            else:
-                others.append(result.job.slide_id)
-            summary_file.write()
-            bar.set_postfix(slides=len(rows), failed=len(failed_slides))
-    seconds = time.perf_counter() - start
-    recorded = done_records(out, rejected=summary_file.rejected)  # bags not matching their records: left out
-    write_index(out, [r["result"] for _, r in sorted(recorded.items()) if isinstance(r.get("result"), dict)])
-    summary_file.write()
-    feature_dim = max([int(r.get("feature_dim", 0)) for r in rows] or [0])
-    num_clusters = max([int(r.get("num_clusters", 0)) for r in rows] or [0])
-    done = sum(r["num_patches"] + r["num_failed"] for r in rows)
+    cohort = CohortRun(
+        out,
+        "extract",
+        _slide_jobs(source),
+        spec.settings(),
+        redo=redo,
+        shard=shard,
+        engine=engine,
+        lock_timeout=lock_timeout,
+        temp_folders=("bags",),
+        started=started,
+    )
+    seconds = _encode_slides(cohort, spec, encoder, source, progress, actors, ray_address)
+    cohort.finish(lambda records: _rewrite_index(out, records))
+    rows = [r.value for r in cohort.done]
     summary = {
         "checkpoint": spec.checkpoint,
         "data": str(Path(data).resolve()),
         "source": source.kind,
-        "encoder": encoder.kind,
-        "weights": encoder.config.get("weights"),
-        "weights_sha256": encoder.config.get("weights_sha256"),
-        "random_init": bool(encoder.config.get("random_init", False)),
-        "dropped_keys": encoder.config.get("dropped_keys", []),
-        "interpolation": interpolation,
-        "method": encoder.config.get("method", ""),
-        "arch": encoder.config.get("arch", ""),
-        "feature_dim": feature_dim,
-        "num_clusters": num_clusters,
+        **_encoder_summary(encoder),
+        "feature_dim": max([int(r.get("feature_dim", 0)) for r in rows] or [0]),
+        "num_clusters": max([int(r.get("num_clusters", 0)) for r in rows] or [0]),
         "dtype": np.dtype(spec.dtype).name,
         "device": device,
         "amp": spec.amp,
@@ -215,21 +154,89 @@ def extract(
         "fit_size": fit_size,
         "size_note": size_note,
         "missing_slides": source.missing_slides,
+        **_slides_summary(cohort, seconds),
+    }
+    atomic_write_json(out / "extract.json", summary)
+    return summary
+
+
+def _rewrite_index(out: Path, records: dict[str, dict]) -> Path:
+    """``index.csv``: every bag done in ``out`` (the done records whose bags match them)."""
+    return write_index(out, [r["result"] for _, r in sorted(records.items()) if isinstance(r.get("result"), dict)])
+
+
+def _check_transform_flags(resize, crop, mean, std) -> None:
+    """The --resize, --crop, --mean and --std given (before the model is loaded)."""
+    for flag, value in (("--resize", resize), ("--crop", crop)):
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise ValueError(f"{flag} must be a positive number of pixels, got {value}")
+    if (mean is None) != (std is None):
+        raise ValueError("give both --mean and --std, or neither")
+    if mean is not None:
+        check_normalisation(mean, std, "the command line (--mean/--std)")
+
+
+def _encode_slides(
+    cohort: CohortRun, spec: ExtractSpec, encoder: Encoder, source: PatchSource, progress: bool, actors, ray_address
+) -> float:
+    """Encode the slides to do (this process, or Ray actors), a progress bar over their patches; the seconds."""
+    from tqdm.auto import tqdm
+
+    sizes = {s.slide_id: s.stop - s.start for s in source.slides}
+    start = time.perf_counter()
+    with tqdm(
+        total=sum(sizes[j.slide_id] for j in cohort.todo), desc="extract", unit="patch", disable=not progress
+    ) as bar:
+        if cohort.engine == "ray":
+            results = cohort.run_actors(
+                SlideEncoder,
+                (spec,),
+                actors=actors,
+                gpus_per_actor=1.0 if spec.device.startswith("cuda") else 0.0,
+                ray_address=ray_address,
+                num_cpus=(actors or 1) + max(1, spec.workers),
+            )
+        else:
+            results = cohort.run(_encode_slide_job, (_LocalEncoder(spec, encoder, source, bar),))
+        for result in results:
+            if result.status == "done" and cohort.engine == "ray":
+                bar.update(result.value["num_patches"] + result.value["num_failed"])
+            bar.set_postfix(slides=len(cohort.done), failed=len(cohort.failed))
+    return time.perf_counter() - start
+
+
+def _encoder_summary(encoder: Encoder) -> dict:
+    config = encoder.config
+    return {
+        "encoder": encoder.kind,
+        "weights": config.get("weights"),
+        "weights_sha256": config.get("weights_sha256"),
+        "random_init": bool(config.get("random_init", False)),
+        "dropped_keys": config.get("dropped_keys", []),
+        "interpolation": config.get("interpolation", "bilinear"),
+        "method": config.get("method", ""),
+        "arch": config.get("arch", ""),
+    }
+
+
+def _slides_summary(cohort: CohortRun, seconds: float) -> dict:
+    """The slides and patches of this run (extract.json)."""
+    rows = [r.value for r in cohort.done]
+    done = sum(r["num_patches"] + r["num_failed"] for r in rows)
+    return {
         "num_slides": len(rows),
         "num_patches": int(sum(r["num_patches"] for r in rows)),
         "num_failed_patches": int(sum(r["num_failed"] for r in rows)),
         "failed_patches": {r["slide_id"]: r["failures"] for r in rows if r.get("failures")},
         "num_off_slide_patches": int(sum(r.get("num_off_slide", 0) for r in rows)),
         "off_slide_patches": {r["slide_id"]: r["num_off_slide"] for r in rows if r.get("num_off_slide")},
-        "failed_slides": failed_slides,
-        "skipped_slides": len(plan.skipped),
-        "left_to_other_jobs": others,
-        "engine": engine,
+        "failed_slides": [{"slide_id": r.job.slide_id, "reason": str(r.value)} for r in cohort.failed],
+        "skipped_slides": len(cohort.plan.skipped),
+        "left_to_other_jobs": [r.job.slide_id for r in cohort.elsewhere],
+        "engine": cohort.engine,
         "seconds": seconds,
         "patches_per_second": done / max(seconds, 1e-9),
     }
-    atomic_write_json(out / "extract.json", summary)
-    return summary
 
 
 def _fit_sizes(source: PatchSource, encoder: Encoder, resize: int | None, crop: int | None) -> tuple[int | None, str]:

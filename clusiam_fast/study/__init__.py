@@ -10,6 +10,7 @@ paper's Tables 1-4 and Figure 4 for your data.
 - :mod:`.config`: read and check the YAML (every error names its key, before any training);
 - :mod:`.datasets`: the training sample and the evaluation sets built from class folders;
 - :mod:`.runner`: the steps, run as subprocesses, each skipped when done with the same settings;
+- :mod:`.records`: their done records (the cohort's), and the markers of older studies;
 - :mod:`.report`: the comparison.
 """
 

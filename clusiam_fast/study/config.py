@@ -39,8 +39,6 @@ gives a switch (``no_gumbel: true``), a list gives several values (``seeds: [0, 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,11 +98,6 @@ class StudyConfig:
     def train_method(self, run: MethodRun) -> str:
         """The trainer's --method: random_init is SimSiam's backbone at step 0 (no assigner)."""
         return "simsiam" if run.method == RANDOM_INIT else run.method
-
-
-def settings_hash(settings: Any) -> str:
-    """A short digest of JSON-able settings: a step reruns when its settings' digest changes."""
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _fail(source: Path, key: str, what: str) -> StudyConfigError:

@@ -13,7 +13,9 @@ PCam's ``valid/{0,1}``) the study builds, with its seed:
   slide (Camelyon16). Every fourth bag of each label is a ``test`` slide in
   ``OUT/data/slides.csv``; the MIL protocol takes its validation bags from the rest.
 
-No patch is in two sets, so KNN, clustering and MIL never see a patch twice.
+No patch is in two sets, so KNN, clustering and MIL never see a patch twice. Each set has a
+done record (``OUT/data/done/{train,eval}.json``, :mod:`.records`); a set without one for
+its settings is built again from scratch.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..utils.atomic import atomic_write_json, atomic_write_text
-from .config import list_images, settings_hash
+from ..utils.atomic import atomic_write_text
+from .config import list_images
+from .records import forget, is_done, legacy_hash, write_done
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -45,16 +48,20 @@ def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
 
 
 def _fresh(folder: Path, settings: dict) -> bool:
-    """True when ``folder`` was built completely with these settings (its done marker says so)."""
-    marker = folder / ".done.json"
-    if marker.is_file():
-        import json
-
-        if json.loads(marker.read_text()).get("hash") == settings_hash(settings):
-            return True
+    """True when ``folder`` was built completely with these settings (its done record says so); otherwise
+    it is removed, with its record, to be built again."""
+    old = folder / ".done.json"  # the marker of studies written before
+    if is_done(folder.parent, folder.name, settings, legacy=(old, legacy_hash(settings), folder)):
+        return True
+    forget(folder.parent, folder.name)
     if folder.exists():
         shutil.rmtree(folder)
     return False
+
+
+def _record(folder: Path, settings: dict, info: dict, outputs: list[str]) -> None:
+    """Record ``folder`` (a set of ``OUT/data``) as built, with the other ``outputs`` it wrote."""
+    write_done(folder.parent, folder.name, [], settings, info, [folder.name, *outputs])
 
 
 def train_sample(root: Path, n: int, seed: int, out: Path) -> tuple[Path, dict]:
@@ -70,7 +77,7 @@ def train_sample(root: Path, n: int, seed: int, out: Path) -> tuple[Path, dict]:
     for j, i in enumerate(chosen):
         rel = images[i].relative_to(root)
         _link(images[i], out / f"{j:06d}_{'__'.join(rel.parts)}")
-    atomic_write_json(out / ".done.json", {"hash": settings_hash(settings), **settings})
+    _record(out, settings, info, [])
     return out, info
 
 
@@ -134,5 +141,5 @@ def class_folder_sets(data: dict, seed: int, out: Path) -> dict[str, Any]:
     atomic_write_text(files["patch_labels"], _csv(patch_rows, ["path", "label", "split"]))
     if slide_rows:
         atomic_write_text(files["slide_labels"], _csv(slide_rows, ["slide_id", "label", "split"]))
-    atomic_write_json(folder / ".done.json", {"hash": settings_hash(settings), **settings})
+    _record(folder, settings, info, [files[k].name for k in ("patch_labels", "slide_labels") if files[k]])
     return {**files, "info": info}

@@ -7,16 +7,17 @@ Layout of ``OUT``::
     runs/<name>/features/      extracted feature bags
     runs/<name>/eval/          the evaluation report of this method
     runs/<name>/<step>.log     the step's console output
-    runs/<name>/<step>.done.json   written when the step succeeded: its settings and their hash
+    runs/<name>/done/<step>.json   the step's done record (cohort/records.py; failed/ for a failure)
     report.md, report.json, study.png
 
 Before any step, the evaluate settings are checked against the slide labels with
 evaluate's own check (:func:`~clusiam_fast.evaluation.pipeline.plan_slide_classification`).
 An extract step that made no bag (every slide failed) fails, naming its failures.
 
-A step is skipped when its done marker holds the hash of the same settings (its command
-line, its inputs' hashes) and its outputs exist; a step whose settings changed runs
-again, and so do the steps after it. A training step that was killed continues from its
+A step is skipped when its done record (:mod:`.records`) holds the same settings (its command
+line, the hashes of the steps before it), its input file (the weights, the feature index) is
+unchanged and its output exists; a step whose settings changed runs again, and so do the
+steps after it. Folders of older studies (sha1 ``<step>.done.json`` markers) are recognised. A training step that was killed continues from its
 checkpoint (``--resume``, exact); one whose settings changed starts over (``--overwrite``).
 
 Training runs as a subprocess (``python -m clusiam_fast.train``, the same interpreter):
@@ -25,7 +26,7 @@ crash is confined to its step and its log, and Ctrl-C / SIGTERM reach the traine
 saves its checkpoint. Extraction and evaluation run in this process through the CLIs'
 ``main(argv)`` (the same flags and code path; it saves a torch start-up per step), their
 console output in the step's log; an exception there fails that method's step only. The
-command lines in ``<step>.done.json`` repeat a step by hand.
+command lines in the done records (``result.command``) repeat a step by hand.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.atomic import atomic_write_json
-from .config import RANDOM_INIT, MethodRun, StudyConfig, StudyConfigError, evaluate_settings, settings_hash
+from .config import RANDOM_INIT, MethodRun, StudyConfig, StudyConfigError, evaluate_settings
 from .datasets import class_folder_sets, train_sample
+from .records import forget, inputs_stamp, is_done, legacy_hash, settings_hash, write_done, write_failed
 
 STEPS = ("train", "extract", "evaluate")
 
@@ -54,29 +56,48 @@ class Step:
     argv: list[str]  # what defines the result (hashed)
     folder: Path  # the step's output folder
     output: Path  # must exist for the step to count as done
-    inputs: dict[str, Any] = field(default_factory=dict)  # upstream hashes and data descriptions
+    inputs: dict[str, Any] = field(default_factory=dict)  # the steps before it (Step: by hash), data descriptions
     extra: list[str] = field(default_factory=list)  # console-only flags (not hashed)
+    reads: Path | None = None  # the file it reads from the step before (stamped in its record)
+
+    def settings_with(self, digest) -> dict[str, Any]:
+        """The settings, each step before this one given by its ``digest``-hash."""
+        inputs = {k: digest(v.settings_with(digest)) if isinstance(v, Step) else v for k, v in self.inputs.items()}
+        return {"kind": self.kind, "argv": self.argv, "inputs": inputs}
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"kind": self.kind, "argv": self.argv, "inputs": self.inputs}
+        return self.settings_with(settings_hash)
 
     @property
     def hash(self) -> str:
         return settings_hash(self.settings)
 
     @property
-    def marker(self) -> Path:
+    def legacy_hash(self) -> str:
+        """The hash studies wrote before (sha1, all the way up the chain of steps)."""
+        return legacy_hash(self.settings_with(legacy_hash))
+
+    @property
+    def records(self) -> Path:
+        """The folder of the method's done records (``done/<step>.json``)."""
+        return self.folder.parent
+
+    @property
+    def legacy_marker(self) -> Path:
         return self.folder.parent / f"{self.kind}.done.json"
 
     @property
     def log(self) -> Path:
         return self.folder.parent / f"{self.kind}.log"
 
+    @property
+    def files(self) -> list[Path]:
+        return [self.reads] if self.reads is not None else []
+
     def is_done(self) -> bool:
-        if not (self.marker.is_file() and self.output.exists()):
-            return False
-        return json.loads(self.marker.read_text()).get("hash") == self.hash
+        legacy = (self.legacy_marker, self.legacy_hash, self.output)
+        return is_done(self.records, self.kind, self.settings, self.files, legacy)
 
 
 @contextlib.contextmanager
@@ -167,8 +188,9 @@ class Study:
             [str(weights), str(data["eval"]), *cfg.extract_flags],
             features,
             features / "index.csv",
-            inputs={"train": train.hash, "data": self.data_info["eval"]},
+            inputs={"train": train, "data": self.data_info["eval"]},
             extra=[] if self.show_output else ["--quiet"],
+            reads=weights,
         )
         labels = []
         if data.get("patch_labels"):
@@ -182,8 +204,9 @@ class Study:
             [str(features), *labels, *cfg.evaluate_flags],
             report,
             report / "report.json",
-            inputs={"extract": extract.hash},
+            inputs={"extract": extract},
             extra=[] if self.show_output else ["--quiet"],
+            reads=extract.output,
         )
         return [train, extract, evaluate]
 
@@ -193,7 +216,7 @@ class Study:
             started = step.folder.parent / "train.started.json"
             resume = (
                 started.is_file()
-                and json.loads(started.read_text()).get("hash") == step.hash
+                and json.loads(started.read_text()).get("hash") in (step.hash, step.legacy_hash)
                 and (step.folder / "checkpoint.pt").is_file()
             )
             return [*cmd, *step.argv, "--out", str(step.folder), "--resume" if resume else "--overwrite", *step.extra]
@@ -239,6 +262,8 @@ class Study:
         cmd = self._command(step)
         if step.kind == "train":
             atomic_write_json(step.folder.parent / "train.started.json", {"hash": step.hash, "command": cmd})
+        forget(step.records, step.kind, step.legacy_marker)  # its outputs are about to be rewritten
+        stamp = inputs_stamp(step.files)  # before it reads them: a file changed meanwhile is redone next time
         start = time.time()
         rc = self._subprocess(cmd, step) if step.kind == "train" else self._in_process(cmd[3:], step)
         seconds = time.time() - start
@@ -248,19 +273,13 @@ class Study:
         ok = ok and no_bag is None
         record = {"status": "done" if ok else "failed", "exit_status": rc, "seconds": round(seconds, 1)}
         if ok:
-            atomic_write_json(
-                step.marker,
-                {
-                    "hash": step.hash,
-                    "settings": step.settings,
-                    "command": cmd,
-                    "seconds": seconds,
-                    "finished": time.time(),
-                },
-            )
+            output = step.output.relative_to(step.records).as_posix()
+            result = {"command": cmd, "exit_status": rc}
+            write_done(step.records, step.kind, stamp, step.settings, result, [output], seconds)
         else:
             tail = step.log.read_text(errors="replace").splitlines()[-15:] if step.log.is_file() else []
             record["error"] = "\n".join([no_bag] * bool(no_bag) + tail) or f"exit status {rc}"
+            write_failed(step.records, step.kind, str(step.folder), record["error"])
         return record
 
     def run(self) -> list[dict[str, Any]]:
@@ -270,19 +289,22 @@ class Study:
         data = self.prepare_data()
         self.check_slide_labels(data)
         plan = [self.steps_of(run, data) for run in self.cfg.methods]
+        current = [up_to_date(steps) for steps in plan]
+        total = sum(len(steps) for steps in plan)
+        print(f"study: {steps_count(sum(current))} up to date, {total - sum(current)} to run", file=sys.stderr)
         records = []
-        bar = tqdm(total=sum(len(p) for p in plan), desc="study", disable=not self.progress, dynamic_ncols=True)
-        for steps in plan:
-            failed = ran = False  # ran: an earlier step of this method ran now, so the later ones must too
-            for step in steps:
+        bar = tqdm(total=total, desc="study", disable=not self.progress, dynamic_ncols=True)
+        for steps, done in zip(plan, current):
+            failed = False
+            for k, step in enumerate(steps):
                 bar.set_description(f"{step.run.name}: {step.kind}")
                 base = {"name": step.run.name, "step": step.kind, "hash": step.hash, "log": str(step.log)}
                 if failed:
                     record = {"status": "not run (an earlier step failed)"}
-                elif not ran and step.is_done():
+                elif k < done:
                     record = {"status": "up to date", "seconds": 0.0}
                 else:
-                    record, ran = self._execute(step), True
+                    record = self._execute(step)
                     if record["status"] == "failed":
                         failed = True
                         tqdm.write(
@@ -294,3 +316,16 @@ class Study:
                 bar.update(1)
         bar.close()
         return records
+
+
+def up_to_date(steps: list[Step]) -> int:
+    """How many of a method's steps are up to date: those before the first that is not (that one runs,
+    and so do the steps after it)."""
+    done = 0
+    while done < len(steps) and steps[done].is_done():
+        done += 1
+    return done
+
+
+def steps_count(n: int) -> str:
+    return f"{n} step{'s' * (n != 1)}"

@@ -1,7 +1,7 @@
 """Tile slides: tissue mask -> patch grid -> coordinate h5 + QA thumbnail (+ tiles) -> manifest.
 
 :func:`tile_slide` does one slide and raises on any problem; :func:`tile_slides` runs a
-cohort through :mod:`clusiam_fast.cohort` (local processes or Ray; done records, locks,
+cohort through :class:`clusiam_fast.cohort.CohortRun` (local processes or Ray; done records, locks,
 shards; slides already done are skipped), turns each slide's error into a reported failure,
 and rebuilds the manifest of the folder's done slides. Every output file is written under a
 temporary name and renamed when complete; a slide's h5 file is written last, then its done
@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,16 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cohort import (
-    CohortSummary,
-    SlideJob,
-    connect_ray,
-    done_records,
-    plan_cohort,
-    run_cohort,
-    select_shard,
-    waiting_lock,
-)
+from ..cohort import CohortRun, SlideJob, connect_ray
 from ..cohort.locks import DEFAULT_TIMEOUT_S
 from ..formats.coords_h5 import COORDS_FORMATS, write_coords_h5
 from ..formats.manifest import merge_manifest
@@ -57,7 +47,6 @@ from ..slides import (
     open_slide,
     slide_id_from_path,
 )
-from ..utils.atomic import remove_stale_temps
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
@@ -487,12 +476,59 @@ def tile_slides(
     """
     from tqdm.auto import tqdm
 
-    started = time.time()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in ("patches", "thumbnails", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
-        remove_stale_temps(out_dir / folder)
     paths, failures = find_slides(inputs)
+    jobs = _slide_jobs(paths, config, slide_mpps or {}, failures)
+    cohort = CohortRun(
+        out_dir,
+        "tile",
+        jobs,
+        tile_settings(config),
+        redo=redo,
+        shard=shard,
+        engine=engine,
+        lock_timeout=lock_timeout,
+        temp_folders=("patches", "thumbnails"),
+    )
+    if engine == "ray" and cohort.todo:  # before the progress bar: an address that does not answer is one line
+        connect_ray(ray_address, workers * cpus_per_task, 0)
+
+    patches = 0
+    bar = tqdm(total=len(cohort.todo), unit="slide", desc="tiling", disable=not progress, file=sys.stderr)
+    if cohort.plan.skipped:
+        bar.write(
+            f"skipping {len(cohort.plan.skipped)} slide(s) already tiled into {out_dir} (--redo to tile them again)"
+        )
+    results = cohort.run(
+        _tile_job,
+        (str(out_dir), config),
+        workers=workers,
+        ray_address=ray_address,
+        cpus_per_task=cpus_per_task,
+        preload=WORKER_PRELOAD,
+    )
+    for result in results:
+        if result.status == "done":
+            patches += int(result.value["num_patches"])
+        elif result.status == "failed":
+            failures.append(SlideFailure(Path(result.job.path), result.value))
+            bar.write(f"FAILED {Path(result.job.path).name}: {result.value}", file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(patches=patches, failed=len(failures))
+    bar.close()
+    mine = {r.job.slide_id: r.value for r in cohort.done}
+    rows = [mine[j.slide_id] for j in cohort.jobs if j.slide_id in mine]
+    manifest, kept = cohort.finish(
+        lambda records: rebuild_manifest(cohort.out / "manifest.csv", records, rows, cohort.summary.rejected),
+        lock="manifest.csv",
+    )
+    elsewhere = [r.job.slide_id for r in cohort.elsewhere]
+    return TilingReport(rows, failures, manifest, kept, skipped=len(cohort.plan.skipped), elsewhere=elsewhere)
+
+
+def _slide_jobs(
+    paths: list[Path], config: TileConfig, slide_mpps: dict[str, float], failures: list[SlideFailure]
+) -> list[SlideJob]:
+    """One cohort job per slide; a slide whose id another slide already has fails (added to ``failures``)."""
     jobs: list[SlideJob] = []
     owner: dict[str, Path] = {}
     for path in paths:
@@ -503,57 +539,8 @@ def tile_slides(
             )
             continue
         owner[slide_id] = path
-        jobs.append(SlideJob(slide_id, str(path), settings=slide_settings(slide_id, config, slide_mpps or {})))
-    jobs = select_shard(jobs, [j.slide_id for j in jobs], shard)
-    settings = tile_settings(config)
-    plan = plan_cohort(jobs, out_dir, settings, redo)
-    summary = CohortSummary(out_dir, "tile", [j.slide_id for j in jobs])
-    summary.skipped, summary.engine = len(plan.skipped), engine
-    summary.write()
-    if engine == "ray" and plan.todo:  # before the progress bar: an address that does not answer is one line
-        connect_ray(ray_address, workers * cpus_per_task, 0)
-
-    results: dict[str, dict[str, Any]] = {}
-    locked: list[str] = []
-    patches = 0
-    bar = tqdm(total=len(plan.todo), unit="slide", desc="tiling", disable=not progress, file=sys.stderr)
-    if plan.skipped:
-        bar.write(f"skipping {len(plan.skipped)} slide(s) already tiled into {out_dir} (--redo to tile them again)")
-    for result in run_cohort(
-        plan.todo,
-        _tile_job,
-        out_dir,
-        settings,
-        args=(str(out_dir), config),
-        engine=engine,
-        workers=workers,
-        redo=redo,
-        since=started,
-        lock_timeout=lock_timeout,
-        ray_address=ray_address,
-        cpus_per_task=cpus_per_task,
-        preload=WORKER_PRELOAD,
-    ):
-        path = Path(result.job.path)
-        if result.status == "done":
-            results[result.job.slide_id] = result.value
-            patches += int(result.value["num_patches"])
-        elif result.status == "failed":
-            failures.append(SlideFailure(path, result.value))
-            bar.write(f"FAILED {path.name}: {result.value}", file=sys.stderr)
-        else:  # skipped (done by another job meanwhile) or locked (being done by one)
-            locked.append(result.job.slide_id)
-        summary.write()
-        bar.update(1)
-        bar.set_postfix(patches=patches, failed=len(failures))
-    bar.close()
-    rows = [results[j.slide_id] for j in jobs if j.slide_id in results]
-    with waiting_lock(out_dir, "manifest.csv", lock_timeout):
-        rejected = summary.rejected  # done records that do not match their outputs: not listed, not counted
-        records = done_records(out_dir, rejected=rejected)
-        manifest, kept = rebuild_manifest(out_dir / "manifest.csv", records, rows, rejected)
-    summary.write()
-    return TilingReport(rows, failures, manifest, kept, skipped=len(plan.skipped), elsewhere=locked)
+        jobs.append(SlideJob(slide_id, str(path), settings=slide_settings(slide_id, config, slide_mpps)))
+    return jobs
 
 
 def rebuild_manifest(

@@ -22,7 +22,7 @@ from cohort_slides import BAD, make_cohort
 
 from clusiam_fast.cohort import acquire_lock, parse_shard, select_shard
 from clusiam_fast.cohort.locks import lock_path
-from clusiam_fast.cohort.records import read_done_log
+from clusiam_fast.cohort.records import outputs_problem, read_done, read_done_log
 from clusiam_fast.tiling import TileConfig, tile_slides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -254,6 +254,32 @@ def test_done_slides_are_checked_against_their_outputs_before_they_are_skipped(w
     assert sorted(rows) == ["slide_00", "slide_01"] and rows["slide_00"]["num_patches"] == str(count)
     cohort = json.loads((out / "cohort.json").read_text())
     assert cohort["patches"] == 2 * count and "9999" not in json.dumps(cohort)
+
+
+def test_a_rerun_of_a_done_cohort_opens_each_h5_file_once(wsi_dir, tmp_path, monkeypatch):
+    """The plan opens the h5 file of each done slide before skipping it; the manifest rebuild reuses those
+    verdicts, and a file that changed since is checked again."""
+    slides = make_cohort(wsi_dir, tmp_path / "slides", 3)
+    out = tmp_path / "out"
+    assert tile_slides(slides, out, TileConfig(), progress=False).ok
+    opened: list[str] = []
+    real = h5py.File
+
+    def counted(name, *args, **kwargs):
+        opened.append(Path(name).name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", counted)
+    again = tile_slides(slides, out, TileConfig(), progress=False)
+    assert again.skipped == 3 and not again.rows and again.kept == 3
+    assert sorted(opened) == ["slide_00.h5", "slide_01.h5", "slide_02.h5"]
+    checks: dict = {}
+    record = read_done(out, "slide_01")
+    assert outputs_problem(out, record, checks) is None and outputs_problem(out, record, checks) is None
+    assert opened.count("slide_01.h5") == 2  # the second verdict was the first one's
+    h5 = out / "patches" / "slide_01.h5"
+    h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
+    assert "does not open" in outputs_problem(out, record, checks)
 
 
 def test_a_slide_swapped_for_a_file_of_the_same_size_and_mtime_is_tiled_again(wsi_dir, tmp_path):

@@ -8,8 +8,10 @@ and the untrained baseline, so that the whole file stays near two minutes on a l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,10 +54,10 @@ METHODS = "[{name: clusiam, num_clusters: 10}, {name: random_init, method: rando
 
 
 def _markers(out: Path) -> dict[str, float]:
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("runs/*/*.done.json"))}
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("runs/*/done/*.json"))}
 
 
-def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path):
+def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path, capsys):
     cfg = _config(tmp_path, pcam_dir, METHODS)
     out = tmp_path / "out"
     # 1. Start the study and kill it (SIGKILL, the whole process group) once the first method has trained.
@@ -65,18 +67,19 @@ def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    marker = out / "runs" / "clusiam" / "train.done.json"
+    marker = out / "runs" / "clusiam" / "done" / "train.json"
     deadline = time.time() + 300
     while not marker.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert marker.exists(), first.stderr.read().decode()
-    assert not (out / "report.json").exists() and not (out / "runs" / "random_init" / "train.done.json").exists()
+    assert not (out / "report.json").exists() and not (out / "runs" / "random_init" / "done" / "train.json").exists()
     trained = marker.stat().st_mtime_ns
 
     # 2. The same command again: the finished training is skipped, everything else runs.
     assert study_main([str(cfg), "--quiet"]) == 0
+    assert "study: 1 step up to date, 5 to run" in capsys.readouterr().err
     assert marker.stat().st_mtime_ns == trained
     rep = json.loads((out / "report.json").read_text())
     status = {(s["name"], s["step"]): s["status"] for s in rep["steps"]}
@@ -114,6 +117,7 @@ def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path):
     before = _markers(out)
     assert len(before) == 6
     assert study_main([str(cfg), "--quiet"]) == 0
+    assert "study: 6 steps up to date, 0 to run" in capsys.readouterr().err
     assert _markers(out) == before
     again = json.loads((out / "report.json").read_text())
     assert {s["status"] for s in again["steps"]} == {"up to date"}
@@ -135,6 +139,9 @@ def test_a_killed_training_resumes_and_changed_settings_start_over(pcam_dir, tmp
     assert "--resume" in study._command(train)  # same settings: continue the run exactly
     (train.folder.parent / "train.started.json").write_text(json.dumps({"hash": "another"}))
     assert "--overwrite" in study._command(train)
+    old = _sha1({"kind": "train", "argv": train.argv, "inputs": train.settings["inputs"]})  # an older study's
+    (train.folder.parent / "train.started.json").write_text(json.dumps({"hash": old}))
+    assert "--resume" in study._command(train)
     # The evaluation sets were built once, disjoint: no patch both in the KNN set and in a bag.
     links = [p.resolve() for p in (cfg.out / "data" / "eval").rglob("*.jpg")]
     assert len(links) == len(set(links)) and len(list((cfg.out / "data" / "eval" / "knn").rglob("*.jpg"))) == 40
@@ -147,6 +154,55 @@ def test_a_killed_training_resumes_and_changed_settings_start_over(pcam_dir, tmp
     for bag in bags:
         classes = {p.resolve().parent.name for p in (cfg.out / "data" / "eval" / bag["slide_id"]).iterdir()}
         assert ("1" in classes) == (bag["label"] == "positive"), bag
+
+
+def _sha1(settings) -> str:
+    """The settings hash that studies wrote before (sha1 of the sorted JSON, 16 hex)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_a_study_folder_written_before_is_recognised_as_done(pcam_dir, tmp_path, capsys):
+    """Older studies marked a step with runs/<name>/<step>.done.json and a set with data/<set>/.done.json,
+    holding a sha1 hash of the settings (a step's settings hold the hashes of the steps before it)."""
+    from clusiam_fast.cohort.records import inputs_stamp, write_done
+    from clusiam_fast.study import load_config
+    from clusiam_fast.study.runner import Study, up_to_date
+
+    cfg = load_config(_config(tmp_path, pcam_dir, METHODS))
+    study = Study(cfg, progress=False)
+    data = study.prepare_data()
+    # The data sets as an older study left them: its markers inside the folders, no done records.
+    shutil.rmtree(cfg.out / "data" / "done")
+    (cfg.out / "data" / "done.log").unlink()
+    train_set = {"root": str(pcam_dir / "train"), "n": 48, "seed": 0}
+    eval_set = {"root": str(pcam_dir / "valid"), "classes": ["0", "1"], "knn": 20, "bags": 24, "size": [4, 6]}
+    eval_set.update(positive="1", seed=0)
+    for folder, settings in (("train", train_set), ("eval", eval_set)):
+        (cfg.out / "data" / folder / ".done.json").write_text(json.dumps({"hash": _sha1(settings), **settings}))
+    link = next((cfg.out / "data" / "eval" / "knn" / "0").iterdir())
+    built = link.lstat().st_ino
+    assert study.prepare_data() == data and link.lstat().st_ino == built  # not built again
+    # Every step done by the older study, each marked with its sha1 chain.
+    for run in cfg.methods:
+        old: dict[str, str] = {}
+        for step, before in zip(study.steps_of(run, data), (None, "train", "extract")):
+            inputs = {**step.settings["inputs"], **({before: old[before]} if before else {})}
+            old[step.kind] = _sha1({"kind": step.kind, "argv": step.argv, "inputs": inputs})
+            step.output.parent.mkdir(parents=True, exist_ok=True)
+            step.output.write_bytes(b"")
+            (step.folder.parent / f"{step.kind}.done.json").write_text(json.dumps({"hash": old[step.kind]}))
+    capsys.readouterr()
+    assert {r["status"] for r in study.run()} == {"up to date"}
+    assert "study: 6 steps up to date, 0 to run" in capsys.readouterr().err
+    # A marker of other settings is not done: that step and the ones after it run.
+    (cfg.out / "runs" / "random_init" / "extract.done.json").write_text(json.dumps({"hash": "0" * 16}))
+    assert [up_to_date(study.steps_of(run, data)) for run in cfg.methods] == [3, 1]
+    # A done record (as a step writes it) goes before the marker, and holds the file the step read.
+    extract = study.steps_of(cfg.methods[0], data)[1]
+    write_done(extract.records, "extract", inputs_stamp(extract.files), extract.settings, {}, ["features/index.csv"])
+    assert up_to_date(study.steps_of(cfg.methods[0], data)) == 3
+    extract.reads.write_bytes(b"weights trained again")
+    assert up_to_date(study.steps_of(cfg.methods[0], data)) == 1
 
 
 @pytest.mark.parametrize(
@@ -228,7 +284,8 @@ def test_extract_failing_on_every_slide_fails_the_extract_step_by_name(pcam_dir,
     assert steps["train"]["status"] == "done" and steps["extract"]["status"] == "failed"
     assert steps["evaluate"]["status"] == "not run (an earlier step failed)"
     assert "extract made no feature bag" in steps["extract"]["error"]
-    assert not (tmp_path / "out" / "runs" / "random_init" / "extract.done.json").exists()
+    assert not (tmp_path / "out" / "runs" / "random_init" / "done" / "extract.json").exists()
+    assert (tmp_path / "out" / "runs" / "random_init" / "failed" / "extract.json").is_file()
     md = (tmp_path / "out" / "report.md").read_text()
     assert "random_init: extract failed" in md and "evaluate failed" not in md
 
