@@ -3,7 +3,7 @@
 Reads a finished study folder (``python -m clusiam_fast.study benchmarks/study_pcam_gpu.yaml``):
 KNN-1 macro F1 with its bootstrap 95 % CI and the assigner's Rand index / ARI against K-means
 from ``report.json``; images/s, MFU and the GPU memory peak from each method's ``log.csv``
-(the last full epoch).
+(the last full epoch, else the partial one).
 
     python benchmarks/science_summary.py STUDY_DIR
 """
@@ -19,8 +19,9 @@ from pathlib import Path
 def _last_epoch(log: Path) -> dict[str, str]:
     if not log.is_file():
         return {}
-    rows = [r for r in csv.DictReader(log.open()) if r.get("partial") != "1"]
-    return rows[-1] if rows else {}
+    rows = list(csv.DictReader(log.open()))
+    full = [r for r in rows if r.get("partial") != "1"]
+    return (full or rows or [{}])[-1]
 
 
 def _num(value, fmt: str) -> str:
