@@ -7,7 +7,9 @@
 #
 # Env: OUT (default benchmarks/results/gpu), GPU_CHECK_BUDGET (s, default 540), PYTHON,
 # CUDA_HOME (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (nproc).
-# Files in $OUT: summary.txt build.log tests.log bench.txt bench.json ratios.json demo.log.
+# Files in $OUT: summary.txt build.log tests.log bench.txt bench.json ratios.json demo.log science.txt.
+# The science step needs benchmarks/carry/pcam (python benchmarks/pack_science_data.py; name
+# benchmarks/carry in the device run's carry): CluSiam vs SimSiam vs random init on held-out PCam.
 # Exit: 0 all ran, 1 a step failed, 2 stopped (no fused CUDA kernels), 3 steps out of budget.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,7 @@ OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")  # demo run, .benchmarks, per-step output
 trap 'rm -rf "$TMP"' EXIT
-BUDGET=${GPU_CHECK_BUDGET:-540}
+BUDGET=${GPU_CHECK_BUDGET:-570}
 MIN_STEP=${GPU_CHECK_MIN_STEP:-20}  # a step does not start with less than min(its limit, this) left
 GRACE=10                            # SIGKILL this long after the SIGINT of a timeout
 
@@ -96,7 +98,28 @@ demo() {
 
 dali_check() { OUT=$TMP "$PY" benchmarks/gpu_loader_check.py; }  # writes $OUT/dali_gpu.json
 
-export -f pyt probe build fused_check demo dali_check
+CARRY=${SCIENCE_CARRY:-benchmarks/carry/pcam}  # train.tar + valid.tar from benchmarks/pack_science_data.py
+SCIENCE=$TMP/science                             # unpacked beside a copy of the study config
+science_data() {  # unpack the carried subset and check the study config against it (torch-free)
+  mkdir -p "$SCIENCE/carry/pcam" && cp benchmarks/study_pcam_gpu.yaml "$SCIENCE/study.yaml" || return 1
+  tar -xf "$CARRY/train.tar" -C "$SCIENCE/carry/pcam" && tar -xf "$CARRY/valid.tar" -C "$SCIENCE/carry/pcam" || return 1
+  "$PY" - "$SCIENCE/study.yaml" <<'EOF2'
+import sys
+from clusiam_fast.study.config import load_config
+cfg = load_config(sys.argv[1])
+n = sum(1 for _ in cfg.data["train"].glob("*.jpg"))
+print(f"{n} training patches; methods {', '.join(m.name for m in cfg.methods)}; budget {' '.join(cfg.budget_flags)}")
+EOF2
+}
+science() {  # CluSiam vs SimSiam vs random init on held-out PCam, then the table of science_summary.py
+  "$PY" -m clusiam_fast.study "$SCIENCE/study.yaml" --out "$SCIENCE/study" --quiet
+  local rc=$?
+  [ -f "$SCIENCE/study/report.json" ] && "$PY" benchmarks/science_summary.py "$SCIENCE/study"
+  return $rc
+}
+
+export -f pyt probe build fused_check demo dali_check science_data science
+export CARRY SCIENCE
 export TMP
 
 # ---- key figures for the summary line ----
@@ -127,6 +150,7 @@ EOF
 fig_bench_loss() { key_ratios cluster_loss "cuda 1024x100x2048 reference/fused (fwd+bwd)"; }
 fig_bench_train() { key_ratios train_step "CUDA"; }
 fig_demo() { grep -v '^\s*$' "$1" | tail -1 | cut -c1-160; }
+fig_science() { grep -E '^\| (clusiam|simsiam|random_init) ' "$1" | awk -F'|' '{gsub(/ +/, " "); printf "%s F1%s;", $2, $4}'; }
 fig_dali() { grep -E 'images/s|PASS|FAIL' "$1" | tr '\n' ';' | cut -c1-300; }
 
 # ---- the step runner ----
@@ -146,13 +170,17 @@ step() {
       gpu) [ "$HAVE_GPU" = 1 ] || reason=${reason:-no GPU} ;;
       dali) [ "$HAVE_DALI" = 1 ] || reason=${reason:-no DALI} ;;
       build) [ "$DRY" = 0 ] || reason=${reason:-dry run} ;;
+      carry) [ -f "$CARRY/train.tar" ] && [ -f "$CARRY/valid.tar" ] || reason=${reason:-no carry: python benchmarks/pack_science_data.py} ;;
     esac
   done
   if [ -n "$STOPPED" ]; then reason="stopped after $STOPPED"
   elif [ -z "${ALWAYS:-}" ] && [ "$left" -lt "$(( limit < MIN_STEP ? limit : MIN_STEP ))" ]; then
     reason="out of budget"; OUT_OF_BUDGET=$((OUT_OF_BUDGET + 1))
   fi
-  if [ -n "$reason" ]; then line "$name" "skipped: $reason" 0 ""; return 0; fi
+  if [ -n "$reason" ]; then
+    local plan=""; [ "$reason" = "no GPU" ] && plan="on a GPU: limit $limit s"
+    line "$name" "skipped: $reason" 0 "$plan"; return 0
+  fi
 
   local t=$limit t0=$SECONDS rc status figs
   [ -z "${ALWAYS:-}" ] && [ "$left" -lt "$limit" ] && t=$left
@@ -179,7 +207,7 @@ step() {
 
 { echo "gpu_check $(date -u +%FT%TZ) budget ${BUDGET}s$( ((DRY)) && echo ' (dry run)')"
   printf '%-13s | %-34s | %6s | %s\n' step status seconds figures; } > "$SUMMARY"
-: > "$OUT/build.log"; : > "$OUT/tests.log"; : > "$OUT/bench.txt"; : > "$OUT/demo.log"; rm -f "$OUT/ratios.json"
+: > "$OUT/build.log"; : > "$OUT/tests.log"; : > "$OUT/bench.txt"; : > "$OUT/demo.log"; : > "$OUT/science.txt"; rm -f "$OUT/ratios.json"
 BENCH_RESULTS=benchmarks/results  # where benchmarks/bench_utils.py writes its ratio JSON
 
 # ---- the steps, in order of value ----
@@ -214,6 +242,11 @@ ratios $(find "$BENCH_RESULTS" -maxdepth 1 -name '*.json' -newer "$TMP/stamp" 2>
 PYTEST=1 NEEDS=gpu step cuda-compile 150 pyt tests/ops/test_cluster_loss_cuda.py -k compile
 
 LOG=demo.log NEEDS=gpu step demo 120 demo
+
+LOG=science.txt NEEDS=carry step science-data 30 science_data
+HAVE_SCIENCE_DATA=$(grep -q 'training patches' "$TMP/science-data.out" 2>/dev/null && echo 1 || echo 0)
+[ "$HAVE_SCIENCE_DATA" = 1 ] || [ "$HAVE_GPU" = 0 ] || echo "science: no data (see science-data)" >> "$SUMMARY"
+LOG=science.txt NEEDS="gpu carry" step science 270 science
 
 touch "$TMP/stamp"
 LOG=bench.txt NEEDS="gpu dali" step dali 120 dali_check

@@ -22,7 +22,17 @@ from typing import Any
 
 from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
-NOT_MONITORS = {"epoch", "step", "lr", "images_per_s", "skipped_images", "epoch_time_s", "partial"}
+NOT_MONITORS = {
+    "epoch",
+    "step",
+    "lr",
+    "images_per_s",
+    "mfu",
+    "memory_peak_gib",
+    "skipped_images",
+    "epoch_time_s",
+    "partial",
+}
 
 
 def interval(parent: dict | None, key: str) -> tuple[float, float] | None:

@@ -15,6 +15,7 @@ import torch
 from .collapse import CollapsePolicy
 from .config import TrainConfig
 from .ddp import DistContext
+from .flops import MfuMeter
 from .position import RunPosition
 from .reporting import Reporter
 from .run_setup import RunParts
@@ -38,6 +39,8 @@ class EpochRunner:
     ) -> None:
         self.cfg, self.ctx, self.parts, self.position = cfg, ctx, parts, position
         self.reporter, self.collapse, self.on_step = reporter, collapse, on_step
+        self.mfu = MfuMeter(parts.raw_model, cfg.crop_size, ctx.device, parts.trainstep.amp_dtype, ctx.world)
+        reporter.log(self.mfu.describe())
 
     def run(self, epoch: int, stop: StopSignal) -> str:
         """Train until the epoch ends ("epoch"), a stop request ("interrupted") or --max-steps ("max_steps")."""
@@ -68,7 +71,8 @@ class EpochRunner:
                 if not finite:
                     raise non_finite_loss(f"epoch {epoch + 1}, step {position.step}", means, position.on_disk())
                 parts.records.add_step({"step": position.step, "epoch": epoch + 1, "lr": lr, **means})
-                self.reporter.show_step(bar, means, lr, images / max(time.perf_counter() - start, 1e-9))
+                rate = images / max(time.perf_counter() - start, 1e-9)
+                self.reporter.show_step(bar, means, lr, rate, self.mfu(rate))
                 if stop_any:
                     reason = "interrupted"
                     break
@@ -101,6 +105,8 @@ class EpochRunner:
             step=self.position.step,
             lr=lr,
             images_per_s=rate,
+            mfu=self.mfu(rate),
+            memory_peak_gib=torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else None,
             epoch_time_s=elapsed,
             skipped_images=int(skipped.item()),
         )

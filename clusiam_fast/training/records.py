@@ -34,6 +34,8 @@ EPOCH_FIELDS = (
     "backbone_rankme",
     "projection_std",
     "images_per_s",
+    "mfu",
+    "memory_peak_gib",
     "skipped_images",
     "epoch_time_s",
     "partial",

@@ -20,7 +20,7 @@ from .run_setup import RunParts
 
 _DESCRIBED = {
     CHECKPOINT: "model + optimiser + RNG state (load with clusiam_fast.models.load_checkpoint)",
-    "log.csv": "per-epoch and per-step losses, lr, active clusters, collapse monitors, images/s",
+    "log.csv": "per-epoch and per-step losses, lr, active clusters, collapse monitors, images/s, MFU, GPU memory peak",
     "training.png": "loss curves, active clusters, collapse monitors, lr",
 }
 
@@ -75,12 +75,19 @@ class Reporter:
             leave=True,
         )
 
-    def show_step(self, bar: tqdm, means: dict[str, float], lr: float, rate: float) -> None:
-        """The window's mean losses, the lr and the speed on the bar."""
+    def show_step(self, bar: tqdm, means: dict[str, float], lr: float, rate: float, mfu: float) -> None:
+        """The window's mean losses, the lr, the speed and the model FLOP utilisation on the bar."""
         postfix = {"loss": means["loss"], "inv": means["inv_loss"]}
         if self.cfg.has_clusters:
             postfix["clu"] = means["cluster_loss"]
-        bar.set_postfix({**{k: f"{v:.4f}" for k, v in postfix.items()}, "lr": f"{lr:.3g}", "img/s": f"{rate:.0f}"})
+        bar.set_postfix(
+            {
+                **{k: f"{v:.4f}" for k, v in postfix.items()},
+                "lr": f"{lr:.3g}",
+                "img/s": f"{rate:.0f}",
+                "mfu": f"{mfu:.1%}",
+            }
+        )
 
     def report_skipped(self, skipped: list[str]) -> None:
         """Name the unreadable images this rank skipped: each once per run, repeats as a count."""
@@ -109,7 +116,7 @@ class Reporter:
             f"loss {row['loss']:.4f} (inv {row['inv_loss']:.4f}"
             + (f", cluster {row['cluster_loss']:.4f}" if has_clusters else "")
             + f"){clusters}, backbone std {num('backbone_std', '.3f')}, RankMe {num('backbone_rankme', '.1f')}, "
-            f"projection std {num('projection_std', '.3f')}, {row['images_per_s']:.1f} images/s"
+            f"projection std {num('projection_std', '.3f')}, {row['images_per_s']:.1f} images/s, MFU {num('mfu', '.1%')}"
         )
 
     # ---------------------------------------------------------------- files

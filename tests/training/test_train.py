@@ -45,6 +45,7 @@ def test_every_method_trains_one_epoch(patches, tmp_path, method, extra):
     assert 0.1 < float(row["backbone_std"]) < 1.5 and float(row["backbone_rankme"]) > 2
     assert row["partial"] == "0"
     assert float(row["images_per_s"]) > 0
+    assert 0 < float(row["mfu"]) < 1 and row["memory_peak_gib"] == ""  # MFU against a measured CPU mm; no GPU
     steps = read_rows(tmp_path / "run" / "steps.csv")
     assert [int(r["step"]) for r in steps] == list(range(1, 7))
     assert float(steps[0]["lr"]) > float(steps[-1]["lr"])  # cosine decay per step
