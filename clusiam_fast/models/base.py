@@ -151,6 +151,11 @@ class MethodSpec:
     @classmethod
     def of(cls, model: type[SelfSupervisedModel]) -> MethodSpec:
         """The spec of ``model``, its defaults read from the row ``model.method`` of the choices table."""
+        if model.method not in METHOD_TABLE:
+            raise ValueError(
+                f"MethodSpec.of({model.__name__}): clusiam_fast/choices.py METHOD_TABLE has no row "
+                f"{model.method!r}; add the method's defaults there"
+            )
         row = METHOD_TABLE[model.method]
         return cls(
             name=model.method,
