@@ -40,6 +40,7 @@ import os
 import sys
 from pathlib import Path
 
+from .choices import CLUSTER_METHOD_NAMES, EMA_METHOD_NAMES, method_defaults_text
 from .training.config import (  # torch-free: --help answers fast, arguments are checked before torch loads
     ARCH_NAMES,
     CLUSTER_LOSS_IMPLS,
@@ -126,16 +127,20 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         "--out-dim",
         type=int,
         metavar="N",
-        help="projection size (default 2048 for clusiam/simsiam, 256 for clubyol/byol)",
+        help=f"projection size (default {method_defaults_text('out_dim')})",
     )
     g.add_argument(
-        "--pred-hidden", type=int, metavar="N", help="predictor hidden size (default 512; 4096 for clubyol/byol)"
+        "--pred-hidden",
+        type=int,
+        metavar="N",
+        help=f"predictor hidden size (default {method_defaults_text('pred_hidden')})",
     )
     g.add_argument(
         "--ema-momentum",
         type=finite_float,
         metavar="X",
-        help="clubyol/byol target EMA momentum (default 0.99, as published)",
+        help=f"target EMA momentum of the momentum methods (default {method_defaults_text('ema_momentum', EMA_METHOD_NAMES)}, "
+        "as published)",
     )
 
 
@@ -146,7 +151,8 @@ def _add_loss_flags(p: argparse.ArgumentParser) -> None:
         "--alpha",
         type=finite_float,
         metavar="X",
-        help="loss = (1-alpha)*invariance + alpha*cluster; default 0.5 clusiam, 0.9 clubyol; 1.0 = cluster loss only",
+        help="loss = (1-alpha)*invariance + alpha*cluster; default "
+        f"{method_defaults_text('alpha', CLUSTER_METHOD_NAMES)}; 1.0 = cluster loss only",
     )
     g.add_argument(
         "--tau",
@@ -210,7 +216,7 @@ def _add_optimisation_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fix-pred-lr",
         action=argparse.BooleanOptionalAction,
-        help="keep the predictor's lr constant (default on for clusiam/simsiam, off for clubyol/byol, as published)",
+        help=f"keep the predictor's lr constant (default {method_defaults_text('fix_pred_lr')}, as published)",
     )
 
 

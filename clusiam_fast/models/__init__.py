@@ -1,8 +1,10 @@
 """Models: SimSiam, CluSiam, BYOL and CluBYOL over torchvision ResNet backbones, one file per method.
 
-Each method file (``simsiam.py``, ``clusiam.py``, ``byol.py``, ``clubyol.py``) holds the model class and
-its ``METHOD`` :class:`MethodSpec` (head sizes, alpha, fix_pred_lr, loss form, EMA); ``method_spec(name)``
-looks one up.
+Each method file (``simsiam.py``, ``clusiam.py``, ``byol.py``, ``clubyol.py``) holds the model class, with
+the method interface the trainer calls (``invariance_loss(out, reduction)``, ``after_optimizer_step()`` for
+the EMA target, ``optimizer_groups(fix_pred_lr)`` for the lr policy), and its ``METHOD`` :class:`MethodSpec`,
+whose defaults (head sizes, alpha, fix_pred_lr, EMA momentum) are its row of ``clusiam_fast/choices.py``;
+``method_spec(name)`` looks one up.
 
 ``build_model(method, arch, num_clusters, **options)`` builds one; every model has
 ``model.backbone`` (a torchvision ResNet with ``fc = nn.Identity()``),

@@ -1,6 +1,8 @@
 """What every model shares: a backbone, a projector, a predictor and an optional cluster head.
 
-Also :class:`MethodSpec`, the per-method defaults each method file declares next to its model class.
+Also the method interface the trainer calls (:meth:`SelfSupervisedModel.invariance_loss`,
+:meth:`~SelfSupervisedModel.after_optimizer_step`, :meth:`~SelfSupervisedModel.optimizer_groups`) and
+:class:`MethodSpec`, the defaults each method file reads from its row of ``clusiam_fast/choices.py``.
 """
 
 from __future__ import annotations
@@ -8,13 +10,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..choices import HEAD_KEYS, METHOD_TABLE
 from .backbone import build_backbone
 from .heads import cluster_projector_blocks, mlp, predictor_blocks, projector_blocks
+from .outputs import PairOutput
+
+
+def cross_view_cosines(out: PairOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(p1, t2) and cos(p2, t1), each averaged over the batch, in float32, the targets detached."""
+    c12 = F.cosine_similarity(out.p1.float(), out.t2.detach().float(), dim=-1).mean()
+    c21 = F.cosine_similarity(out.p2.float(), out.t1.detach().float(), dim=-1).mean()
+    return c12, c21
+
+
+def reduce_pair(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The two symmetric terms summed ("sum", the published scale) or averaged ("mean": x 0.5)."""
+    return loss * 0.5 if reduction == "mean" else loss
 
 
 class SelfSupervisedModel(nn.Module):
@@ -78,6 +95,24 @@ class SelfSupervisedModel(nn.Module):
             )
         return self.assign(self.project(x))
 
+    # The method interface: the trainer calls these and never looks at a method's name.
+
+    def invariance_loss(self, out: PairOutput, reduction: str = "sum") -> torch.Tensor:
+        """This method's symmetric invariance loss between predictions and the other view's targets (float32)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no invariance_loss")
+
+    def after_optimizer_step(self) -> None:
+        """Called after each ``optimizer.step()``; a momentum method updates its target here."""
+
+    def optimizer_groups(self, fix_pred_lr: bool) -> list[dict[str, Any]]:
+        """SGD parameter groups (encoder, predictor, cluster) with this method's lr policy: under
+        ``fix_pred_lr`` the predictor group is marked ``fix_lr`` (it keeps the base lr, no cosine decay)."""
+        return [
+            {"params": params, "name": name, "fix_lr": name == "predictor" and fix_pred_lr}
+            for name, params in self.param_groups().items()
+            if params
+        ]
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role: "encoder" (backbone + projector), "predictor", "cluster"."""
         groups = {
@@ -92,16 +127,15 @@ class SelfSupervisedModel(nn.Module):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method's model class and defaults; each method file defines one as ``METHOD``.
+    """One method's model class and defaults; each method file defines one as ``METHOD = MethodSpec.of(Model)``.
 
-    Fields:
+    Fields (the method's row of ``clusiam_fast.choices.METHOD_TABLE``):
         name: the ``--method`` name, equal to ``model.method``.
         model: the :class:`SelfSupervisedModel` subclass :func:`~clusiam_fast.models.build_model` builds.
         heads: default head sizes (out_dim, proj_hidden, pred_hidden, pred_first_bias, cluster_hidden);
             proj_hidden None = the backbone's feature size.
         alpha: default weight of the cluster loss in ``(1 - alpha) * L_inv + alpha * L_cluster``.
         fix_pred_lr: default of --fix-pred-lr (the predictor keeps the base lr, no cosine decay).
-        loss_form: the invariance loss, "simsiam" (negative cosine) or "byol" (1 - cosine).
         clusters: whether the model has the cluster head (and takes ``num_clusters``).
         ema_momentum: the target encoder's EMA momentum, or None without a momentum target.
     """
@@ -111,22 +145,40 @@ class MethodSpec:
     heads: Mapping[str, Any]
     alpha: float
     fix_pred_lr: bool
-    loss_form: Literal["simsiam", "byol"]
     clusters: bool
     ema_momentum: float | None = None
+
+    @classmethod
+    def of(cls, model: type[SelfSupervisedModel]) -> MethodSpec:
+        """The spec of ``model``, its defaults read from the row ``model.method`` of the choices table."""
+        if model.method not in METHOD_TABLE:
+            raise ValueError(
+                f"MethodSpec.of({model.__name__}): clusiam_fast/choices.py METHOD_TABLE has no row "
+                f"{model.method!r}; add the method's defaults there"
+            )
+        row = METHOD_TABLE[model.method]
+        return cls(
+            name=model.method,
+            model=model,
+            heads={key: row[key] for key in HEAD_KEYS},
+            alpha=row["alpha"],
+            fix_pred_lr=row["fix_pred_lr"],
+            clusters=row["clusters"],
+            ema_momentum=row["ema_momentum"],
+        )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", MappingProxyType(dict(self.heads)))
         if self.model.method != self.name:
             raise ValueError(f"MethodSpec {self.name!r}: {self.model.__name__}.method is {self.model.method!r}")
-        if self.loss_form not in ("simsiam", "byol"):
-            raise ValueError(f"MethodSpec {self.name!r}: loss_form must be 'simsiam' or 'byol', got {self.loss_form!r}")
+        if self.model.invariance_loss is SelfSupervisedModel.invariance_loss:
+            raise ValueError(f"MethodSpec {self.name!r}: {self.model.__name__} defines no invariance_loss")
         if not (0.0 <= self.alpha <= 1.0) or (not self.clusters and self.alpha != 0.0):
             raise ValueError(f"MethodSpec {self.name!r}: alpha {self.alpha} must be in [0, 1] and 0 without clusters")
 
     @property
     def uses_ema(self) -> bool:
-        """Whether the model has a momentum target to update after each optimiser step."""
+        """Whether the model has a momentum target (updated in ``after_optimizer_step``)."""
         return self.ema_momentum is not None
 
     @property

@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from .base import MethodSpec, SelfSupervisedModel
+from .base import MethodSpec, SelfSupervisedModel, cross_view_cosines, reduce_pair
 from .outputs import PairOutput
 
 
@@ -18,7 +18,8 @@ class BYOL(SelfSupervisedModel):
     """BYOL with a target encoder (backbone + projector) updated by EMA after each step.
 
     With ``num_clusters`` set it also carries CluBYOL's cluster head. The target runs in
-    training mode (BatchNorm on batch statistics) without gradient. Call :meth:`update_target` after ``optimizer.step()``.
+    training mode (BatchNorm on batch statistics) without gradient. The trainer calls
+    :meth:`after_optimizer_step` (= :meth:`update_target`) after each ``optimizer.step()``.
     """
 
     method = "byol"
@@ -44,6 +45,15 @@ class BYOL(SelfSupervisedModel):
         """target <- momentum * target + (1 - momentum) * online, for every parameter."""
         torch._foreach_lerp_(self.target_parameters(), self.online_parameters(), 1.0 - self.momentum)
 
+    def after_optimizer_step(self) -> None:
+        """The target follows the online encoder by EMA after each step, as published."""
+        self.update_target()
+
+    def invariance_loss(self, out: PairOutput, reduction: str = "sum") -> torch.Tensor:
+        """BYOL's form, both directions summed: (1 - cos(p1, t2)) + (1 - cos(p2, t1)) in [0, 4]; "mean" halves it."""
+        c12, c21 = cross_view_cosines(out)
+        return reduce_pair((1 - c12) + (1 - c21), reduction)
+
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> PairOutput:
         h1, h2 = self.backbone(x1), self.backbone(x2)
         z1, z2 = self.projector(h1), self.projector(h2)
@@ -54,16 +64,7 @@ class BYOL(SelfSupervisedModel):
         return PairOutput(z1, z2, p1, p2, t1, t2, self.assign(z1), self.assign(z2), h1, h2)
 
 
-METHOD = MethodSpec(
-    name="byol",
-    model=BYOL,
-    heads=dict(out_dim=256, proj_hidden=None, pred_hidden=4096, pred_first_bias=True, cluster_hidden=256),
-    alpha=0.0,
-    fix_pred_lr=False,
-    loss_form="byol",
-    clusters=False,
-    ema_momentum=0.99,
-)
+METHOD = MethodSpec.of(BYOL)  # defaults: the "byol" row of clusiam_fast/choices.py
 """BYOL with the heads and training of the published Cluster_BYOL code, without the cluster head.
 
 Heads: ``Cluster_BYOL(out_dim=256, hidden_dim=4096)``: 256-d projections, a 4096-d predictor with

@@ -12,22 +12,13 @@ from .byol import BYOL
 class CluBYOL(BYOL):
     """BYOL with the cluster projector and assigner (``num_clusters`` outputs) on the online projections.
 
-    Call :meth:`update_target` after ``optimizer.step()``.
+    Its loss is BYOL's invariance form plus the cluster loss; its target follows by EMA after each step.
     """
 
     method = "clubyol"
 
 
-METHOD = MethodSpec(
-    name="clubyol",
-    model=CluBYOL,
-    heads=dict(out_dim=256, proj_hidden=None, pred_hidden=4096, pred_first_bias=True, cluster_hidden=256),
-    alpha=0.9,
-    fix_pred_lr=False,
-    loss_form="byol",
-    clusters=True,
-    ema_momentum=0.99,
-)
+METHOD = MethodSpec.of(CluBYOL)  # defaults: the "clubyol" row of clusiam_fast/choices.py
 """CluBYOL as in the published ``main_clubyol.py``.
 
 Heads: ``Cluster_BYOL(out_dim=256, hidden_dim=4096)``: 256-d projections, a 4096-d predictor with first bias,

@@ -18,7 +18,7 @@ class CluSiam(SimSiam):
         model = CluSiam(arch="resnet18", out_dim=2048, proj_hidden=None, pred_hidden=512,
                         pred_first_bias=False, projector_end="bn", num_clusters=100, cluster_hidden=512)
         out = model(x1, x2)
-        loss = -(F.cosine_similarity(out.p1, out.t2).mean() + F.cosine_similarity(out.p2, out.t1).mean())
+        loss = model.invariance_loss(out)  # SimSiam's: -(cos(p1, t2) + cos(p2, t1))
         loss = (1 - alpha) * loss + alpha * clusiam_fast.cluster_loss(
             torch.cat([out.z1, out.z2]).detach(), torch.cat([out.a1, out.a2]))
     """
@@ -26,15 +26,7 @@ class CluSiam(SimSiam):
     method = "clusiam"
 
 
-METHOD = MethodSpec(
-    name="clusiam",
-    model=CluSiam,
-    heads=dict(out_dim=2048, proj_hidden=None, pred_hidden=512, pred_first_bias=False, cluster_hidden=512),
-    alpha=0.5,
-    fix_pred_lr=True,
-    loss_form="simsiam",
-    clusters=True,
-)
+METHOD = MethodSpec.of(CluSiam)  # defaults: the "clusiam" row of clusiam_fast/choices.py
 """CluSiam as in the paper and the published ``main_clusiam.py``.
 
 Heads: ``Cluster_SimSiam(out_dim=2048, hidden_dim=512)``: 2048-d projections, a 512-d predictor without

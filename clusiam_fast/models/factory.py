@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from torch import nn
 
-from . import byol, clubyol, clusiam, simsiam
+from ..choices import METHOD_NAMES
 from .base import MethodSpec, SelfSupervisedModel
 
-# The registry, in the order of --method's choices; each method file declares its MethodSpec.
-METHOD_SPECS: dict[str, MethodSpec] = {m.METHOD.name: m.METHOD for m in (clusiam, simsiam, clubyol, byol)}
+# The registry, in the order of --method's choices: for each row of the choices table, the METHOD
+# spec of the method file of that name (models/<name>.py).
+METHOD_SPECS: dict[str, MethodSpec] = {name: import_module(f"{__package__}.{name}").METHOD for name in METHOD_NAMES}
 METHODS = tuple(METHOD_SPECS)
 # Default model options per method (head sizes, plus ema_momentum for momentum methods).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {name: spec.defaults for name, spec in METHOD_SPECS.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import MethodSpec, SelfSupervisedModel
+from .base import MethodSpec, SelfSupervisedModel, cross_view_cosines, reduce_pair
 from .outputs import PairOutput
 
 
@@ -20,10 +20,15 @@ class SimSiam(SelfSupervisedModel):
         model = SimSiam(arch="resnet18", out_dim=2048, proj_hidden=None, pred_hidden=512,
                         pred_first_bias=False, projector_end="bn", num_clusters=None, cluster_hidden=512)
         out = model(x1, x2)
-        loss = -(F.cosine_similarity(out.p1, out.t2).mean() + F.cosine_similarity(out.p2, out.t1).mean())
+        loss = model.invariance_loss(out)  # -(cos(p1, t2) + cos(p2, t1))
     """
 
     method = "simsiam"
+
+    def invariance_loss(self, out: PairOutput, reduction: str = "sum") -> torch.Tensor:
+        """The negative cosine, both directions summed: -(cos(p1, t2) + cos(p2, t1)) in [-2, 2]; "mean" halves it."""
+        c12, c21 = cross_view_cosines(out)
+        return reduce_pair(-(c12 + c21), reduction)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> PairOutput:
         h1, h2 = self.backbone(x1), self.backbone(x2)
@@ -34,15 +39,7 @@ class SimSiam(SelfSupervisedModel):
         return PairOutput(z1, z2, p1, p2, z1.detach(), z2.detach(), self.assign(z1), self.assign(z2), h1, h2)
 
 
-METHOD = MethodSpec(
-    name="simsiam",
-    model=SimSiam,
-    heads=dict(out_dim=2048, proj_hidden=None, pred_hidden=512, pred_first_bias=False, cluster_hidden=512),
-    alpha=0.0,
-    fix_pred_lr=True,
-    loss_form="simsiam",
-    clusters=False,
-)
+METHOD = MethodSpec.of(SimSiam)  # defaults: the "simsiam" row of clusiam_fast/choices.py
 """SimSiam as in its paper and the published Cluster_SimSiam code, without the cluster head.
 
 Heads: 2048-d projections and a 512-d bottleneck predictor whose first layer has no bias

@@ -97,7 +97,9 @@ class StudyConfig:
 
     def train_method(self, run: MethodRun) -> str:
         """The trainer's --method: random_init is SimSiam's backbone at step 0 (no assigner)."""
-        return "simsiam" if run.method == RANDOM_INIT else run.method
+        from ..choices import RANDOM_INIT_METHOD
+
+        return RANDOM_INIT_METHOD if run.method == RANDOM_INIT else run.method
 
 
 def _fail(source: Path, key: str, what: str) -> StudyConfigError:

@@ -21,7 +21,6 @@ _LAZY = {
     "TrainResult": ".loop",
     "TrainStep": ".step",
     "autocast_context": ".step",
-    "invariance_loss": ".objective",
     "resolve_amp_dtype": ".step",
     "train": ".loop",
     "training_loss": ".objective",

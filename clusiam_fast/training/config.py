@@ -1,7 +1,7 @@
-"""Training configuration: one dataclass, the MethodSpec defaults filled in by :meth:`TrainConfig.resolved`.
+"""Training configuration: one dataclass, the method's defaults filled in by :meth:`TrainConfig.resolved`.
 
-This module imports neither torch nor the models at import time (``--help`` stays fast);
-the method tables are looked up when a config is resolved.
+This module imports neither torch nor the models (``--help`` stays fast): the per-method
+defaults are the method's row of the torch-free table, ``clusiam_fast/choices.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 # The torch-free table of names (clusiam_fast/choices.py), re-exported for the CLI and the study.
-from ..choices import ARCH_NAMES, CLUSTER_LOSS_IMPLS, CLUSTER_METHOD_NAMES, METHOD_NAMES  # noqa: F401
+from ..choices import (  # noqa: F401
+    ARCH_NAMES,
+    CLUSTER_LOSS_IMPLS,
+    CLUSTER_METHOD_NAMES,
+    HEAD_KEYS,
+    METHOD_NAMES,
+    METHOD_TABLE,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -129,21 +136,15 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def resolved(self) -> TrainConfig:
-        """A copy with the method's defaults filled in and every value checked."""
+        """A copy with the method's defaults (its row of the choices table) filled in and every value checked."""
         cfg = dataclasses.replace(self)
         cfg._check_choices()
-        from ..models import method_spec
-
-        spec = method_spec(cfg.method)
-        for key, value in spec.defaults.items():
-            if getattr(cfg, key, None) is None:
-                setattr(cfg, key, value)
-        if not spec.uses_ema:
+        row = METHOD_TABLE[cfg.method]
+        for key in (*HEAD_KEYS, "ema_momentum", "alpha", "fix_pred_lr"):
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, row[key])
+        if row["ema_momentum"] is None:  # no momentum target: the flag means nothing
             cfg.ema_momentum = None
-        if cfg.alpha is None:
-            cfg.alpha = spec.alpha
-        if cfg.fix_pred_lr is None:
-            cfg.fix_pred_lr = spec.fix_pred_lr
         cfg._check_values()
         return cfg
 
@@ -196,7 +197,8 @@ class TrainConfig:
         need(self.alpha is None or 0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
         if not self.has_clusters and self.alpha not in (None, 0.0):
             raise ValueError(
-                f"--alpha weighs the cluster loss of clusiam / clubyol; {self.method} has none (got {self.alpha})"
+                f"--alpha weighs the cluster loss of {' / '.join(CLUSTER_METHOD_NAMES)}; {self.method} has none "
+                f"(got {self.alpha})"
             )
         need(self.num_clusters >= 1, "num-clusters", "must be >= 1")
         need(self.tau > 0, "tau", "must be > 0")

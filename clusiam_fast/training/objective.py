@@ -1,8 +1,9 @@
 """The training objective: (1 - alpha) * L_inv + alpha * L_cluster.
 
-L_inv is the symmetric invariance loss between predictions and the other view's
-target; L_cluster is :func:`clusiam_fast.cluster_loss` on both views'
-projections (concatenated, detached) and cluster logits.
+L_inv is the method's symmetric invariance loss between predictions and the other view's
+target (``model.invariance_loss(out, reduction)``, defined in each method's file);
+L_cluster is :func:`clusiam_fast.cluster_loss` on both views' projections
+(concatenated, detached) and cluster logits, for a model with a cluster head.
 
 Scale of L_inv (``reduction``): the published CluSiam / CluBYOL code *sums* the two
 symmetric terms (SimSiam form ``-(cos(p1, t2) + cos(p2, t1))``, in [-2, 2]; BYOL
@@ -16,7 +17,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from ..models.outputs import PairOutput
 from ..ops import cluster_loss, sample_gumbel
@@ -32,24 +32,11 @@ class LossTerms(NamedTuple):
     assign_noisy: torch.Tensor | None = None  # (2N,) argmax of logits + Gumbel noise (what the loss used)
 
 
-def invariance_loss(out: PairOutput, form: str = "simsiam", reduction: str = "sum") -> torch.Tensor:
-    """Symmetric loss between predictions and targets, in float32.
-
-    form "simsiam": -(cos(p1, t2) + cos(p2, t1)); form "byol": (1 - cos(p1, t2)) + (1 - cos(p2, t1))
-    (each cosine averaged over the batch). ``reduction="mean"`` multiplies by 0.5.
-    """
-    c12 = F.cosine_similarity(out.p1.float(), out.t2.detach().float(), dim=-1).mean()
-    c21 = F.cosine_similarity(out.p2.float(), out.t1.detach().float(), dim=-1).mean()
-    loss = -(c12 + c21) if form == "simsiam" else (1 - c12) + (1 - c21)
-    return loss * 0.5 if reduction == "mean" else loss
-
-
 def training_loss(
     out: PairOutput,
+    invariance: torch.Tensor,
     *,
-    form: str,
     alpha: float,
-    reduction: str = "sum",
     tau: float = 1.0,
     gumbel: bool = True,
     generator: torch.Generator | None = None,
@@ -58,18 +45,19 @@ def training_loss(
 ) -> LossTerms:
     """(1 - alpha) * invariance + alpha * cluster loss for one batch of two views.
 
+    ``invariance`` is the method's ``model.invariance_loss(out, reduction)``; a model without a
+    cluster head (``out.a1`` None) is trained on it alone.
+
     ``gumbel=False`` passes zero noise (the paper's "Joint" ablation, a plain argmax).
     ``process_group="default"`` computes the centroids over the global batch under DDP.
     """
-    inv = invariance_loss(out, form, reduction)
     if out.a1 is None:
-        zero = inv.new_zeros(())
-        return LossTerms(inv, inv, zero)
+        return LossTerms(invariance, invariance, invariance.new_zeros(()))
     z = torch.cat([out.z1, out.z2]).detach().float()
     logits = torch.cat([out.a1, out.a2]).float()
     noise = sample_gumbel(logits, generator) if gumbel else torch.zeros_like(logits)
     clu, assign_noisy = cluster_loss(
         z, logits, tau=tau, gumbel=noise, impl=impl, process_group=process_group, return_assignments=True
     )
-    total = (1.0 - alpha) * inv + alpha * clu
-    return LossTerms(total, inv, clu, logits.detach().argmax(dim=1), assign_noisy)
+    total = (1.0 - alpha) * invariance + alpha * clu
+    return LossTerms(total, invariance, clu, logits.detach().argmax(dim=1), assign_noisy)

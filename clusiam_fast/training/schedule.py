@@ -39,17 +39,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, init_lr: float) -> None:
 
 
 def build_optimizer(model, init_lr: float, momentum: float, weight_decay: float, fix_pred_lr: bool) -> torch.optim.SGD:
-    """SGD over the model's parameter groups (encoder, cluster head, predictor).
+    """SGD over the model's parameter groups with the method's lr policy (``model.optimizer_groups``).
 
     Weight decay applies to every parameter, BatchNorm and biases included, as in the
     published code.
     """
-    groups = [
-        {"params": params, "name": name, "fix_lr": name == "predictor" and fix_pred_lr}
-        for name, params in model.param_groups().items()
-        if params
-    ]
-    return torch.optim.SGD(groups, lr=init_lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(
+        model.optimizer_groups(fix_pred_lr), lr=init_lr, momentum=momentum, weight_decay=weight_decay
+    )
 
 
 def run_length(epochs: int, max_steps: int | None, per_epoch: int) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""One optimisation step: forward both views (autocast), loss in float32, backward, SGD, EMA.
+"""One optimisation step: forward both views (autocast), loss in float32, backward, SGD, the method's after-step.
 
 Shared by the training loop and ``benchmarks/bench_train_step.py``.
 """
@@ -9,7 +9,7 @@ import contextlib
 
 import torch
 
-from ..models import method_spec, unwrap
+from ..models import unwrap
 from .config import TrainConfig
 from .monitors import StepMonitors, step_monitors
 from .objective import LossTerms, training_loss
@@ -42,7 +42,8 @@ class TrainStep:
     the forward the loss used; they stay on the device.
 
     ``model`` may be wrapped in DistributedDataParallel; the loss then computes the
-    cluster centroids over the global batch (``process_group="default"``).
+    cluster centroids over the global batch (``process_group="default"``). The method
+    itself is read through its interface: ``invariance_loss`` and ``after_optimizer_step``.
     """
 
     def __init__(
@@ -58,9 +59,6 @@ class TrainStep:
         self.model, self.optimizer, self.scaler, self.cfg, self.device = model, optimizer, scaler, cfg, device
         self.generator = generator
         self.amp_dtype = resolve_amp_dtype(cfg, device)
-        spec = method_spec(cfg.method)
-        self.form = spec.loss_form
-        self.ema = spec.uses_ema
         self.group = "default" if distributed else None
         self.memory_format = (
             torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format
@@ -71,14 +69,14 @@ class TrainStep:
 
     def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[LossTerms, StepMonitors]:
         x1, x2 = self._to_device(view1), self._to_device(view2)
+        method = unwrap(self.model)  # the bare model, whose methods are the method's interface
         with autocast_context(self.device, self.amp_dtype):
             out = self.model(x1, x2)
         # Outside autocast: the invariance and cluster losses run in float32.
         terms = training_loss(
             out,
-            form=self.form,
+            method.invariance_loss(out, self.cfg.inv_reduction),
             alpha=self.cfg.alpha,
-            reduction=self.cfg.inv_reduction,
             tau=self.cfg.tau,
             gumbel=self.cfg.gumbel,
             generator=self.generator,
@@ -89,6 +87,5 @@ class TrainStep:
         self.scaler.scale(terms.total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.ema:
-            unwrap(self.model).update_target()
+        method.after_optimizer_step()
         return terms, step_monitors(out)

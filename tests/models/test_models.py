@@ -10,6 +10,8 @@ from torch import nn
 from clusiam_fast.models import (
     BYOL,
     METHODS,
+    MethodSpec,
+    SelfSupervisedModel,
     backbone_state_dict,
     build_backbone,
     build_model,
@@ -141,3 +143,16 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), bad)
     with pytest.raises(ValueError, match="plain.pt is not a clusiam_fast checkpoint"):
         load_checkpoint(bad)
+
+
+def test_a_method_spec_needs_a_table_row_and_an_invariance_loss():
+    class Dino(SelfSupervisedModel):
+        method = "dino"
+
+    class Bare(SelfSupervisedModel):
+        method = "simsiam"
+
+    with pytest.raises(ValueError, match="METHOD_TABLE has no row 'dino'"):
+        MethodSpec.of(Dino)
+    with pytest.raises(ValueError, match="Bare defines no invariance_loss"):
+        MethodSpec.of(Bare)

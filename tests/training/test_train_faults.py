@@ -448,3 +448,30 @@ def test_the_torch_free_copies_of_the_registries_equal_the_registries():
     parser = build_parser()
     choices = {a.dest: a.choices for a in parser._actions if a.choices}
     assert (choices["method"], choices["arch"], choices["cluster_loss_impl"]) == (METHODS, ARCHS, IMPLS)
+
+
+def test_the_per_method_defaults_are_the_table_s_rows_in_the_registry_the_config_and_help():
+    from clusiam_fast.choices import EMA_METHOD_NAMES, HEAD_KEYS, METHOD_TABLE
+    from clusiam_fast.models import build_model
+    from clusiam_fast.models.factory import METHOD_SPECS
+
+    helps = {a.dest: " ".join(a.help.split()) for a in build_parser()._actions}
+    for name, row in METHOD_TABLE.items():
+        spec, cfg = METHOD_SPECS[name], TrainConfig(method=name).resolved()
+        assert dict(spec.heads) == {k: row[k] for k in HEAD_KEYS}, name
+        assert (spec.alpha, spec.fix_pred_lr, spec.clusters, spec.ema_momentum) == (
+            row["alpha"],
+            row["fix_pred_lr"],
+            row["clusters"],
+            row["ema_momentum"],
+        ), name
+        assert {k: getattr(cfg, k) for k in row if k != "clusters"} == {k: v for k, v in row.items() if k != "clusters"}
+        model = build_model(name, num_clusters=3, arch="resnet18")
+        assert model.has_clusters == row["clusters"] and model.projector[-1].num_features == row["out_dim"], name
+        assert getattr(model, "momentum", None) == row["ema_momentum"], name
+        assert (name in EMA_METHOD_NAMES) == (row["ema_momentum"] is not None), name
+        # --help quotes the table's values, not a copy of them
+        assert f"{row['out_dim']} for" in helps["out_dim"] and f"{row['pred_hidden']} for" in helps["pred_hidden"]
+        assert ("on" if row["fix_pred_lr"] else "off") + " for" in helps["fix_pred_lr"]
+        if row["clusters"]:
+            assert f"{row['alpha']} for {name}" in helps["alpha"], helps["alpha"]

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clusiam_fast.choices import EMA_METHOD_NAMES, METHOD_NAMES
 from clusiam_fast.data import PAPER_RECIPE, TwoViews, dataset_mean_std, find_images, paper_augmentation
 from clusiam_fast.models import PairOutput, build_model
 from clusiam_fast.ops import sample_gumbel as gumbel_noise
 from clusiam_fast.train import build_parser, config_from_args
-from clusiam_fast.training import TrainConfig, invariance_loss, training_loss
+from clusiam_fast.training import TrainConfig, training_loss
 from clusiam_fast.training.ddp import DistContext
 from clusiam_fast.training.loader import ResumableSampler, TwoViewDataset, resolve_source
 from clusiam_fast.training.monitors import EpochMeter, collapse_std, rankme, step_monitors
@@ -29,29 +30,51 @@ def _pair(n=6, d=16, k=None, seed=0) -> PairOutput:
     return PairOutput(*t, *a)
 
 
-def test_invariance_loss_forms_and_reduction():
+@pytest.fixture(scope="module")
+def models():
+    """One small model per method: the method interface the trainer calls."""
+    return {m: build_model(m, num_clusters=4, out_dim=16, pred_hidden=8, cluster_hidden=8) for m in METHOD_NAMES}
+
+
+def test_each_method_file_defines_its_invariance_loss_and_reduction(models):
     out = _pair()
     c12 = F.cosine_similarity(out.p1, out.t2).mean()
     c21 = F.cosine_similarity(out.p2, out.t1).mean()
-    torch.testing.assert_close(invariance_loss(out, "simsiam", "sum"), -(c12 + c21))
-    torch.testing.assert_close(invariance_loss(out, "simsiam", "mean"), -(c12 + c21) / 2)
-    torch.testing.assert_close(invariance_loss(out, "byol", "sum"), 2 - c12 - c21)
+    simsiam_form, byol_form = -(c12 + c21), 2 - c12 - c21  # the published sums
+    for method in ("clusiam", "simsiam"):
+        torch.testing.assert_close(models[method].invariance_loss(out, "sum"), simsiam_form)
+        torch.testing.assert_close(models[method].invariance_loss(out, "mean"), simsiam_form / 2)
+    for method in ("clubyol", "byol"):
+        torch.testing.assert_close(models[method].invariance_loss(out, "sum"), byol_form)
+        torch.testing.assert_close(models[method].invariance_loss(out, "mean"), byol_form / 2)
+
+
+def test_only_momentum_methods_change_after_an_optimizer_step(models):
+    for method, model in models.items():
+        before = [p.clone() for p in model.state_dict().values()]
+        with torch.no_grad():
+            model.backbone.conv1.weight.add_(1.0)
+        model.after_optimizer_step()
+        changed = sum(not torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+        # the online conv1 always; the EMA target's conv1 too for the momentum methods
+        assert changed == (2 if method in EMA_METHOD_NAMES else 1), method
 
 
 def test_training_loss_mixes_terms_and_noise_is_optional():
     out = _pair(k=5)
+    inv = -F.cosine_similarity(out.p1, out.t2).mean()
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    a = training_loss(out, form="simsiam", alpha=0.3, generator=g1, impl="reference")
-    b = training_loss(out, form="simsiam", alpha=0.3, generator=g2, impl="reference")
+    a = training_loss(out, inv, alpha=0.3, generator=g1, impl="reference")
+    b = training_loss(out, inv, alpha=0.3, generator=g2, impl="reference")
     torch.testing.assert_close(a.total, 0.7 * a.invariance + 0.3 * a.cluster)
     assert torch.equal(a.assign_noisy, b.assign_noisy)  # same generator state, same noise
-    plain = training_loss(out, form="simsiam", alpha=0.3, gumbel=False, impl="reference")
+    plain = training_loss(out, inv, alpha=0.3, gumbel=False, impl="reference")
     logits = torch.cat([out.a1, out.a2])
     assert torch.equal(plain.assign_noisy, logits.argmax(1)) and torch.equal(plain.assign, logits.argmax(1))
     plain.total.backward()
     assert out.a1.grad is not None and out.a1.grad.abs().sum() > 0
-    none = training_loss(_pair(), form="byol", alpha=0.0)
-    assert none.cluster == 0 and none.assign is None
+    none = training_loss(_pair(), inv, alpha=0.0)
+    assert none.cluster == 0 and none.assign is None and none.total is inv
 
 
 def test_gumbel_noise_is_standard_gumbel():
@@ -177,7 +200,9 @@ def test_collapse_monitor_and_active_clusters():
     assert collapse_std(torch.ones(512, 256) + 1e-4 * z).item() < 0.05
     meter = EpochMeter(6, torch.device("cpu"), feature_dim=16, window=4)
     pair = _pair(k=6)
-    terms = training_loss(pair, form="simsiam", alpha=0.5, gumbel=False, impl="reference")
+    terms = training_loss(
+        pair, -F.cosine_similarity(pair.p1, pair.t2).mean(), alpha=0.5, gumbel=False, impl="reference"
+    )
     meter.update(terms, step_monitors(pair._replace(h1=pair.z1)), 6)
     row = meter.summary(DistContext())
     assert row["active_clusters"] == len(set(terms.assign.tolist()))

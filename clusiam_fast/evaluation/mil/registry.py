@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from ...choices import MIL_MODEL_NAMES
 from .abmil import ABMIL
 from .dsmil import DSMIL
 from .maxpool import MaxPoolMIL
 
 MIL_MODELS = {"maxpool": MaxPoolMIL, "dsmil": DSMIL, "abmil": ABMIL}
-DEFAULT_MODELS = ("maxpool", "dsmil", "abmil")
+DEFAULT_MODELS = MIL_MODEL_NAMES  # the torch-free table (clusiam_fast/choices.py), in its order
 
 
 def build_mil(name: str, in_dim: int, num_classes: int, **options) -> nn.Module:
