@@ -189,11 +189,13 @@ def test_out_that_is_a_file_exits_4_with_one_line(patches, tmp_path, capsys):
     target.write_text("mine")
     assert cli_main(_args(patches, target)) == 4
     err = capsys.readouterr().err
-    assert err == f"error: --out {target} is a file, not a folder: choose a folder for the run's outputs\n"
+    assert (
+        err == f"clusiam-fast train: error: --out {target} is a file, not a folder: choose a folder for the outputs\n"
+    )
     assert cli_main(_args(patches, target / "run")) == 4
     assert "which is a file" in capsys.readouterr().err
     assert target.read_text() == "mine"
-    assert "4 --out is a file" in build_parser().format_help()  # documented
+    assert "4 unusable --out" in build_parser().format_help()  # documented
 
 
 def test_out_inside_data_is_refused_before_writing(patches, tmp_path, capsys):
