@@ -138,9 +138,10 @@ def _one(action: argparse.Action, value: Any, where: str) -> Any:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     try:
         converted = action.type(text) if callable(action.type) else text
-    except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
-        reason = str(error) if isinstance(error, argparse.ArgumentTypeError) else f"must be a {_type_name(action)}"
-        raise ConfigFileError(f"{where}: {reason}, got {value!r}") from None
+    except argparse.ArgumentTypeError as error:  # its message names the value
+        raise ConfigFileError(f"{where}: {error}") from None
+    except (TypeError, ValueError):
+        raise ConfigFileError(f"{where}: must be a {_type_name(action)}, got {value!r}") from None
     if action.choices is not None and converted not in action.choices:
         raise ConfigFileError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
     return converted
