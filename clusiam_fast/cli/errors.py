@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def verb_parser(verb: str, description: str, examples: str, **kwargs) -> VerbPar
     """The parser of ``clusiam-fast VERB``: a short description, examples and the exit statuses in --help."""
     return VerbParser(
         prog=prog(verb),
-        description=description,
+        description=textwrap.fill(description, 100),  # the formatter keeps text as written (the examples)
         epilog=f"examples:\n{examples.rstrip()}\n\n{EXIT_HELP}",
         formatter_class=kwargs.pop("formatter_class", argparse.RawDescriptionHelpFormatter),
         **kwargs,
