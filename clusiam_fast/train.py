@@ -39,8 +39,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli.config_file import add_config_flags, parse_args, settings, write_config
-from .cli.config_file import dump as dump_settings
+from .cli.config_file import add_config_flags, dump, parse_args, settings, write_config
 from .cli.errors import COLLAPSED, NON_FINITE, run_verb, verb_parser
 from .cli.types import finite_float
 from .training.config import (  # torch-free: --help answers fast, arguments are checked before torch loads
@@ -425,7 +424,7 @@ def _run(argv: list[str] | None) -> int:
     cfg = _config(args)
     resolved = settings(parser, vars(cfg.resolved()), skip=NOT_SETTINGS)  # method defaults filled in
     if print_only:
-        print(dump_settings(resolved), end="")
+        print(dump(resolved), end="")
         return 0
     starts = cfg.resume or cfg.overwrite or not (Path(cfg.out) / CHECKPOINT).exists()  # else train() refuses
     if starts and os.environ.get("RANK", "0") == "0":

@@ -51,6 +51,15 @@ def test_print_config_fed_back_gives_the_same_settings(verb, tmp_path, capsys):
     assert not (tmp_path / "run").exists() and not (tmp_path / "tiles").exists()  # --print-config writes nothing
 
 
+def test_a_baseline_extract_config_leaves_checkpoint_empty(tmp_path, capsys):
+    """--encoder timm:NAME takes DATA only: the config says checkpoint: null, and reads back the same."""
+    argv = ["--encoder", "timm:vit_tiny_patch16_224", "--random-init", str(tmp_path), "--out", str(tmp_path / "o")]
+    printed = _print_config(capsys, "extract", *argv)
+    assert yaml.safe_load(printed)["checkpoint"] is None and yaml.safe_load(printed)["data"] == str(tmp_path)
+    (tmp_path / "baseline.yaml").write_text(printed)
+    assert _print_config(capsys, "extract", "--config", str(tmp_path / "baseline.yaml")) == printed
+
+
 def test_flags_on_the_command_line_override_the_file_and_underscores_work(tmp_path, capsys):
     config = tmp_path / "tile.yaml"
     config.write_text(f"slides: [{tmp_path / 'a.svs'}]\nout: {tmp_path / 'tiles'}\npatch_size: 256\nmin-tissue: 0.2\n")

@@ -20,6 +20,7 @@ import argparse
 import difflib
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,6 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the values of ``--config FILE`` (if given) under those of ``argv``."""
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _config_path(argv)
     if path is not None:
@@ -62,6 +61,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
 
 
 def _config_path(argv: list[str]) -> str | None:
+    """The FILE of ``--config FILE`` / ``--config=FILE`` (argparse itself reports one without a value)."""
     for i, word in enumerate(argv):
         if word == "--":
             return None
