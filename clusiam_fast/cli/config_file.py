@@ -3,7 +3,8 @@
 A config file is a YAML mapping whose keys are the verb's long flag names, with dashes or
 underscores (``max_steps: 100``, ``no-gumbel: true``), or the names of its positional
 arguments (``data``, ``slides``); a list gives a flag of several values (``seeds: [0, 1]``),
-``null`` leaves a flag at its default (a positional argument: empty). Flags on the command line override the file. An
+``null`` leaves a flag at its default (a positional argument: empty); a relative path is read as on the
+command line, from the working folder. Flags on the command line override the file. An
 unknown key, a wrong type or a value the flag refuses is a :class:`ConfigFileError` naming
 the file and the key. ``--print-config`` prints the resolved settings in the same form, so
 the output fed back as ``--config`` gives the same settings; each verb writes them to
