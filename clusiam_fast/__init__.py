@@ -6,9 +6,11 @@ trainer, slide tiling, a DALI data pipeline and MIL evaluation.
 Layering (a module imports only from rooms to its left, or from its own room; a test
 walks every import and fails on one that runs against it)::
 
-    utils < ops < formats < slides, cohort < data < models < training, tiling, extraction, evaluation < CLI modules < study
+    utils < cli, ops < formats < slides, cohort < data < models < training, tiling, extraction, evaluation < CLI modules
+    < study < __main__
 
 - ``utils``: atomic writes, optional-dependency hints, thread scopes.
+- ``cli``: what every verb shares, torch-free: one-line errors and exit statuses, ``--config`` files, argparse types.
 - ``ops``: the cluster loss (public function, module, reference, registration).
 - ``formats``: the files other tools read: coordinate HDF5 (CLAM, TRIDENT), the tiler manifest, feature bags.
 - ``slides``: whole-slide readers (cuCIM, OpenSlide, tifffile) behind one interface.
@@ -19,6 +21,7 @@ walks every import and fails on one that runs against it)::
   one room per verb (train, tile, extract, evaluate).
 - CLI modules (``train``, ``tile``, ``extract``, ``evaluate``, ``shards``): argparse only.
 - ``study``: compares methods end to end by running the train / extract / evaluate CLIs.
+- ``__main__``: ``clusiam-fast VERB`` (``python -m clusiam_fast VERB``) runs the verb's module.
 """
 
 from importlib import import_module

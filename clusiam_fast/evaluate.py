@@ -38,14 +38,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .choices import MIL_MODEL_NAMES as MIL_MODELS  # torch-free, so --help needs no torch
+from .cli.config_file import add_config_flags, dump, parse_args, settings, write_config
+from .cli.errors import OutPathError, run_verb, verb_parser
+
+EXAMPLES = """\
+  clusiam-fast evaluate features --labels slides.csv --out report              # MIL: max-pooling, DSMIL, ABMIL
+  clusiam-fast evaluate features --labels slides.csv --folds 5 --out report_cv  # 5-fold cross-validation
+  clusiam-fast evaluate features --patch-labels patches.csv --out report        # clustering and KNN
+  clusiam-fast evaluate --config report/config.yaml --out report_again          # the same settings again
+"""
+DESCRIPTION = (
+    "Evaluate feature bags: MIL slide classification (paper protocol, bootstrap CI), clustering and KNN "
+    "against patch labels, cluster maps; writes report.md, report.json and figures."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = verb_parser("evaluate", DESCRIPTION, EXAMPLES)
     p.add_argument("features", type=Path, help="folder written by clusiam_fast.extract (bags/*.h5 + index.csv)")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.md, report.json, *.png, maps/)")
     p.add_argument(
@@ -155,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads for MIL training on the CPU (default: 1 for small bags, else torch's)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p)
     return p
 
 
@@ -164,7 +174,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         if path is not None and not path.exists():
             raise FileNotFoundError(f"{flag} {path} does not exist")
     if args.out.exists() and not args.out.is_dir():
-        raise FileExistsError(f"--out {args.out} is a file, not a folder: choose a folder for the report")
+        raise OutPathError(f"--out {args.out} is a file, not a folder: choose a folder for the report")
     if args.folds is not None and args.folds < 2:
         raise ValueError(f"--folds must be at least 2, got {args.folds}")
 
@@ -212,21 +222,23 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _check_paths(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
-    from .evaluation.pipeline import run_evaluation
-    from .utils.atomic import WriteFailedError
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 4 unusable --out)."""
+    return run_verb("evaluate", lambda: _run(argv))
 
-    try:
-        cfg = config_from_args(args)
-        results = run_evaluation(args.features, args.out, labels=args.labels, patch_labels=args.patch_labels, cfg=cfg)
-    except (FileNotFoundError, ValueError, ImportError, WriteFailedError) as error:  # a full disk: one line too
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    resolved = settings(parser, vars(args))
+    if args.print_config:
+        print(dump(resolved), end="")
+        return 0
+    _check_paths(args)
+    from .evaluation.pipeline import run_evaluation
+
+    cfg = config_from_args(args)
+    results = run_evaluation(args.features, args.out, labels=args.labels, patch_labels=args.patch_labels, cfg=cfg)
+    write_config(args.out, resolved)  # OUT/config.yaml: --config it to evaluate with the same settings again
     from .evaluation.bag_checks import left_out_lines
     from .evaluation.report import slide_label_lines
 

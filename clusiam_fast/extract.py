@@ -73,36 +73,34 @@ interpolation); torchvision models ImageNet statistics.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli.config_file import add_config_flags, dump, parse_args, settings, write_config
+from .cli.errors import PARTIAL, OutPathError, run_verb, verb_parser
+from .cli.types import json_object
 from .cohort.cli import add_cohort_arguments
 
 USAGE = (
-    "python -m clusiam_fast.extract CHECKPOINT DATA --out DIR [options]\n"
-    "       python -m clusiam_fast.extract --encoder timm:NAME|torchvision:NAME --weights FILE DATA --out DIR [options]"
+    "clusiam-fast extract CHECKPOINT DATA --out DIR [options]\n"
+    "       clusiam-fast extract --encoder timm:NAME|torchvision:NAME --weights FILE DATA --out DIR [options]"
+)
+EXAMPLES = """\
+  clusiam-fast extract runs/clusiam/checkpoint.pt tiles/manifest.csv --out features
+  clusiam-fast extract runs/clusiam/backbone.pt patches/ --out features --fp16
+  clusiam-fast extract --encoder timm:vit_small_patch16_224 --weights vit.safetensors tiles --out features_vit
+  clusiam-fast extract runs/clusiam/checkpoint.pt coords/ --slide-dir slides/ --out features --shard 0/4
+  clusiam-fast extract --config features/config.yaml        # the same settings again (done slides are skipped)
+"""
+DESCRIPTION = (
+    "Feature bags (one CLAM-compatible HDF5 per slide: features, assigner probabilities, clusters, coordinates) "
+    "from a trainer checkpoint, an exported backbone or a timm / torchvision baseline; resumable, sharded, Ray."
 )
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"init_values\": 1e-5}}', got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.extract",
-        usage=USAGE,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = verb_parser("extract", DESCRIPTION, EXAMPLES, usage=USAGE)
     p.add_argument(
         "checkpoint",
         type=Path,
@@ -136,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--encoder-kwargs",
-        type=_json_object,
+        type=json_object,
         default=None,
         metavar="JSON",
         help='extra timm.create_model options the weights need, e.g. \'{"init_values": 1e-5, "dynamic_img_size": true}\'',
@@ -197,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray actors (models); default: one per GPU of the cluster (num_gpus=1 each), else 1 CPU actor",
     )
+    add_config_flags(p)
     return p
 
 
@@ -207,66 +206,64 @@ def _check_paths(args: argparse.Namespace) -> None:
     if not args.data.exists():
         raise FileNotFoundError(f"DATA {args.data} does not exist")
     if args.out.exists() and not args.out.is_dir():
-        raise FileExistsError(f"--out {args.out} is a file, not a folder: choose a folder for the bags")
+        raise OutPathError(f"--out {args.out} is a file, not a folder: choose a folder for the bags")
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 some slides failed or missing, 2 bad input, 4 unusable --out)."""
+    return run_verb("extract", lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.encoder != "checkpoint" and args.data is None:  # a baseline takes DATA only
         args.checkpoint, args.data = None, args.checkpoint
     if args.data is None:
         parser.error("DATA is required (CHECKPOINT DATA, or --encoder timm:NAME --weights FILE DATA)")
-    try:
-        _check_paths(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"extract: error: {error}", file=sys.stderr)
-        return 2
+    resolved = settings(parser, vars(args))
+    if args.print_config:
+        print(dump(resolved), end="")
+        return 0
+    _check_paths(args)
     import warnings
 
-    from .cohort import SettingsChangedError, parse_shard
+    from .cohort import parse_shard
     from .extraction.pipeline import extract
-    from .utils.atomic import WriteFailedError
 
-    try:
-        with warnings.catch_warnings():  # said once below, from the summary
-            warnings.filterwarnings("ignore", message="patches come in")
-            warnings.filterwarnings("ignore", message=".* slides are missing and are skipped")
-            summary = extract(
-                args.checkpoint,
-                args.data,
-                args.out,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                fp16=args.fp16,
-                device=args.device,
-                amp=not args.no_amp,
-                resize=args.resize,
-                crop=args.crop,
-                mean=args.mean,
-                std=args.std,
-                progress=not args.quiet,
-                slide_dir=args.slide_dir,
-                encoder=args.encoder,
-                weights=args.weights,
-                random_init=args.random_init,
-                encoder_kwargs=args.encoder_kwargs,
-                engine=args.engine,
-                ray_address=args.ray_address,
-                actors=args.actors,
-                redo=args.redo,
-                lock_timeout=args.lock_timeout,
-                shard=parse_shard(args.shard),
-                trust_pickle=args.trust_pickle,
-            )
-    except (FileNotFoundError, ValueError, ImportError, ConnectionError, SettingsChangedError) as error:
-        print(f"extract: error: {error}", file=sys.stderr)
-        return 2
-    except WriteFailedError as error:  # disk full, read-only --out: one line; what was written before is kept
-        print(f"extract: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # said once below, from the summary
+        warnings.filterwarnings("ignore", message="patches come in")
+        warnings.filterwarnings("ignore", message=".* slides are missing and are skipped")
+        summary = extract(
+            args.checkpoint,
+            args.data,
+            args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            fp16=args.fp16,
+            device=args.device,
+            amp=not args.no_amp,
+            resize=args.resize,
+            crop=args.crop,
+            mean=args.mean,
+            std=args.std,
+            progress=not args.quiet,
+            slide_dir=args.slide_dir,
+            encoder=args.encoder,
+            weights=args.weights,
+            random_init=args.random_init,
+            encoder_kwargs=args.encoder_kwargs,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            actors=args.actors,
+            redo=args.redo,
+            lock_timeout=args.lock_timeout,
+            shard=parse_shard(args.shard),
+            trust_pickle=args.trust_pickle,
+        )
+    write_config(args.out, resolved)  # OUT/config.yaml: --config it to extract with the same settings
     if summary.get("size_note"):
         print(f"extract: {summary['size_note']}", file=sys.stderr)
     for missing in summary.get("missing_slides", []):
@@ -296,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.out / 'extract.json'}); pass --slide-dir FOLDER if they moved",
             file=sys.stderr,
         )
-    return 1 if summary["failed_slides"] or summary.get("missing_slides") else 0
+    return PARTIAL if summary["failed_slides"] or summary.get("missing_slides") else 0
 
 
 if __name__ == "__main__":

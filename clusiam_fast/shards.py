@@ -11,16 +11,23 @@ byte for byte). See :mod:`clusiam_fast.data.shards`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 
+from .cli.errors import PARTIAL, run_verb, verb_parser
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.shards",
-        description="Pack a folder of image patches or a tiler manifest.csv into webdataset tar shards "
+EXAMPLES = """\
+  clusiam-fast shards tiles/manifest.csv --out shards        # patches read from the slides, JPEG-encoded
+  clusiam-fast shards patches/ --out shards --shard-size 5000  # image files copied byte for byte
+"""
+
+
+def build_parser():
+    parser = verb_parser(
+        "shards",
+        "Pack a folder of image patches or a tiler manifest.csv into webdataset tar shards "
         "(with DALI index files) for build_dali_loader.",
+        EXAMPLES,
     )
     parser.add_argument(
         "source", help="a tiler manifest.csv or output folder, or a folder of images (searched recursively)"
@@ -36,14 +43,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality for patches read from slides")
     parser.add_argument("--workers", type=int, default=4, help="threads / processes reading the inputs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 no sample packed, 2 bad input, 4 unusable --out)."""
+    return run_verb("shards", lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from .cli.errors import check_out_path
     from .data.resolve import resolve_data
 
-    try:
-        data = resolve_data(args.source, accept=("manifest", "folder"), what="SRC")
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
+    check_out_path(args.out)
+    data = resolve_data(args.source, accept=("manifest", "folder"), what="SRC")
     from .data.shards import pack_images, pack_manifest
 
     if data.kind == "manifest":
@@ -58,13 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         if not data.files:
-            parser.error(f"SRC {data.path} holds no image files")
+            raise ValueError(f"SRC {data.path} holds no image files")
         summary = pack_images(data.files, args.out, shard_size=args.shard_size, seed=args.seed, workers=args.workers)
     print(
         f"wrote {summary['num_shards']} shard(s) with {summary['num_samples']} samples to {args.out}"
         + (f"; {len(summary['skipped'])} left out (see shards.json)" if summary["skipped"] else "")
     )
-    return 1 if summary["num_samples"] == 0 else 0
+    return PARTIAL if summary["num_samples"] == 0 else 0
 
 
 if __name__ == "__main__":

@@ -89,27 +89,27 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .cli.config_file import add_config_flags, dump, parse_args, settings, write_config
+from .cli.errors import PARTIAL, DefaultsFormatter, check_out_path, run_verb, verb_parser
+from .cli.types import positive_float, positive_int
 from .cohort.cli import add_cohort_arguments
 
 # the tiling pipeline (numpy, readers) is imported in main(), so that --help answers at once
-
-
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    return parse
+EXAMPLES = """\
+  clusiam-fast tile slides/ --out tiles                        # 224 px at 0.5 um/px (20x), CLAM h5 files
+  clusiam-fast tile a.svs b.ndpi --out tiles --mpp 1.0 --save-tiles jpg
+  clusiam-fast tile slides/ --out tiles --shard 0/4             # part 0 of 4 (Slurm arrays, several nodes)
+  clusiam-fast tile --config tiles/config.yaml                  # the same settings again (done slides are skipped)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.tile",
-        description="Cut whole-slide images into tissue patches at a fixed resolution: CLAM- (or TRIDENT-) "
+    parser = verb_parser(
+        "tile",
+        "Cut whole-slide images into tissue patches at a fixed resolution: CLAM- (or TRIDENT-) "
         "compatible coordinate files, QA thumbnails and a manifest to train on.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        EXAMPLES,
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument(
         "slides",
@@ -125,14 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mpp",
-        type=_positive(float),
+        type=positive_float,
         default=0.5,
         help="target resolution of the patches in microns per pixel (0.5 = 20x)",
     )
-    parser.add_argument("--patch-size", type=_positive(int), default=224, help="patch side in output pixels")
+    parser.add_argument("--patch-size", type=positive_int, default=224, help="patch side in output pixels")
     parser.add_argument(
         "--stride",
-        type=_positive(int),
+        type=positive_int,
         default=None,
         help="grid step in output pixels (default: the patch size, no overlap)",
     )
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--slide-mpp",
-        type=_positive(float),
+        type=positive_float,
         default=None,
         metavar="X",
         help="level-0 microns per pixel for slides whose metadata has none (metadata wins)",
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=_positive(int),
+        type=positive_int,
         default=max(1, min(8, (os.cpu_count() or 2) // 2)),
         help="slides tiled in parallel (local engine: processes; ray without --ray-address: the local instance's CPUs)",
     )
@@ -197,56 +197,61 @@ def build_parser() -> argparse.ArgumentParser:
         parser, "tile", "local: --workers processes on this machine; ray: one Ray task per slide (pip install '.[ray]')"
     )
     cohort.add_argument(
-        "--cpus-per-task", type=_positive(float), default=1.0, metavar="C", help="CPUs Ray reserves per slide task"
+        "--cpus-per-task", type=positive_float, default=1.0, metavar="C", help="CPUs Ray reserves per slide task"
     )
+    add_config_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 some slide failed, 2 bad arguments or --out not writable)."""
+    """Run the CLI; returns the exit status (0 ok, 1 some slide failed, 2 bad input, 4 unusable --out)."""
+    return run_verb("tile", lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    from clusiam_fast.cohort import SettingsChangedError, parse_shard
+    args = parse_args(parser, argv)
+    resolved = settings(parser, vars(args))
+    if args.print_config:
+        print(dump(resolved), end="")
+        return 0
+    check_out_path(args.out)
+    if not any(os.path.exists(path) for path in args.slides):  # one missing among others: that slide fails
+        raise FileNotFoundError(f"SLIDE_OR_DIR: none of {', '.join(args.slides)} exists")
+    from clusiam_fast.cohort import parse_shard
     from clusiam_fast.tiling.mpp_table import read_mpp_table
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
-    from clusiam_fast.utils.atomic import WriteFailedError
 
-    try:
-        shard = parse_shard(args.shard)
-        slide_mpps = read_mpp_table(args.slide_mpp_csv) if args.slide_mpp_csv else None
-        config = TileConfig(
-            target_mpp=args.mpp,
-            patch_size=args.patch_size,
-            stride=args.stride,
-            min_tissue=args.min_tissue,
-            slide_mpp=args.slide_mpp,
-            backend=args.backend,
-            save_tiles=args.save_tiles,
-            on_corrupt_tile=args.on_corrupt_tile,
-            decode_device=args.decode_device,
-            coords_format=args.coords_format,
-        )
-        report = tile_slides(
-            args.slides,
-            args.out,
-            config,
-            workers=args.workers,
-            engine=args.engine,
-            ray_address=args.ray_address,
-            cpus_per_task=args.cpus_per_task,
-            redo=args.redo,
-            lock_timeout=args.lock_timeout,
-            shard=shard,
-            slide_mpps=slide_mpps,
-        )
-    except (ValueError, FileNotFoundError, ImportError, ConnectionError, SettingsChangedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except WriteFailedError as error:  # disk full, read-only --out: one line; what was written before is kept
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    shard = parse_shard(args.shard)
+    slide_mpps = read_mpp_table(args.slide_mpp_csv) if args.slide_mpp_csv else None
+    config = TileConfig(
+        target_mpp=args.mpp,
+        patch_size=args.patch_size,
+        stride=args.stride,
+        min_tissue=args.min_tissue,
+        slide_mpp=args.slide_mpp,
+        backend=args.backend,
+        save_tiles=args.save_tiles,
+        on_corrupt_tile=args.on_corrupt_tile,
+        decode_device=args.decode_device,
+        coords_format=args.coords_format,
+    )
+    report = tile_slides(
+        args.slides,
+        args.out,
+        config,
+        workers=args.workers,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        cpus_per_task=args.cpus_per_task,
+        redo=args.redo,
+        lock_timeout=args.lock_timeout,
+        shard=shard,
+        slide_mpps=slide_mpps,
+    )
+    write_config(args.out, resolved)  # OUT/config.yaml: --config it to tile with the same settings again
     print(report.summary())
-    return 0 if report.ok else 1
+    return 0 if report.ok else PARTIAL
 
 
 if __name__ == "__main__":

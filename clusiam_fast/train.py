@@ -35,47 +35,44 @@ above the thresholds is left as it was), 130 interrupted (Ctrl-C / SIGTERM; chec
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
 from .choices import CLUSTER_METHOD_NAMES, EMA_METHOD_NAMES, method_defaults_text
+from .cli.config_file import add_config_flags, dump, parse_args, settings, write_config
+from .cli.errors import COLLAPSED, NON_FINITE, run_verb, verb_parser
+from .cli.types import finite_float
 from .training.config import (  # torch-free: --help answers fast, arguments are checked before torch loads
     ARCH_NAMES,
     CLUSTER_LOSS_IMPLS,
     METHOD_NAMES,
     CollapseError,
     NonFiniteLossError,
-    OutPathError,
     TrainConfig,
     check_out_outside_data,
 )
 from .training.run_folder import CHECKPOINT, open_run_folder
-from .utils.atomic import WriteFailedError
 
 D = TrainConfig()  # the defaults quoted in --help
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a float that is not inf or nan (argparse names the flag in its error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+NOT_SETTINGS = ("demo", "resume", "overwrite", "trust_pickle")  # what to do with OUT, not how to train
+EXAMPLES = """\
+  clusiam-fast train --demo --out runs/demo --amp                   # offline demo, ~1-3 min on a CPU
+  clusiam-fast train patches/ --out runs/clusiam --amp              # the paper's settings
+  clusiam-fast train tiles/manifest.csv --out runs/x --method clubyol
+  clusiam-fast train --out runs/clusiam --resume                    # continue exactly where it stopped
+  clusiam-fast train --config runs/clusiam/config.yaml --out runs/y # the same settings again
+  torchrun --nproc_per_node 2 -m clusiam_fast.train patches/ --out runs/ddp --sync-bn
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's parser: DATA, --out and --demo, then one function per group of flags, in --help's order."""
-    p = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.train",
-        description="Self-supervised pre-training of a ResNet on histopathology patches with CluSiam "
+    p = verb_parser(
+        "train",
+        "Self-supervised pre-training of a ResNet on histopathology patches with CluSiam "
         "(SimSiam + cluster loss, Wu et al. ICCV 2023), CluBYOL, SimSiam or BYOL.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1],
+        EXAMPLES,
         argument_default=argparse.SUPPRESS,  # only flags given on the command line override (see main)
     )
     p.add_argument(
@@ -105,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_flags(p)
     _add_collapse_flags(p)
     _add_output_flags(p)
+    add_config_flags(p)
     return p
 
 
@@ -372,8 +370,15 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse the command line into a TrainConfig: defaults < --demo settings < saved config (--resume) < flags."""
-    args = vars(build_parser().parse_args(argv))
+    """Parse the command line into a TrainConfig: defaults < --demo settings < saved config (--resume) <
+    --config file < flags."""
+    return _config(vars(parse_args(build_parser(), argv)))
+
+
+def _config(args: dict) -> TrainConfig:
+    """The TrainConfig of the parsed flags (only those given, see build_parser)."""
+    args.pop("config", None)
+    print_only = args.pop("print_config", False)  # writes nothing, not even the --demo patches
     demo = args.pop("demo", False)
     values: dict = {}
     out = Path(args["out"])
@@ -398,9 +403,9 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     if demo and "data" not in args and not values.get("data"):
         from .data.demo import make_demo_patches
 
-        args["data"] = str(make_demo_patches(out / "demo_patches"))
+        args["data"] = str(out / "demo_patches" if print_only else make_demo_patches(out / "demo_patches"))
     if "data" not in args and not values.get("data"):
-        raise SystemExit("error: DATA is required (a folder of patches or a tiler manifest.csv), or use --demo")
+        raise ValueError("DATA is required (a folder of patches or a tiler manifest.csv), or use --demo")
     values.update(args)
     if values.get("data"):
         values["data"] = str(Path(values["data"]).expanduser().absolute())  # --resume works from any folder
@@ -414,31 +419,25 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit status listed in the module docstring (argparse errors exit 2 itself)."""
-    try:
-        cfg = config_from_args(argv)
-        from .training import train  # torch: only after the arguments parsed
+    """The CLI; returns the exit status of the shared convention (clusiam_fast/cli/errors.py)."""
+    return run_verb("train", lambda: _run(argv), {NonFiniteLossError: NON_FINITE, CollapseError: COLLAPSED})
 
-        result = train(cfg)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except OutPathError as error:
-        if os.environ.get("CLUSIAM_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 4
-    except CollapseError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 5
-    except WriteFailedError as error:  # disk full, read-only --out: the last checkpoint is left as it was
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError) as error:
-        if os.environ.get("CLUSIAM_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def _run(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = vars(parse_args(parser, argv))
+    print_only = args.get("print_config", False)
+    cfg = _config(args)
+    resolved = settings(parser, vars(cfg.resolved()), skip=NOT_SETTINGS)  # method defaults filled in
+    if print_only:
+        print(dump(resolved), end="")
+        return 0
+    starts = cfg.resume or cfg.overwrite or not (Path(cfg.out) / CHECKPOINT).exists()  # else train() refuses
+    if starts and os.environ.get("RANK", "0") == "0":
+        write_config(cfg.out, resolved)  # OUT/config.yaml: --config it to train the same run again
+    from .training import train  # torch: only after the arguments parsed
+
+    result = train(cfg)
     return 130 if result.status == "interrupted" else 0
 
 

@@ -19,6 +19,7 @@ ROOT = Path(clusiam_fast.__file__).parent
 LEVELS = {
     "utils": 0,
     "choices": 0,  # the torch-free table of names
+    "cli": 1,  # what every verb shares: one-line errors, exit statuses, --config files (torch-free)
     "ops": 1,
     "reference": 2,  # thin re-export of ops
     "formats": 2,
@@ -37,6 +38,7 @@ LEVELS = {
     "shards": 7,
     "study": 8,  # runs the CLI modules (train, extract, evaluate) and reads their parsers
     "__init__": 8,  # the package's own re-exports
+    "__main__": 9,  # clusiam-fast VERB: runs every verb's module
     "_C": 0,  # the compiled kernels
 }
 

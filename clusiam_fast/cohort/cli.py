@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.types import positive_float
 from .engines import ENGINES
 from .locks import DEFAULT_TIMEOUT_S
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def add_cohort_arguments(parser: argparse.ArgumentParser, verb: str, engine_help: str) -> argparse._ArgumentGroup:
     """--engine, --ray-address, --redo, --lock-timeout, --shard in one group (returned, for the verb's own)."""
     group = parser.add_argument_group("cohort (resumable, shared folders, Ray)")
-    shown = parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter  # the parser adds "(default: ...)"
+    shown = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)  # it adds "(default: ...)"
     default = "" if shown else f"; default {DEFAULT_TIMEOUT_S:.0f}"
     group.add_argument("--engine", choices=ENGINES, default="local", help=engine_help)
     group.add_argument(

@@ -25,14 +25,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli.errors import PARTIAL, run_verb, verb_parser
+
+EXAMPLES = """\
+  clusiam-fast study benchmarks/study_pcam.yaml --out runs/study_pcam
+  clusiam-fast study study.yaml               # again after a crash / Ctrl-C: continues where it stopped
+  clusiam-fast study study.yaml --report-only
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m clusiam_fast.study",
-        description="Compare self-supervised methods on your data: the same data, seed and budget for each, "
+    p = verb_parser(
+        "study",
+        "Compare self-supervised methods on your data: the same data, seed and budget for each, "
         "the same evaluation, one report (report.md, report.json, study.png).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1],
+        EXAMPLES,
     )
     p.add_argument("config", type=Path, help="study config (YAML)")
     p.add_argument("--out", type=Path, default=None, help="study folder (default: out: of the config)")
@@ -51,16 +58,16 @@ def _interrupt(signum, frame):  # SIGTERM as Ctrl-C: the running step is stopped
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .config import StudyConfigError, evaluate_settings, load_config
+    """Run the CLI; returns the exit status (0 every step done, 1 a step failed, 2 bad input, 130 interrupted)."""
+    return run_verb("study", lambda: _run(argv))
 
-    try:
-        cfg = load_config(args.config, args.out)
-        evaluate_settings(cfg)  # every evaluate value, before the data are built
-    except (StudyConfigError, ImportError) as error:
-        print(f"study: error: {error}", file=sys.stderr)
-        return 2
-    from ..utils.atomic import WriteFailedError
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import evaluate_settings, load_config
+
+    cfg = load_config(args.config, args.out)  # a bad config: StudyConfigError (ValueError), exit status 2
+    evaluate_settings(cfg)  # every evaluate value, before the data are built
     from .report import method_result, write_report
     from .runner import Study
 
@@ -78,15 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             records = study.run()
     except KeyboardInterrupt:
-        print("study: interrupted; run the same command to continue", file=sys.stderr)
+        print("clusiam-fast study: interrupted; run the same command to continue", file=sys.stderr)
         return 130
-    except ValueError as error:  # data that the checks could not see (too few images to sample)
-        print(f"study: error: {error}", file=sys.stderr)
-        return 2
-    except WriteFailedError as error:  # disk full, read-only --out: one line; finished steps are kept
-        print(f"study: error: {error}", file=sys.stderr)
-        return 2
-    finally:
+    finally:  # data the checks could not see (too few images), a full disk: one line, exit status 2 (run_verb)
         signal.signal(signal.SIGTERM, previous)
     rows = [
         method_result(run.name, run.method, cfg.out / "runs" / run.name, [r for r in records if r["name"] == run.name])
@@ -101,11 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "methods": rows,
         "steps": records,
     }
-    try:
-        result = write_report(cfg.out, report)
-    except WriteFailedError as error:
-        print(f"study: error: {error}", file=sys.stderr)
-        return 2
+    result = write_report(cfg.out, report)
     for row in result["methods"]:
         knn = row.get("knn", {}).get("f1_macro")
         mil = ", ".join(
@@ -113,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"{row['name']}: KNN F1 {'n/a' if knn is None else f'{knn:.3f}'}" + (f", {mil}" if mil else ""))
     print(f"wrote {cfg.out / 'report.md'}, report.json, study.png")
-    return 1 if any(r["status"] == "failed" for r in records) else 0
+    return PARTIAL if any(r["status"] == "failed" for r in records) else 0
 
 
 if __name__ == "__main__":

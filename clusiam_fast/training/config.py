@@ -22,6 +22,7 @@ from ..choices import (  # noqa: F401
     METHOD_NAMES,
     METHOD_TABLE,
 )
+from ..cli.errors import OutPathError, check_out_path  # noqa: F401  (--out checks shared by the verbs; exit status 4)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,19 +32,6 @@ class NonFiniteLossError(RuntimeError):
 class CollapseError(RuntimeError):
     """--stop-on-collapse: a backbone monitor stayed below its threshold; the last good checkpoint was kept.
     The CLI exits with status 5."""
-
-
-class OutPathError(NotADirectoryError):
-    """--out names a file (or lies under one): the run folder cannot be made. The CLI exits with status 4."""
-
-
-def check_out_path(out: str | os.PathLike) -> None:
-    """--out must be (or become) a folder: neither it nor a parent may be a file."""
-    out = Path(out)
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "is a file" if existing == out else f"lies under {existing}, which is a file"
-        raise OutPathError(f"--out {out} {where}, not a folder: choose a folder for the run's outputs")
 
 
 def check_out_outside_data(out: str | os.PathLike, data: str | os.PathLike, kind: str) -> None:

@@ -177,7 +177,7 @@ def test_a_ray_address_that_does_not_answer_or_is_not_ray_fails_in_one_line(wsi_
     elapsed = time.perf_counter() - start
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("clusiam-fast tile: error: "), done.stderr[-2000:]
     assert f"--ray-address 127.0.0.1:{port}" in lines[0] and "ray start --head" in lines[0]
     assert elapsed < 30, elapsed
 

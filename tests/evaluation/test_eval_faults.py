@@ -265,7 +265,7 @@ def test_non_positive_resize_or_crop_is_refused_in_one_line(pcam_dir, backbone, 
     args = [str(backbone), str(data), "--out", str(tmp_path / "o"), "--workers", "0", "--quiet", flag, value]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"extract: error: {flag} must be a positive number of pixels, got {value}"]
+    assert err == [f"clusiam-fast extract: error: {flag} must be a positive number of pixels, got {value}"]
     assert not (tmp_path / "o" / "bags").exists()
 
 
@@ -556,7 +556,9 @@ def test_help_answers_without_importing_torch(module):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr
-    assert "usage: python -m " + module in done.stdout and done.stdout.strip().endswith("NO-TORCH"), done.stdout[-300:]
+    assert "usage: clusiam-fast " + module.split(".")[-1] in done.stdout and done.stdout.strip().endswith("NO-TORCH"), (
+        done.stdout[-300:]
+    )
     assert seconds < 5, f"--help took {seconds:.1f} s"  # ~0.1 s without torch; the torch check above is the guard
 
 

@@ -27,7 +27,7 @@ def test_an_out_that_is_a_file_is_one_error_from_the_cli_and_from_train(patches,
             train(small_config(patches, out))
         capsys.readouterr()
         assert cli_main([str(patches), "--out", str(out), *FLAGS]) == 4
-        assert capsys.readouterr().err == f"error: {caught.value}\n"
+        assert capsys.readouterr().err == f"clusiam-fast train: error: {caught.value}\n"
     assert target.read_text() == "mine"
 
 
@@ -39,7 +39,7 @@ def test_a_resume_with_another_method_is_one_error_from_the_cli_and_from_train(p
         train(small_config(patches, run, method="simsiam", resume=True))
     capsys.readouterr()
     assert cli_main(["--out", str(run), "--resume", "--method", "simsiam"]) == 2
-    assert capsys.readouterr().err == f"error: {caught.value}\n"
+    assert capsys.readouterr().err == f"clusiam-fast train: error: {caught.value}\n"
 
 
 def test_the_run_folder_checks_need_no_torch_until_there_is_a_checkpoint_to_read(tmp_path):

@@ -189,11 +189,13 @@ def test_out_that_is_a_file_exits_4_with_one_line(patches, tmp_path, capsys):
     target.write_text("mine")
     assert cli_main(_args(patches, target)) == 4
     err = capsys.readouterr().err
-    assert err == f"error: --out {target} is a file, not a folder: choose a folder for the run's outputs\n"
+    assert (
+        err == f"clusiam-fast train: error: --out {target} is a file, not a folder: choose a folder for the outputs\n"
+    )
     assert cli_main(_args(patches, target / "run")) == 4
     assert "which is a file" in capsys.readouterr().err
     assert target.read_text() == "mine"
-    assert "4 --out is a file" in build_parser().format_help()  # documented
+    assert "4 unusable --out" in build_parser().format_help()  # documented
 
 
 def test_out_inside_data_is_refused_before_writing(patches, tmp_path, capsys):
@@ -408,21 +410,23 @@ def test_train_argument_errors_are_found_before_torch_is_imported(patches, tmp_p
 
 
 @pytest.mark.parametrize(
-    "module,argv,message",
+    "module,argv,status,message",
     [
-        ("clusiam_fast.extract", ["{ckpt}", "{data}", "--out", "{out}"], "checkpoint {ckpt} does not exist"),
-        ("clusiam_fast.extract", ["{here}", "{data}", "--out", "{file}"], "--out {file} is a file"),
-        ("clusiam_fast.evaluate", ["{ckpt}", "--out", "{out}"], "FEATURES {ckpt} does not exist"),
-        ("clusiam_fast.evaluate", ["{here}", "--out", "{out}", "--folds", "1"], "--folds must be at least 2"),
+        ("clusiam_fast.extract", ["{ckpt}", "{data}", "--out", "{out}"], 2, "checkpoint {ckpt} does not exist"),
+        ("clusiam_fast.extract", ["{here}", "{data}", "--out", "{file}"], 4, "--out {file} is a file"),
+        ("clusiam_fast.evaluate", ["{ckpt}", "--out", "{out}"], 2, "FEATURES {ckpt} does not exist"),
+        ("clusiam_fast.evaluate", ["{here}", "--out", "{out}", "--folds", "1"], 2, "--folds must be at least 2"),
     ],
     ids=["extract-missing-checkpoint", "extract-out-is-a-file", "evaluate-missing-features", "evaluate-folds-1"],
 )
-def test_extract_and_evaluate_path_errors_are_found_before_torch_is_imported(patches, tmp_path, module, argv, message):
+def test_extract_and_evaluate_path_errors_are_found_before_torch_is_imported(
+    patches, tmp_path, module, argv, status, message
+):
     (tmp_path / "file.txt").write_text("not a folder")
     names = dict(ckpt=tmp_path / "nosuch.pt", data=patches, out=tmp_path / "o", file=tmp_path / "file.txt")
     names["here"] = tmp_path
     out, err = _run_without_torch(module, *(a.format(**names) for a in argv))
-    assert out == "NO-TORCH 2", err[-2000:]
+    assert out == f"NO-TORCH {status}", err[-2000:]
     assert message.format(**names) in err and "Traceback" not in err, err
 
 

@@ -231,7 +231,7 @@ def test_cli_help_explains_every_flag_and_maps_to_config(tmp_path):
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.option_strings
-            assert action.dest in fields | {"demo"}, action.dest
+            assert action.dest in fields | {"demo", "config", "print_config"}, action.dest
     for flag in ("--no-gumbel", "--alpha", "--projector-end", "--resume", "--export-backbone", "--loader", "--amp"):
         assert flag in text
     (tmp_path / "data").mkdir()  # --out outside DATA: checked here already
