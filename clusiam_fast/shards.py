@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if data.kind == "manifest":
         summary = pack_manifest(
-            data.path,
+            data,
             args.out,
             shard_size=args.shard_size,
             seed=args.seed,

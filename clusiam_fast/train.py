@@ -40,6 +40,7 @@ import os
 import sys
 from pathlib import Path
 
+from .data.resolve import PATCH_KINDS, DataArg, resolve_data
 from .training.config import (  # torch-free: --help answers fast, arguments are checked before torch loads
     ARCH_NAMES,
     CLUSTER_LOSS_IMPLS,
@@ -367,6 +368,11 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse the command line into a TrainConfig: defaults < --demo settings < saved config (--resume) < flags."""
+    return config_and_data(argv)[0]
+
+
+def config_and_data(argv: list[str] | None = None) -> tuple[TrainConfig, DataArg]:
+    """The TrainConfig (see :func:`config_from_args`) and its DATA, resolved (once: ``train`` takes it as it is)."""
     args = vars(build_parser().parse_args(argv))
     demo = args.pop("demo", False)
     values: dict = {}
@@ -400,20 +406,18 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         values["data"] = str(Path(values["data"]).expanduser().absolute())  # --resume works from any folder
     cfg = TrainConfig.from_dict(values)
     cfg.check_given()  # names, ranges and paths before torch is imported (train() checks them all again)
-    if cfg.data:
-        from .data.resolve import data_kind
-
-        check_out_outside_data(cfg.out, cfg.data, data_kind(cfg.data))
-    return cfg
+    data = resolve_data(cfg.data, accept=PATCH_KINDS)  # torch-free, as the checks above
+    check_out_outside_data(cfg.out, data.path, data.kind)
+    return cfg, data
 
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit status listed in the module docstring (argparse errors exit 2 itself)."""
     try:
-        cfg = config_from_args(argv)
+        cfg, data = config_and_data(argv)
         from .training import train  # torch: only after the arguments parsed
 
-        result = train(cfg)
+        result = train(cfg, data=data)
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.resolve import DataArg
 from ..formats.feature_bags import FeatureBag, safe_name, write_bag
 from ..slides import OffSlideError
 from .encoders import Encoder, load_encoder
@@ -117,8 +118,7 @@ class ExtractSpec:
     """Everything a worker (this process, or a Ray actor / read task) needs to rebuild the extraction."""
 
     checkpoint: str | None
-    data: str
-    slide_dir: str | None
+    data: DataArg  # resolved once by the caller: workers open it as it is (its slide_dir included)
     mean: tuple
     std: tuple
     resize: int | None
@@ -164,9 +164,7 @@ class ExtractSpec:
 
     def open_source(self) -> PatchSource:
         source = open_source(
-            self.data,
-            build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation),
-            slide_dir=self.slide_dir,
+            self.data, build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation)
         )
         if self.fit_size:
             source.fit(self.fit_size)
