@@ -63,7 +63,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
     if data.kind == "manifest":
         summary = pack_manifest(
-            data.path,
+            data,
             args.out,
             shard_size=args.shard_size,
             seed=args.seed,

@@ -43,6 +43,7 @@ from .choices import CLUSTER_METHOD_NAMES, EMA_METHOD_NAMES, method_defaults_tex
 from .cli.config_file import add_config_flags, dump, parse_args, settings, write_config
 from .cli.errors import COLLAPSED, NON_FINITE, run_verb, verb_parser
 from .cli.types import finite_float
+from .data.resolve import PATCH_KINDS, DataArg, resolve_data
 from .training.config import (  # torch-free: --help answers fast, arguments are checked before torch loads
     ARCH_NAMES,
     CLUSTER_LOSS_IMPLS,
@@ -372,11 +373,17 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse the command line into a TrainConfig: defaults < --demo settings < saved config (--resume) <
     --config file < flags."""
+    return config_and_data(argv)[0]
+
+
+def config_and_data(argv: list[str] | None = None) -> tuple[TrainConfig, DataArg | None]:
+    """The TrainConfig (see :func:`config_from_args`) and its DATA, resolved (once: ``train`` takes it as it is)."""
     return _config(vars(parse_args(build_parser(), argv)))
 
 
-def _config(args: dict) -> TrainConfig:
-    """The TrainConfig of the parsed flags (only those given, see build_parser)."""
+def _config(args: dict) -> tuple[TrainConfig, DataArg | None]:
+    """The TrainConfig of the parsed flags (only those given, see build_parser) and its resolved DATA
+    (None for --print-config, which reads no data)."""
     args.pop("config", None)
     print_only = args.pop("print_config", False)  # writes nothing, not even the --demo patches
     demo = args.pop("demo", False)
@@ -411,11 +418,9 @@ def _config(args: dict) -> TrainConfig:
         values["data"] = str(Path(values["data"]).expanduser().absolute())  # --resume works from any folder
     cfg = TrainConfig.from_dict(values)
     cfg.check_given()  # names, ranges and paths before torch is imported (train() checks them all again)
-    if cfg.data:
-        from .data.resolve import data_kind
-
-        check_out_outside_data(cfg.out, cfg.data, data_kind(cfg.data))
-    return cfg
+    data = resolve_data(cfg.data, accept=PATCH_KINDS)  # torch-free, as the checks above
+    check_out_outside_data(cfg.out, data.path, data.kind)
+    return cfg, data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,7 +432,7 @@ def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = vars(parse_args(parser, argv))
     print_only = args.get("print_config", False)
-    cfg = _config(args)
+    cfg, data = _config(args)
     resolved = settings(parser, vars(cfg.resolved()), skip=NOT_SETTINGS)  # method defaults filled in
     if print_only:
         print(dump(resolved), end="")
@@ -437,7 +442,7 @@ def _run(argv: list[str] | None) -> int:
         write_config(cfg.out, resolved)  # OUT/config.yaml: --config it to train the same run again
     from .training import train  # torch: only after the arguments parsed
 
-    result = train(cfg)
+    result = train(cfg, data=data)
     return 130 if result.status == "interrupted" else 0
 
 

@@ -10,14 +10,14 @@ without torch: the train CLI checks its arguments before importing it.
 from ..utils.lazy import lazy_attributes
 
 _LAZY = {
-    "IMAGE_EXTENSIONS": ".patch_folder",
+    "IMAGE_EXTENSIONS": ".resolve",
     "PAPER_RECIPE": ".augment",
     "GaussianBlur": ".augment",
     "PatchFolder": ".patch_folder",
     "Recipe": ".augment",
     "TwoViews": ".augment",
     "dataset_mean_std": ".stats",
-    "find_images": ".patch_folder",
+    "find_images": ".resolve",
     "load_rgb": ".patch_folder",
     "paper_augmentation": ".augment",
 }

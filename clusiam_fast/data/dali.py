@@ -10,7 +10,8 @@ Usage (what ``python -m clusiam_fast.train ... --loader dali`` calls)::
         for view1, view2 in loader:      # (N, 3, crop, crop) float, normalised, on the GPU
             ...
 
-``source`` is a list of image files, a folder of images, a tiler ``manifest.csv`` (or
+``source`` is a resolved DATA (:class:`~clusiam_fast.data.resolve.DataArg`) or what it
+resolves: a list of image files, a folder of images, a tiler ``manifest.csv`` (or
 CLAM ``.h5`` coordinate files) to read patches straight from the slides, or webdataset
 shards (a folder of ``.tar`` files, or a list of them) written by
 :mod:`clusiam_fast.data.shards`. ``device="cpu"`` runs everything on DALI's CPU threads
@@ -50,7 +51,7 @@ from .augment import PAPER_RECIPE, Recipe
 from .dali_augment import augment_view, check_options
 from .dali_checks import check_headers, find_undecodable, probe_decode
 from .dali_sources import FileSource, ShardSource, SlideSource, epoch_plan
-from .resolve import resolve_data
+from .resolve import as_data_arg
 
 log = logging.getLogger("clusiam_fast.data.dali")
 
@@ -261,15 +262,13 @@ class DaliTwoViewLoader:
         return True
 
 
-def _resolve_source(source, *, workers: int):
-    """The DALI source for DATA (see :mod:`clusiam_fast.data.resolve`)."""
-    arg = resolve_data(source, what="DALI source")
+def _open_source(source, *, workers: int):
+    """The DALI source for DATA (a :class:`~.resolve.DataArg` as it is, else resolved here)."""
+    arg = as_data_arg(source, what="DALI source")
     if arg.kind == "shards":
         return ShardSource(list(arg.files))
-    if arg.kind == "manifest":
-        return SlideSource(arg.path, workers=workers)
-    if arg.kind == "coords":
-        return SlideSource(list(arg.files), workers=workers)
+    if arg.kind in ("manifest", "coords"):
+        return SlideSource(arg, workers=workers)
     return FileSource(list(arg.files))
 
 
@@ -299,7 +298,8 @@ def build_dali_loader(
     """A DALI loader of ``(view1, view2)`` normalised NCHW tensors; ``len()`` = batches per epoch.
 
     Args:
-        source: image paths, a folder of images, a tiler ``manifest.csv`` / CLAM ``.h5`` files
+        source: DATA resolved (:class:`~clusiam_fast.data.resolve.DataArg`, taken as it is) or
+            to resolve: image paths, a folder of images, a tiler ``manifest.csv`` / CLAM ``.h5`` files
             (patches read from the slides by ``py_workers`` processes), or webdataset shards
             (a folder of ``.tar`` + ``.idx`` files, or their paths).
         batch_size, crop_size: per-rank batch and output side in pixels.
@@ -326,7 +326,7 @@ def build_dali_loader(
     require("nvidia.dali", "nvidia-dali-cuda130", "the DALI data loader")
     if validate not in ("header", "decode", "none"):
         raise ValueError(f"validate must be 'header', 'decode' or 'none', got {validate!r}")
-    src = _resolve_source(source, workers=py_workers or num_threads)
+    src = _open_source(source, workers=py_workers or num_threads)
     skipped: list[tuple[str, str]] = []
     if isinstance(src, FileSource) and validate != "none":
         bad = check_headers(src.paths, threads=max(4, 4 * num_threads))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .resolve import DataLike
 from .tolerant import first_readable
 
 log = logging.getLogger("clusiam_fast.data.dali")
@@ -226,7 +227,7 @@ class SlideSource:
 
     kind = "slides"
 
-    def __init__(self, manifest_or_h5: str | os.PathLike | Sequence[str | os.PathLike], *, workers: int = 2) -> None:
+    def __init__(self, manifest_or_h5: DataLike, *, workers: int = 2) -> None:
         from .slide_dataset import SlidePatchDataset
 
         self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray)

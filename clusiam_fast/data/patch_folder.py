@@ -9,42 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-def find_images(root: str | os.PathLike) -> list[Path]:
-    """All images under ``root`` (recursive; png/jpg/jpeg/tif/tiff, any case), sorted.
-
-    Hidden files and folders (names starting with ".") are skipped, so temporary
-    files of atomic writes never count. Raises FileNotFoundError when ``root`` is
-    missing, NotADirectoryError when it is a file, PermissionError when it cannot be
-    listed and ValueError when it holds no image; each message names the folder.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"data folder {root} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"data path {root} is not a folder (expected a folder of image patches)")
-    denied: list[str] = []
-
-    def on_error(error: OSError) -> None:
-        denied.append(f"{error.filename}: {error.strerror}")
-
-    found: list[Path] = []
-    for folder, subdirs, files in os.walk(root, onerror=on_error, followlinks=True):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        found.extend(
-            Path(folder, name) for name in files if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    if denied and not found:
-        raise PermissionError(f"data folder {root} could not be read ({'; '.join(denied[:3])}); check its permissions")
-    if not found:
-        raise ValueError(
-            f"data folder {root} holds no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}, searched recursively); "
-            "point DATA at a folder of patches or at a tiler manifest.csv"
-        )
-    return sorted(found)
-
+from .resolve import find_images
 
 _EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _TIFF_SUFFIXES = (".tif", ".tiff")

@@ -16,16 +16,22 @@ also holds ``masks/*.jpg`` and ``stitches/*.jpg`` that are not patches, or a TRI
 coordinates folder ``20x_256px_0px_overlap/``; a TRIDENT job folder holding exactly one
 such folder is taken too), else the images below it. A list of paths (Python API) is
 shards when all are ``.tar``, coordinate files when all are ``.h5``, else images.
+
+Each command resolves its DATA once, at its entry (the CLI, or the public function given
+a path), and hands the :class:`DataArg` on: the loaders and datasets take it as it is
+(:func:`as_data_arg`) instead of looking at the path again. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 KINDS = ("folder", "manifest", "coords", "shards")
+PATCH_KINDS = ("folder", "manifest", "coords")  # patches read one by one (train's torch loader, extract)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _DESCRIPTION = {
     "folder": "a folder of image patches",
     "manifest": "a tiler manifest.csv",
@@ -36,18 +42,29 @@ _DESCRIPTION = {
 
 @dataclass(frozen=True)
 class DataArg:
-    """A resolved DATA argument. ``path``: the manifest file for ``manifest``, else what was given."""
+    """A resolved DATA argument. ``path``: the manifest file for ``manifest``, else what was given.
+
+    ``slide_dir``: where slides are looked for when they are not at the manifest's paths, or
+    not beside the coordinate files (``--slide-dir``). Hashable (on all but ``files``)."""
 
     kind: str
     path: Path
-    files: tuple[Path, ...] = ()
+    files: tuple[Path, ...] = field(default=(), hash=False)
+    slide_dir: Path | None = None
 
     def describe(self) -> str:
         return f"{_DESCRIPTION[self.kind]} ({self.path})"
 
 
+DataLike = DataArg | str | os.PathLike | Sequence[str | os.PathLike]
+
+
 def resolve_data(
-    data: str | os.PathLike | Sequence[str | os.PathLike] | None, *, accept: Sequence[str] = KINDS, what: str = "DATA"
+    data: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    *,
+    accept: Sequence[str] = KINDS,
+    what: str = "DATA",
+    slide_dir: str | os.PathLike | None = None,
 ) -> DataArg:
     """Turn the user's DATA into a :class:`DataArg` of a kind in ``accept``; errors name ``what``."""
     if data is None:
@@ -56,15 +73,63 @@ def resolve_data(
         arg = _from_path(Path(data), what, accept)
     else:
         arg = _from_paths(data, what)
+    _check_kind(arg, accept, what)
+    return arg if slide_dir is None else replace(arg, slide_dir=Path(slide_dir))
+
+
+def as_data_arg(
+    data: DataLike | None,
+    *,
+    accept: Sequence[str] = KINDS,
+    what: str = "DATA",
+    slide_dir: str | os.PathLike | None = None,
+) -> DataArg:
+    """``data`` if it is resolved already (its kind checked against ``accept``; ``slide_dir``, when
+    given, set), else :func:`resolve_data` of it: how loaders take DATA without resolving it again."""
+    if not isinstance(data, DataArg):
+        return resolve_data(data, accept=accept, what=what, slide_dir=slide_dir)
+    _check_kind(data, accept, what)
+    return data if slide_dir is None else replace(data, slide_dir=Path(slide_dir))
+
+
+def _check_kind(arg: DataArg, accept: Sequence[str], what: str) -> None:
     if arg.kind not in accept:
         wanted = " or ".join(_DESCRIPTION[k] for k in accept)
         raise ValueError(f"{what} {arg.path} is {_DESCRIPTION[arg.kind]}; this command reads {wanted}")
-    return arg
 
 
-def data_kind(data: str | os.PathLike, what: str = "DATA") -> str:
-    """The kind of the DATA path ``data``, found without listing a folder's images (and without torch)."""
-    return _from_path(Path(data), what, KINDS, list_images=False).kind
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """All images under ``root`` (recursive; png/jpg/jpeg/tif/tiff, any case), sorted.
+
+    Hidden files and folders (names starting with ".") are skipped, so temporary
+    files of atomic writes never count. Raises FileNotFoundError when ``root`` is
+    missing, NotADirectoryError when it is a file, PermissionError when it cannot be
+    listed and ValueError when it holds no image; each message names the folder.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data path {root} is not a folder (expected a folder of image patches)")
+    denied: list[str] = []
+
+    def on_error(error: OSError) -> None:
+        denied.append(f"{error.filename}: {error.strerror}")
+
+    found: list[Path] = []
+    for folder, subdirs, files in os.walk(root, onerror=on_error, followlinks=True):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        found.extend(
+            Path(folder, name) for name in files if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    if denied and not found:
+        raise PermissionError(f"data folder {root} could not be read ({'; '.join(denied[:3])}); check its permissions")
+    if not found:
+        raise ValueError(
+            f"data folder {root} holds no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}, searched recursively); "
+            "point DATA at a folder of patches or at a tiler manifest.csv"
+        )
+    return sorted(found)
 
 
 def _hidden(path: Path) -> bool:
@@ -74,7 +139,7 @@ def _hidden(path: Path) -> bool:
 _IN_FOLDER = {"manifest": "a manifest.csv", "coords": "any .h5 coordinate file", "shards": "any .tar shard"}
 
 
-def _from_path(path: Path, what: str, accept: Sequence[str], list_images: bool = True) -> DataArg:
+def _from_path(path: Path, what: str, accept: Sequence[str]) -> DataArg:
     if not path.exists():
         hint = "; make a tiler manifest with `python -m clusiam_fast.tile`" if path.suffix.lower() == ".csv" else ""
         raise FileNotFoundError(f"{what} {path} does not exist{hint}")
@@ -104,10 +169,6 @@ def _from_path(path: Path, what: str, accept: Sequence[str], list_images: bool =
     if "folder" not in accept:
         looked_for = " nor ".join(_IN_FOLDER[k] for k in accept if k in _IN_FOLDER)
         raise FileNotFoundError(f"{what} {path}: neither {looked_for} in this folder")
-    if not list_images:
-        return DataArg("folder", path)
-    from .patch_folder import find_images  # torch: only when the images are listed
-
     return DataArg("folder", path, tuple(find_images(path)))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from .resolve import DataArg, as_data_arg
 from .tolerant import TolerantDataset
 
 log = logging.getLogger("clusiam_fast.data.shards")
@@ -175,7 +176,7 @@ def _first(batch):
 
 
 def pack_manifest(
-    manifest: str | os.PathLike,
+    manifest: DataArg | str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     shard_size: int = 10000,
@@ -184,7 +185,9 @@ def pack_manifest(
     quality: int = 95,
     workers: int = 4,
 ) -> dict:
-    """Read every patch of a tiler manifest from its slide, encode it, and pack it into shards."""
+    """Read every patch of a tiler manifest from its slide, encode it, and pack it into shards.
+
+    ``manifest``: the resolved DATA (:class:`~.resolve.DataArg`) or a manifest path (resolved here)."""
     import torch
 
     from .dali_sources import describe_patch
@@ -192,6 +195,7 @@ def pack_manifest(
 
     if fmt not in ("jpg", "png"):
         raise ValueError(f"fmt must be 'jpg' or 'png', got {fmt!r}")
+    manifest = as_data_arg(manifest, accept=("manifest",), what="manifest")
     dataset = SlidePatchDataset(manifest, transform=_EncodePatch(fmt, quality), return_coords=True)
     order = np.random.default_rng(seed).permutation(len(dataset))
     loader = torch.utils.data.DataLoader(
@@ -210,7 +214,7 @@ def pack_manifest(
             yield fmt, data, {"slide_id": dataset.slides[slide_index].slide_id, "x": int(x), "y": int(y)}
 
     shards = write_shards(samples(), out_dir, shard_size=shard_size, total=len(dataset))
-    return _summary(out_dir, shards, len(dataset) - len(skipped), skipped, seed, source=os.fspath(manifest))
+    return _summary(out_dir, shards, len(dataset) - len(skipped), skipped, seed, source=str(manifest.path))
 
 
 def _summary(out_dir, shards: list[Path], packed: int, skipped: list[tuple[str, str]], seed: int, source: str) -> dict:

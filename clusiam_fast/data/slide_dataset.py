@@ -1,6 +1,8 @@
 """Train straight from slides: patches read on the fly at tiler (or CLAM) coordinates.
 
-``SlidePatchDataset(source, transform=None, return_coords=False)`` where ``source`` is
+``SlidePatchDataset(source, transform=None, return_coords=False)`` where ``source`` is a
+resolved DATA (:class:`~clusiam_fast.data.resolve.DataArg`, taken as it is: its
+``slide_dir`` too) or one of these, resolved once here:
 
 - a tiler ``manifest.csv`` (or the folder holding it): slide paths, levels, read and
   output sizes and the backend all come from the manifest;
@@ -52,7 +54,7 @@ import numpy as np
 import torch.utils.data
 
 from ..slides import SLIDE_EXTENSIONS, OffSlideError, SlideReader, available_backends, open_slide, patch_image
-from .resolve import resolve_data
+from .resolve import DataArg, as_data_arg
 
 
 @dataclass
@@ -79,12 +81,6 @@ class SlideInfo:
     @property
     def num_patches(self) -> int:
         return len(self.coords)
-
-
-def _h5_files(source: Any) -> list[Path] | None:
-    """The h5 files ``source`` names, or None when it is a manifest."""
-    arg = resolve_data(source, accept=("manifest", "coords"), what="slide patches")
-    return None if arg.kind == "manifest" else list(arg.files)
 
 
 def _find_slide(slide_id: str, h5_path: Path, slide_dir: str | Path | None) -> Path:
@@ -122,7 +118,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        manifest_or_h5_list: str | os.PathLike | Sequence[str | os.PathLike],
+        manifest_or_h5_list: DataArg | str | os.PathLike | Sequence[str | os.PathLike],
         transform: Callable | None = None,
         return_coords: bool = False,
         *,
@@ -137,12 +133,14 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         self.return_coords = return_coords
         self.read_threads = read_threads
         self.max_open_slides = max(1, max_open_slides)
-        h5_files = _h5_files(manifest_or_h5_list)
+        data = as_data_arg(
+            manifest_or_h5_list, accept=("manifest", "coords"), what="slide patches", slide_dir=slide_dir
+        )
         self.missing_slides: list[dict[str, str]] = []
-        if h5_files is None:
-            self.slides = self._from_manifest(resolve_data(manifest_or_h5_list).path, slide_dir, self.missing_slides)
+        if data.kind == "manifest":
+            self.slides = self._from_manifest(data.path, data.slide_dir, self.missing_slides)
         else:
-            self.slides = self._from_h5(h5_files, slide_paths, slide_dir, self.missing_slides)
+            self.slides = self._from_h5(list(data.files), slide_paths, data.slide_dir, self.missing_slides)
         if self.missing_slides:
             reasons = [m["reason"] for m in self.missing_slides]
             if not self.slides:
@@ -165,7 +163,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         counts = np.array([info.num_patches for info in self.slides], np.int64)
         self._ends = np.cumsum(counts)
         if not len(self.slides) or self._ends[-1] == 0:
-            raise ValueError(f"{manifest_or_h5_list}: no patches to read (no slides, or no coordinates in them)")
+            raise ValueError(f"{data.path}: no patches to read (no slides, or no coordinates in them)")
         self._readers: OrderedDict[int, SlideReader] = OrderedDict()
         self._open_errors: dict[int, str] = {}
         self._pid = os.getpid()
@@ -176,8 +174,6 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         from ..formats.coords_h5 import read_coords_h5, read_patch_geometry
         from ..formats.manifest import read_manifest
 
-        if path.is_dir():
-            path = path / "manifest.csv"
         slides = []
         for row in read_manifest(path):
             slide = Path(row["slide_path"])

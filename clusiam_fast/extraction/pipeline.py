@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..cohort import CohortRun
+from ..data.resolve import PATCH_KINDS, DataArg, as_data_arg
 from ..formats.feature_bags import write_index
 from ..utils.atomic import atomic_write_json
 from .encoders import Encoder, load_encoder
@@ -38,7 +39,7 @@ from .sources import PatchSource, open_source
 
 def extract(
     checkpoint: str | Path | None,
-    data: str | Path,
+    data: DataArg | str | Path,
     out: str | Path,
     *,
     batch_size: int = 128,
@@ -65,6 +66,9 @@ def extract(
     trust_pickle: bool = False,
 ) -> dict:
     """Write one feature bag per slide of ``data`` into ``out``; return the summary (extract.json).
+
+    ``data``: DATA (a path, resolved here once, after the model loaded, or a resolved
+    :class:`~clusiam_fast.data.resolve.DataArg`, used as it is); ``slide_dir``, when given, sets its ``slide_dir``.
 
     Mixed patch sizes (without ``resize``/``crop``): every patch is resized to the
     checkpoint's training size (``crop_size`` of its config; the first patch's size for a
@@ -96,12 +100,12 @@ def extract(
         resize, crop = encoder.config.get("resize"), encoder.config.get("crop")
     interpolation = encoder.config.get("interpolation", "bilinear")
     transform = build_transform(mean, std, resize, crop, interpolation)
-    source = open_source(data, transform, slide_dir=slide_dir)
+    data = as_data_arg(data, accept=PATCH_KINDS, slide_dir=slide_dir)  # once: the source and the workers take it
+    source = open_source(data, transform)
     fit_size, size_note = _fit_sizes(source, encoder, resize, crop)
     spec = ExtractSpec(
         checkpoint=None if checkpoint is None else str(checkpoint.resolve()),
-        data=str(data),
-        slide_dir=None if slide_dir is None else str(slide_dir),
+        data=data,
         mean=tuple(mean),
         std=tuple(std),
         resize=resize,
@@ -137,7 +141,7 @@ def extract(
     rows = [r.value for r in cohort.done]
     summary = {
         "checkpoint": spec.checkpoint,
-        "data": str(Path(data).resolve()),
+        "data": str(data.path.resolve()),
         "source": source.kind,
         **_encoder_summary(encoder),
         "feature_dim": max([int(r.get("feature_dim", 0)) for r in rows] or [0]),

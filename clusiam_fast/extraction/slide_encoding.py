@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.resolve import DataArg
 from ..formats.feature_bags import FeatureBag, safe_name, write_bag
 from ..slides import OffSlideError
 from .encoders import Encoder, load_encoder
@@ -117,8 +118,7 @@ class ExtractSpec:
     """Everything a worker (this process, or a Ray actor / read task) needs to rebuild the extraction."""
 
     checkpoint: str | None
-    data: str
-    slide_dir: str | None
+    data: DataArg  # resolved once by the caller: workers open it as it is (its slide_dir included)
     mean: tuple
     std: tuple
     resize: int | None
@@ -164,9 +164,7 @@ class ExtractSpec:
 
     def open_source(self) -> PatchSource:
         source = open_source(
-            self.data,
-            build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation),
-            slide_dir=self.slide_dir,
+            self.data, build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation)
         )
         if self.fit_size:
             source.fit(self.fit_size)
@@ -276,16 +274,22 @@ def _encode_slide_job(job, local: _LocalEncoder) -> tuple[bool, dict | str, list
     return local.finish(job)
 
 
-_READ_SOURCES: dict[ExtractSpec, PatchSource] = {}  # per Ray worker process: the source of each spec, opened once
+_READ_SOURCES: dict[str, PatchSource] = {}  # per Ray worker process: the source of each spec, opened once
 
 
-def read_patch_batch(spec: ExtractSpec, start: int, stop: int):
-    """A Ray CPU task: patches ``start:stop`` of the source read and transformed -> (images, indices, failures)."""
+def read_patch_batch(spec_ref: tuple, start: int, stop: int):
+    """A Ray CPU task: patches ``start:stop`` of the source read and transformed -> (images, indices, failures).
+
+    ``spec_ref``: ``(ray.put(spec),)``, nested so that Ray hands the reference over as it is: the spec,
+    with its resolved DATA (every image path of a folder), is fetched once per worker process, not per task."""
+    import ray
+
     from ..utils.threads import torch_threads
 
-    source = _READ_SOURCES.get(spec)
+    key = spec_ref[0].hex()
+    source = _READ_SOURCES.get(key)
     if source is None:
-        source = _READ_SOURCES[spec] = spec.open_source()
+        source = _READ_SOURCES[key] = ray.get(spec_ref[0]).open_source()
     with torch_threads(1):
         images, indices, failures = collate_patches(source.dataset.__getitems__(list(range(start, stop))))
     return None if images is None else images.numpy(), indices.numpy(), failures
@@ -304,8 +308,11 @@ class SlideEncoder(_SlideEncoding):
     READ_AHEAD = 4
 
     def __init__(self, spec: ExtractSpec) -> None:
+        import ray
+
         torch.set_num_threads(1)
         super().__init__(spec, spec.load_encoder(), spec.open_source())
+        self.spec_ref = (ray.put(spec),)  # what its read tasks get (see read_patch_batch)
 
     def run(self, job, settings: dict, since: float | None, lock_timeout: float):
         from ..cohort.engines import do_slide
@@ -320,12 +327,12 @@ def _actor_slide_job(job, actor: SlideEncoder) -> tuple[bool, dict | str, list[s
     read = ray.remote(read_patch_batch).options(num_cpus=1)
     step = actor.spec.batch_size
     starts = list(range(slide.start, slide.stop, step))
-    inflight = [read.remote(actor.spec, a, min(a + step, slide.stop)) for a in starts[: actor.READ_AHEAD]]
+    inflight = [read.remote(actor.spec_ref, a, min(a + step, slide.stop)) for a in starts[: actor.READ_AHEAD]]
     for k in range(len(starts)):
         images, indices, failures = ray.get(inflight.pop(0))
         following = k + actor.READ_AHEAD
         if following < len(starts):
             a = starts[following]
-            inflight.append(read.remote(actor.spec, a, min(a + step, slide.stop)))
+            inflight.append(read.remote(actor.spec_ref, a, min(a + step, slide.stop)))
         actor.add(images, indices, failures)
     return actor.finish(job)

@@ -24,7 +24,7 @@ folders mixing 224 px and 256 px patches can be stacked into batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..data.patch_folder import find_images, load_rgb
-from ..data.resolve import resolve_data
+from ..data.patch_folder import load_rgb
+from ..data.resolve import PATCH_KINDS, DataArg, DataLike, as_data_arg
 from ..data.tolerant import TolerantDataset
 from ..formats.manifest import read_manifest
 
@@ -148,10 +148,9 @@ def image_sizes(paths: list[Path], names: list[str], threads: int = 8) -> dict[t
     return sizes
 
 
-def folder_source(root: str | Path, transform: Callable) -> PatchSource:
-    """Images under ``root``, one bag per folder that holds them (see module docstring)."""
-    root = Path(root)
-    images = find_images(root)
+def folder_source(data: DataArg, transform: Callable) -> PatchSource:
+    """The images of DATA resolved to a folder, one bag per folder that holds them (see module docstring)."""
+    root, images = data.path, list(data.files)
     rel = [p.relative_to(root) for p in images]
     order = sorted(range(len(images)), key=lambda i: (rel[i].parent.as_posix(), rel[i].as_posix()))
     images, rel = [images[i] for i in order], [rel[i] for i in order]
@@ -193,33 +192,32 @@ def _manifest_attrs(row: dict[str, Any], manifest: Path) -> dict[str, Any]:
     return attrs
 
 
-def manifest_source(manifest: str | Path, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
-    """Patches read on the fly from the slides of a tiler ``manifest.csv``.
+def manifest_source(data: DataArg, transform: Callable) -> PatchSource:
+    """Patches read on the fly from the slides of a tiler ``manifest.csv`` (DATA resolved to one).
 
-    ``slide_dir``: where to look for slides that are no longer at the manifest's paths.
+    ``data.slide_dir``: where to look for slides that are no longer at the manifest's paths.
     Slides that are missing anyway are skipped (``source.missing_slides``)."""
-    manifest = Path(manifest)
     from ..data.slide_dataset import SlidePatchDataset
 
+    manifest = data.path
     rows = {row["slide_id"]: row for row in read_manifest(manifest)}
-    inner = SlidePatchDataset(str(manifest), transform=transform, return_coords=False, slide_dir=slide_dir)
+    inner = SlidePatchDataset(data, transform=transform, return_coords=False)
     return _slide_source(
         "manifest", inner, manifest.parent, lambda info: _manifest_attrs(rows.get(info.slide_id, {}), manifest)
     )
 
 
-def coords_source(
-    root: Path, files: Sequence[Path], transform: Callable, *, slide_dir: str | Path | None = None
-) -> PatchSource:
-    """Patches read on the fly at the coordinates of CLAM / TRIDENT ``.h5`` files (one bag per file).
+def coords_source(data: DataArg, transform: Callable) -> PatchSource:
+    """Patches read on the fly at the coordinates of CLAM / TRIDENT ``.h5`` files (DATA resolved to them; one bag per file).
 
-    The slides are looked for beside the files and in ``slide_dir``; when none is found
+    The slides are looked for beside the files and in ``data.slide_dir``; when none is found
     the error names ``--slide-dir``. Slides missing among found ones are skipped
     (``source.missing_slides``)."""
     from ..data.slide_dataset import SlidePatchDataset
 
+    root, files, slide_dir = data.path, data.files, data.slide_dir
     try:
-        inner = SlidePatchDataset(list(files), transform=transform, return_coords=False, slide_dir=slide_dir)
+        inner = SlidePatchDataset(data, transform=transform, return_coords=False)
     except FileNotFoundError as error:
         where = f"nor in --slide-dir {slide_dir}" if slide_dir is not None else "and no --slide-dir was given"
         raise FileNotFoundError(
@@ -281,15 +279,20 @@ def _slide_source(kind: str, inner, root: Path, attrs_of: Callable) -> PatchSour
     )
 
 
-def open_source(data: str | Path, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
-    """A tiler manifest (a .csv file, or a folder holding manifest.csv), CLAM / TRIDENT coordinate files, or an image folder."""
-    arg = resolve_data(data, accept=("folder", "manifest", "coords"))
+def open_source(data: DataLike, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
+    """The patches of DATA: a tiler manifest, CLAM / TRIDENT coordinate files, or an image folder.
+
+    ``data``: resolved already (:class:`~clusiam_fast.data.resolve.DataArg`, taken as it is), or
+    a path resolved here; ``slide_dir``, when given, replaces its ``slide_dir``."""
+    arg = as_data_arg(data, accept=PATCH_KINDS, slide_dir=slide_dir)
     if arg.kind == "manifest":
-        return manifest_source(arg.path, transform, slide_dir=slide_dir)
+        return manifest_source(arg, transform)
     if arg.kind == "coords":
-        return coords_source(arg.path, arg.files, transform, slide_dir=slide_dir)
-    if slide_dir is not None:
+        return coords_source(arg, transform)
+    if arg.slide_dir is not None:
         import warnings
 
-        warnings.warn(f"slide_dir {slide_dir} is ignored: {data} is a folder of images, not a manifest", stacklevel=2)
-    return folder_source(arg.path, transform)
+        warnings.warn(
+            f"slide_dir {arg.slide_dir} is ignored: {arg.path} is a folder of images, not a manifest", stacklevel=2
+        )
+    return folder_source(arg, transform)

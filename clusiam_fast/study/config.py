@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.resolve import IMAGE_EXTENSIONS  # what a DATA folder's images are (torch-free)
+
 RANDOM_INIT = "random_init"  # baseline: the backbone as initialised with the study's seed, never trained
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Train flags the study sets itself (per step), and flags that would make the budget differ between methods.
 RESERVED_TRAIN = ("data", "out", "method", "resume", "overwrite", "demo", "export_backbone")
 SHARED_BUDGET = ("epochs", "max_steps", "batch_size", "seed", "crop_size", "lr", "max_stat_images")

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..data.augment import TwoViews, paper_augmentation
 from ..data.patch_folder import PatchFolder
-from ..data.resolve import resolve_data
+from ..data.resolve import PATCH_KINDS, DataArg, as_data_arg
 from ..data.tolerant import first_readable
 from .config import TrainConfig
 from .ddp import DistContext
@@ -39,29 +39,33 @@ from .ddp import DistContext
 
 @dataclass
 class DataSource:
-    """A resolved DATA argument: a dataset of PIL images plus what describes it."""
+    """DATA opened for training: the resolved argument, a dataset of PIL images over it and its fingerprint."""
 
-    kind: str  # "folder", "manifest" or "coords" (see clusiam_fast.data.resolve)
-    path: Path
+    data: DataArg  # kind "folder", "manifest" or "coords" (see clusiam_fast.data.resolve)
     dataset: Any  # indexable, item -> PIL RGB image
-    files: list[Path] | None  # the image files (folder) - for DALI
     fingerprint: str  # identifies the data for the normalisation-stats cache
+
+    @property
+    def kind(self) -> str:
+        return self.data.kind
+
+    @property
+    def path(self) -> Path:
+        return self.data.path
 
     def __len__(self) -> int:
         return len(self.dataset)
 
 
-def resolve_source(data: str | os.PathLike) -> DataSource:
-    """DATA (see :mod:`clusiam_fast.data.resolve`) -> DataSource: patch folder, tiler manifest or CLAM .h5 files."""
+def open_source(data: DataArg | str | os.PathLike | None) -> DataSource:
+    """The training dataset of DATA: a resolved :class:`DataArg` as it is (a path is resolved here, once)."""
     if data is None:
         raise ValueError("no DATA given: pass a folder of image patches or a tiler manifest.csv (or use --demo)")
-    arg = resolve_data(data, accept=("folder", "manifest", "coords"))
+    arg = as_data_arg(data, accept=PATCH_KINDS)
     if arg.kind == "folder":
         files = list(arg.files)
         digest = hashlib.sha1("\n".join(str(f.relative_to(arg.path)) for f in files).encode()).hexdigest()
-        return DataSource(
-            "folder", arg.path, PatchFolder(files), files, f"folder:{arg.path.resolve()}:{len(files)}:{digest}"
-        )
+        return DataSource(arg, PatchFolder(files), f"folder:{arg.path.resolve()}:{len(files)}:{digest}")
     try:
         from ..data.slide_dataset import SlidePatchDataset
     except ImportError as error:
@@ -69,11 +73,11 @@ def resolve_source(data: str | os.PathLike) -> DataSource:
             f"DATA {arg.path} is {arg.describe()}, but clusiam_fast.data.slide_dataset could not be imported "
             f"({error}); install the slide extras (`pip install -e '.[slides]'`) or pass a folder of patches"
         ) from error
-    dataset = SlidePatchDataset(str(arg.path) if arg.kind == "manifest" else list(arg.files), transform=None)
+    dataset = SlidePatchDataset(arg, transform=None)
     if len(dataset) == 0:
         raise ValueError(f"{arg.describe()} lists no patches")
     stamp = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (arg.files or (arg.path,)))
-    return DataSource(arg.kind, arg.path, dataset, None, f"{arg.kind}:{arg.path.resolve()}:{stamp}:{len(dataset)}")
+    return DataSource(arg, dataset, f"{arg.kind}:{arg.path.resolve()}:{stamp}:{len(dataset)}")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -228,10 +232,9 @@ class DaliTrainLoader:
                 f"--loader dali: the DALI pipeline could not be imported ({error}); install it with "
                 "`pip install -e '.[dali]'` or use --loader torch"
             ) from error
-        src = [str(f) for f in source.files] if source.files is not None else str(source.path)
         try:
             self.loader = build_dali_loader(
-                src,
+                source.data,
                 batch_size=per_rank_batch,
                 crop_size=cfg.crop_size,
                 mean=list(mean),

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.resolve import DataArg
 from ..models import export_backbone
 from ..utils.threads import torch_threads
 from .collapse import CollapsePolicy, CollapseWarning
@@ -71,8 +72,13 @@ class TrainResult:
     partial: dict[str, Any] | None = None  # the last log.csv row when the run stopped mid-epoch
 
 
-def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, data: DataArg | None = None, on_step: Callable[[int], None] | None = None
+) -> TrainResult:
     """Train (or, with ``config.resume``, continue) a run; see :class:`TrainConfig` for the settings.
+
+    ``data``: ``config.data`` already resolved (the CLI's :func:`~clusiam_fast.data.resolve.resolve_data`),
+    used as it is; by default ``config.data`` is resolved here, once.
 
     ``on_step(step)`` is called after every optimiser step (progress hooks, tests).
     Raises :class:`NonFiniteLossError` when the loss stops being finite and, with
@@ -87,7 +93,7 @@ def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) 
         # Intra-op threads come from --threads alone (None: torch's default), never from --workers,
         # so the numbers a CPU run produces do not depend on how many loader workers it had.
         with torch_threads(cfg.threads):
-            trainer = _Trainer(cfg, ctx, on_step)
+            trainer = _Trainer(cfg, ctx, on_step, data)
             try:
                 return trainer.run()
             finally:  # loader workers stop with the run, whatever ended it
@@ -100,8 +106,10 @@ def train(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) 
 class _Trainer:
     """One run: set it up, then train epoch by epoch, deciding after each what to save and whether to stop."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, on_step: Callable[[int], None] | None) -> None:
-        self.cfg, self.ctx, self.on_step = cfg, ctx, on_step
+    def __init__(
+        self, cfg: TrainConfig, ctx: DistContext, on_step: Callable[[int], None] | None, data: DataArg | None
+    ) -> None:
+        self.cfg, self.ctx, self.on_step, self.data = cfg, ctx, on_step, data
         self.out = Path(cfg.out)
         self.position = RunPosition(self.out / CHECKPOINT)
         self.reporter = Reporter(cfg, ctx, self.out)
@@ -109,7 +117,9 @@ class _Trainer:
         self.parts: RunParts | None = None  # set up by run()
 
     def run(self) -> TrainResult:
-        self.parts = parts = set_up_run(self.cfg, self.ctx, self.position, self.reporter.log, self.reporter.note)
+        self.parts = parts = set_up_run(
+            self.cfg, self.ctx, self.position, self.reporter.log, self.reporter.note, data=self.data
+        )
         self.saver = Saver(self.cfg, self.ctx, parts, self.position, self.reporter)
         self.epochs = EpochRunner(self.cfg, self.ctx, parts, self.position, self.reporter, self.collapse, self.on_step)
         self.reporter.log(self.reporter.describe(parts))

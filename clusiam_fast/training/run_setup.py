@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.resolve import DataArg
 from ..models import build_model, model_config
 from ..models.factory import MODEL_KEYS
 from ..utils.atomic import remove_stale_temps
 from .checkpoint import restore_rank_state
 from .config import TrainConfig, check_out_outside_data
 from .ddp import DistContext
-from .loader import DataSource, build_train_loader, resolve_source
+from .loader import DataSource, build_train_loader, open_source
 from .monitors import EpochMeter
 from .norm_stats import load_or_compute_stats
 from .position import RunPosition
@@ -68,13 +69,15 @@ def set_up_run(
     position: RunPosition,
     log: Callable[[str], None],
     note: Callable[[str], None],
+    data: DataArg | None = None,
 ) -> RunParts:
     """Check OUT, read the checkpoint to resume, then build data, model and optimiser and, on
     resume, restore their state and ``position``. ``log`` shows a line, ``note`` records a file
-    written into OUT (see :class:`.reporting.Reporter`)."""
+    written into OUT (see :class:`.reporting.Reporter`). ``data``: ``cfg.data`` resolved already
+    (else it is resolved here)."""
     out = Path(cfg.out)
     ckpt = on_main(ctx, lambda: load_resume(cfg, ctx, out, log))
-    source = resolve_source(cfg.data)
+    source = open_source(cfg.data if data is None else data)
     sizes = ctx.gather_objects(len(source))
     if len(set(sizes)) > 1:
         raise ValueError(

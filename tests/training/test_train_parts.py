@@ -17,7 +17,7 @@ from clusiam_fast.ops import sample_gumbel as gumbel_noise
 from clusiam_fast.train import build_parser, config_from_args
 from clusiam_fast.training import TrainConfig, training_loss
 from clusiam_fast.training.ddp import DistContext
-from clusiam_fast.training.loader import ResumableSampler, TwoViewDataset, resolve_source
+from clusiam_fast.training.loader import ResumableSampler, TwoViewDataset, open_source
 from clusiam_fast.training.monitors import EpochMeter, collapse_std, rankme, step_monitors
 from clusiam_fast.training.norm_stats import load_or_compute_stats
 from clusiam_fast.training.schedule import build_optimizer, cosine_lr, resolve_schedule, scaled_lr, set_lr
@@ -171,7 +171,7 @@ def test_find_images_recursive_sorted_hidden_skipped(tmp_path):
     with pytest.raises(NotADirectoryError, match="notes.txt"):
         find_images(tmp_path / "notes.txt")
     with pytest.raises(ValueError, match="not a tiler manifest"):
-        resolve_source(tmp_path / "notes.txt")
+        open_source(tmp_path / "notes.txt")
 
 
 def test_norm_stats_cached_in_out_and_refreshed_for_new_data(pcam_dir, tmp_path):
@@ -179,17 +179,13 @@ def test_norm_stats_cached_in_out_and_refreshed_for_new_data(pcam_dir, tmp_path)
     data.mkdir()
     for f in find_images(pcam_dir / "valid" / "0")[:5]:
         (data / f.name).symlink_to(f)
-    first = load_or_compute_stats(
-        tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False
-    )
+    first = load_or_compute_stats(tmp_path / "out", open_source(data), max_images=10, seed=0, workers=0, progress=False)
     assert (tmp_path / "out" / "norm_stats.json").is_file()
-    again = load_or_compute_stats(
-        tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False
-    )
+    again = load_or_compute_stats(tmp_path / "out", open_source(data), max_images=10, seed=0, workers=0, progress=False)
     assert again == first
     (data / "extra.jpg").symlink_to(find_images(pcam_dir / "valid" / "1")[0])
     changed = load_or_compute_stats(
-        tmp_path / "out", resolve_source(data), max_images=10, seed=0, workers=0, progress=False
+        tmp_path / "out", open_source(data), max_images=10, seed=0, workers=0, progress=False
     )
     assert changed["fingerprint"] != first["fingerprint"] and changed["mean"] != first["mean"]
 
@@ -234,7 +230,8 @@ def test_cli_help_explains_every_flag_and_maps_to_config(tmp_path):
             assert action.dest in fields | {"demo", "config", "print_config"}, action.dest
     for flag in ("--no-gumbel", "--alpha", "--projector-end", "--resume", "--export-backbone", "--loader", "--amp"):
         assert flag in text
-    (tmp_path / "data").mkdir()  # --out outside DATA: checked here already
+    (tmp_path / "data").mkdir()  # DATA is resolved here (its images listed, not read); --out outside it checked
+    (tmp_path / "data" / "a.png").write_bytes(b"")
     cfg = config_from_args(
         [
             str(tmp_path / "data"),
