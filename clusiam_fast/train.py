@@ -418,6 +418,8 @@ def _config(args: dict) -> tuple[TrainConfig, DataArg | None]:
         values["data"] = str(Path(values["data"]).expanduser().absolute())  # --resume works from any folder
     cfg = TrainConfig.from_dict(values)
     cfg.check_given()  # names, ranges and paths before torch is imported (train() checks them all again)
+    if print_only:
+        return cfg, None
     data = resolve_data(cfg.data, accept=PATCH_KINDS)  # torch-free, as the checks above
     check_out_outside_data(cfg.out, data.path, data.kind)
     return cfg, data
