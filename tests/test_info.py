@@ -98,12 +98,18 @@ def test_fused_ops_per_device_follow_the_build():
     assert bool(ops["cuda"]) == _C.build_info()["cuda"]
 
 
-def test_json_output_holds_every_part():
+@pytest.fixture(scope="module")
+def info_json():
+    """One run of ``python -m clusiam_fast.info --json`` (it imports every backend: seconds)."""
     done = subprocess.run(
         [sys.executable, "-m", "clusiam_fast.info", "--json"], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    facts = json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr  # stdout is the JSON alone: native libraries' notes go to stderr
+
+
+def test_json_output_holds_every_part(info_json):
+    facts, stderr = info_json
     assert facts["torch"]["version"] == torch.__version__ and facts["torch"]["cuda_runtime"] == torch.version.cuda
     assert set(facts["backends"]) == {"cuCIM", "OpenSlide", "tifffile", "DALI", "Ray", "timm", "h5py"}
     assert facts["backends"]["h5py"]["works"] and facts["backends"]["h5py"]["version"]  # a core dependency of the tests
@@ -113,19 +119,17 @@ def test_json_output_holds_every_part():
 
         assert facts["extension"]["build"] == _C.build_info()
     for warning in facts["warnings"]:
-        assert f"warning: {warning}" in done.stderr
+        assert f"warning: {warning}" in stderr
 
 
-def test_text_output_names_the_build():
-    done = subprocess.run([sys.executable, "-m", "clusiam_fast.info"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"torch        {torch.__version__}" in done.stdout
-    if _extension.LOAD_ERROR is None:
-        from clusiam_fast import _C
-
-        build = _C.build_info()
+def test_text_output_names_the_build(info_json):
+    text = info.format_text(info_json[0])
+    assert f"torch        {torch.__version__}" in text
+    build = info_json[0]["extension"]["build"]
+    if build is not None:
         expected = " ".join(build["cuda_archs"]) if build["cuda"] else "not built"
-        assert re.search(r"CUDA +.*" + re.escape(expected), done.stdout), done.stdout
+        assert re.search(r"  CUDA +.*" + re.escape(expected), text), text
+        assert f"  torch          {build['torch_version']}" in text
 
 
 def test_help_answers_without_importing_torch():
