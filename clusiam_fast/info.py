@@ -247,6 +247,8 @@ def format_text(facts: dict) -> str:
             f"  git commit     {b['git_commit'] or 'unknown'}",
             "fused ops    " + "; ".join(f"{dev}: {', '.join(names) or 'none'}" for dev, names in ext["ops"].items()),
         ]
+        if ext["ops"]["cuda"] and not facts["gpus"]:
+            lines.append("             (the CUDA kernels are built; no GPU is visible to run them)")
     lines += ["", "backends"]
     for name, status in facts["backends"].items():
         version = status["version"] or ""

@@ -174,3 +174,13 @@ def test_a_missing_backend_is_named_with_its_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` now raises ImportError
     status = info.backend_status("timm")
     assert status["works"] is False and status["version"] is None and "pip install timm" in status["detail"]
+
+
+def test_an_unloadable_extension_is_reported_not_raised(monkeypatch, info_json):
+    monkeypatch.setattr(_extension, "LOAD_ERROR", "undefined symbol: _ZN3c10 (built against another torch)")
+    ext = info.extension_status()
+    assert ext == {"loaded": False, "error": _extension.LOAD_ERROR, "build": None, "ops": {}}
+    facts = {**info_json[0], "extension": ext}
+    (warning,) = info.warnings_for(facts)
+    assert "did not load (undefined symbol" in warning and "scripts/setup.sh" in warning
+    assert "extension    not loaded: undefined symbol" in info.format_text(facts)
