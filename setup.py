@@ -11,6 +11,8 @@ toolkit is found (CUDA_HOME or nvcc on PATH). Knobs (environment variables):
 
 import glob
 import os
+import re
+import subprocess
 
 from setuptools import setup
 
@@ -43,6 +45,35 @@ def pip_cuda_includes():
     return sorted(roots)
 
 
+def git_commit():
+    """The commit the sources are at (with -dirty for local changes), or None outside a git checkout."""
+    git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "csrc", "setup.py").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return None if head.returncode else head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def cuda_archs():
+    """The archs nvcc is given, from the same flags torch's build passes it: sm_XX (machine code), compute_XX (PTX)."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    codes = [
+        code for flag in _get_cuda_arch_flags() for code in re.findall(r"(?:sm|compute)_\w+", flag.split("code=")[-1])
+    ]
+    return sorted(set(codes))
+
+
+def build_facts(cuda):
+    """Compile definitions that csrc/python_module.cpp turns into build_info()."""
+    facts = [f"-DCLUSIAM_FAST_GIT_COMMIT={commit}"] if (commit := git_commit()) else []
+    if cuda:
+        facts += ["-DCLUSIAM_FAST_WITH_CUDA", "-DCLUSIAM_FAST_CUDA_ARCHS=" + ",".join(cuda_archs())]
+    return facts
+
+
 def extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
@@ -50,8 +81,11 @@ def extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     cxx = ["-O3", "-fvisibility=hidden", "-fopenmp", "-Wno-psabi"]  # OpenMP: at::parallel_for runs serially without it
     link = ["-fopenmp"]
-    if want_cuda():
+    cuda = want_cuda()
+    if cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    cxx += build_facts(cuda)
+    if cuda:
         nvcc = ["-O3", "-lineinfo", "--threads", "2"]
         return CUDAExtension(
             "clusiam_fast._C",

@@ -19,7 +19,7 @@ walks every import and fails on one that runs against it)::
 - ``models``: one file per method (CluSiam, CluBYOL, SimSiam, BYOL), backbones and heads.
 - ``training``, ``tiling``, ``extraction``, ``evaluation`` (with ``evaluation.mil``): the four jobs,
   one room per verb (train, tile, extract, evaluate).
-- CLI modules (``train``, ``tile``, ``extract``, ``evaluate``, ``shards``): argparse only.
+- CLI modules (``train``, ``tile``, ``extract``, ``evaluate``, ``shards``, ``info``): argparse only.
 - ``study``: compares methods end to end by running the train / extract / evaluate CLIs.
 - ``__main__``: ``clusiam-fast VERB`` (``python -m clusiam_fast VERB``) runs the verb's module.
 """

@@ -4,7 +4,7 @@
 FEATURES is the --out folder of ``python -m clusiam_fast.extract`` (or a folder of
 CLAM-style .h5 feature files). Runs what the labels allow:
 
-- slides.csv (slide_id,label[,split][,patient_id]): Max-pooling MIL, DSMIL and ABMIL
+- slides.csv (``slide_id,label[,split][,patient_id]``): Max-pooling MIL, DSMIL and ABMIL
   (gated attention) with the paper's protocol (grid lr x weight decay, 50 epochs, 5
   warm-up + cosine, stratified seeded 75/25 train/validation split of the training
   slides, best validation checkpoint tested once, several seeds, mean ± std of accuracy

@@ -36,6 +36,7 @@ LEVELS = {
     "extract": 7,
     "evaluate": 7,
     "shards": 7,
+    "info": 7,  # reads the ops and the compiled module (`python -m clusiam_fast.info`)
     "study": 8,  # runs the CLI modules (train, extract, evaluate) and reads their parsers
     "__init__": 8,  # the package's own re-exports
     "__main__": 9,  # clusiam-fast VERB: runs every verb's module

@@ -28,11 +28,23 @@ namespace clusiam {
 #include "vec_loops.inc"
 #undef CLUSIAM_ISA
 
+namespace {
+
+bool use_avx2() {
+#ifdef CLUSIAM_HAVE_AVX2
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
 const VecOps& vec_ops() {
   static const VecOps ops = [] {
 #ifdef CLUSIAM_HAVE_AVX2
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (use_avx2()) {
       using namespace avx2;
       return CLUSIAM_OPS_TABLE;
     }
@@ -42,5 +54,15 @@ const VecOps& vec_ops() {
   }();
   return ops;
 }
+
+const char* vec_isa_compiled() {
+#ifdef CLUSIAM_HAVE_AVX2
+  return "avx2+fma,baseline";
+#else
+  return "baseline";
+#endif
+}
+
+const char* vec_isa_selected() { return use_avx2() ? "avx2+fma" : "baseline"; }
 
 }  // namespace clusiam

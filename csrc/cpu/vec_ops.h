@@ -18,4 +18,9 @@ struct VecOps {
 
 const VecOps& vec_ops();
 
+// The instruction sets vec_loops.inc was compiled for ("avx2+fma,baseline" on x86-64 with
+// GCC or Clang) and the one vec_ops() picked on this CPU.
+const char* vec_isa_compiled();
+const char* vec_isa_selected();
+
 }  // namespace clusiam
