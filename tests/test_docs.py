@@ -74,6 +74,8 @@ def command_examples(text: str) -> list[tuple[str, str]]:
 def wrong_flags(text: str, flags_of) -> list[str]:
     wrong = []
     for verb, rest in command_examples(text):
+        if verb.isupper() or verb == "bench":  # a placeholder (`clusiam-fast VERB`); bench passes pytest's flags on
+            continue
         if verb not in VERBS:
             wrong.append(f"unknown verb {verb!r} in `{rest}`")
             continue
