@@ -4,7 +4,7 @@ Usage::
 
     python -m clusiam_fast.tile SLIDE_OR_DIR... --out DIR [--mpp 0.5] [--patch-size 224]
         [--stride 224] [--min-tissue 0.5] [--slide-mpp X] [--slide-mpp-csv FILE]
-        [--backend auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
+        [--reader auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
         [--on-corrupt-tile fail|skip] [--decode-device cpu|cuda] [--coords-format clam|trident]
         [--engine local|ray] [--ray-address ADDR] [--cpus-per-task C]
         [--redo] [--lock-timeout S] [--shard I/N]
@@ -157,10 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "slides whose metadata has none (metadata wins; it wins over --slide-mpp)",
     )
     parser.add_argument(
+        "--reader",
         "--backend",
+        dest="backend",
         choices=("auto", "cucim", "openslide", "tifffile"),
         default="auto",
-        help="slide reader; auto picks per file (cuCIM where it reads the file correctly)",
+        help="slide reader; auto picks per file (cuCIM where it reads the file correctly); every reader places "
+        "patches as OpenSlide does",
     )
     parser.add_argument(
         "--workers",

@@ -51,6 +51,7 @@ def extract(
     std: Sequence[float] | None = None,
     progress: bool = True,
     slide_dir: str | Path | None = None,
+    reader: str | None = None,
     encoder: str = "checkpoint",
     weights: str | Path | None = None,
     random_init: bool = False,
@@ -104,7 +105,7 @@ def extract(
         resize, crop = encoder.config.get("resize"), encoder.config.get("crop")
     interpolation = encoder.config.get("interpolation", "bilinear")
     transform = build_transform(mean, std, resize, crop, interpolation)
-    source = open_source(data, transform, slide_dir=slide_dir)
+    source = open_source(data, transform, slide_dir=slide_dir, reader=reader)
     fit_size, size_note = _fit_sizes(source, encoder, resize, crop)
     spec = ExtractSpec(
         checkpoint=None if checkpoint is None else str(checkpoint.resolve()),
@@ -127,6 +128,7 @@ def extract(
         encoder_kwargs=json.dumps(encoder_kwargs, sort_keys=True) if encoder_kwargs else None,
         interpolation=interpolation,
         trust_pickle=trust_pickle,
+        reader=reader,
     )
     for folder in ("bags", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
         remove_stale_temps(out / folder)

@@ -193,7 +193,9 @@ def _manifest_attrs(row: dict[str, Any], manifest: Path) -> dict[str, Any]:
     return attrs
 
 
-def manifest_source(manifest: str | Path, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
+def manifest_source(
+    manifest: str | Path, transform: Callable, *, slide_dir: str | Path | None = None, reader: str | None = None
+) -> PatchSource:
     """Patches read on the fly from the slides of a tiler ``manifest.csv``.
 
     ``slide_dir``: where to look for slides that are no longer at the manifest's paths.
@@ -202,14 +204,21 @@ def manifest_source(manifest: str | Path, transform: Callable, *, slide_dir: str
     from ..data.slide_dataset import SlidePatchDataset
 
     rows = {row["slide_id"]: row for row in read_manifest(manifest)}
-    inner = SlidePatchDataset(str(manifest), transform=transform, return_coords=False, slide_dir=slide_dir)
+    inner = SlidePatchDataset(
+        str(manifest), transform=transform, return_coords=False, slide_dir=slide_dir, backend=_backend(reader)
+    )
     return _slide_source(
         "manifest", inner, manifest.parent, lambda info: _manifest_attrs(rows.get(info.slide_id, {}), manifest)
     )
 
 
 def coords_source(
-    root: Path, files: Sequence[Path], transform: Callable, *, slide_dir: str | Path | None = None
+    root: Path,
+    files: Sequence[Path],
+    transform: Callable,
+    *,
+    slide_dir: str | Path | None = None,
+    reader: str | None = None,
 ) -> PatchSource:
     """Patches read on the fly at the coordinates of CLAM / TRIDENT ``.h5`` files (one bag per file).
 
@@ -219,7 +228,9 @@ def coords_source(
     from ..data.slide_dataset import SlidePatchDataset
 
     try:
-        inner = SlidePatchDataset(list(files), transform=transform, return_coords=False, slide_dir=slide_dir)
+        inner = SlidePatchDataset(
+            list(files), transform=transform, return_coords=False, slide_dir=slide_dir, backend=_backend(reader)
+        )
     except FileNotFoundError as error:
         where = f"nor in --slide-dir {slide_dir}" if slide_dir is not None else "and no --slide-dir was given"
         raise FileNotFoundError(
@@ -228,6 +239,11 @@ def coords_source(
         ) from error
 
     def attrs(info) -> dict[str, Any]:
+        if not info.level_chosen:  # TRIDENT files name no level: open the slide, so the bag gives the one read
+            try:
+                inner.reader(inner.slides.index(info))
+            except OSError:
+                pass  # the slide's reads fail later, and name it
         found = {
             "source": "coords",
             "coords_format": info.coords_format,
@@ -281,13 +297,20 @@ def _slide_source(kind: str, inner, root: Path, attrs_of: Callable) -> PatchSour
     )
 
 
-def open_source(data: str | Path, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
+def _backend(reader: str | None) -> str | None:
+    """``--reader`` as ``SlidePatchDataset``'s backend: None (auto) keeps each slide's own."""
+    return None if reader in (None, "auto") else reader
+
+
+def open_source(
+    data: str | Path, transform: Callable, *, slide_dir: str | Path | None = None, reader: str | None = None
+) -> PatchSource:
     """A tiler manifest (a .csv file, or a folder holding manifest.csv), CLAM / TRIDENT coordinate files, or an image folder."""
     arg = resolve_data(data, accept=("folder", "manifest", "coords"))
     if arg.kind == "manifest":
-        return manifest_source(arg.path, transform, slide_dir=slide_dir)
+        return manifest_source(arg.path, transform, slide_dir=slide_dir, reader=reader)
     if arg.kind == "coords":
-        return coords_source(arg.path, arg.files, transform, slide_dir=slide_dir)
+        return coords_source(arg.path, arg.files, transform, slide_dir=slide_dir, reader=reader)
     if slide_dir is not None:
         import warnings
 

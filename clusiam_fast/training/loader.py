@@ -51,7 +51,7 @@ class DataSource:
         return len(self.dataset)
 
 
-def resolve_source(data: str | os.PathLike) -> DataSource:
+def resolve_source(data: str | os.PathLike, reader: str = "auto") -> DataSource:
     """DATA (see :mod:`clusiam_fast.data.resolve`) -> DataSource: patch folder, tiler manifest or CLAM .h5 files."""
     if data is None:
         raise ValueError("no DATA given: pass a folder of image patches or a tiler manifest.csv (or use --demo)")
@@ -69,7 +69,10 @@ def resolve_source(data: str | os.PathLike) -> DataSource:
             f"DATA {arg.path} is {arg.describe()}, but clusiam_fast.data.slide_dataset could not be imported "
             f"({error}); install the slide extras (`pip install -e '.[slides]'`) or pass a folder of patches"
         ) from error
-    dataset = SlidePatchDataset(str(arg.path) if arg.kind == "manifest" else list(arg.files), transform=None)
+    backend = None if reader == "auto" else reader  # --reader; auto: each slide's own
+    dataset = SlidePatchDataset(
+        str(arg.path) if arg.kind == "manifest" else list(arg.files), transform=None, backend=backend
+    )
     if len(dataset) == 0:
         raise ValueError(f"{arg.describe()} lists no patches")
     stamp = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (arg.files or (arg.path,)))

@@ -74,7 +74,7 @@ def set_up_run(
     written into OUT (see :class:`.reporting.Reporter`)."""
     out = Path(cfg.out)
     ckpt = on_main(ctx, lambda: load_resume(cfg, ctx, out, log))
-    source = resolve_source(cfg.data)
+    source = resolve_source(cfg.data, cfg.reader)
     sizes = ctx.gather_objects(len(source))
     if len(set(sizes)) > 1:
         raise ValueError(
