@@ -12,7 +12,11 @@ Output folder::
     OUT/manifest.csv                 one row per tiled slide (formats/manifest.py)
     OUT/patches/<slide_id>.h5        coordinates, CLAM's convention (formats/coords_h5.py), or
     OUT/patches/<slide_id>_patches.h5  TRIDENT's with coords_format="trident"
-    OUT/thumbnails/<slide_id>.png    QA picture (tiling/thumbnail.py)
+    OUT/thumbnails/<slide_id>.png    QA overlay: contours and patch grid over true colours (tiling/thumbnail.py)
+    OUT/contours/<slide_id>.geojson  tissue contours for QuPath; OUT/masks/<slide_id>.png the mask (tiling/contours.py)
+    OUT/mosaics/<slide_id>.png       the kept patches stitched at low resolution (tiling/mosaic.py)
+    OUT/params/<slide_id>.json       a slide's --slide-params row, one of its inputs (tiling/slide_params.py)
+    OUT/summary.md                   what the run did, for people (tiling/summary.py)
     OUT/tiles/<slide_id>/*.jpg|png   only with save_tiles (tiling/export.py)
     OUT/done/<slide_id>.json         done record (cohort/records.py); failed/ for failures
     OUT/locks/<slide_id>.lock        while a job tiles it (cohort/locks.py)
@@ -58,8 +62,12 @@ from ..slides import (
     slide_id_from_path,
 )
 from ..utils.atomic import remove_stale_temps
+from .contours import save_contours, save_mask
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
+from .mosaic import save_mosaic, stitch_mosaic
+from .slide_params import apply_slide_params, load_params, params_files
+from .summary import write_run_summary
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
 
@@ -353,6 +361,9 @@ def _write_outputs(
         title += f", {dropped} dropped: corrupt tiles"
     picture = draw_qa_thumbnail(view.rgb, view.rgb_ds, view.mask, coords, plan.footprint, title, config.qa_max_side)
     save_qa_thumbnail(out_dir / thumbnail, picture)
+    save_mask(out_dir / "masks" / f"{slide_id}.png", view.mask, view.mask_ds)
+    save_contours(out_dir / "contours" / f"{slide_id}.geojson", view.mask, view.mask_ds, slide_id)
+    save_mosaic(out_dir / "mosaics" / f"{slide_id}.png", stitch_mosaic(view.rgb, view.rgb_ds, coords, plan.footprint))
 
     h5_path = Path("patches") / (f"{slide_id}_patches.h5" if config.coords_format == "trident" else f"{slide_id}.h5")
     ours = {
@@ -435,8 +446,12 @@ def _tile_job(job: SlideJob, out_dir: str, config: TileConfig) -> tuple[bool, An
     """One cohort job (``cohort.run_cohort``): (ok, manifest row or reason, outputs relative to OUT, the
     per-slide settings it did not use: ``slide_mpp`` when the slide's metadata gave its mpp)."""
     config = replace(config, slide_mpp=dict(job.settings).get("slide_mpp", config.slide_mpp))
+    if len(job.inputs) > 1:  # its --slide-params row
+        config = apply_slide_params(config, load_params(job.inputs[1]))
     ok, value = _run_one(Path(job.path), job.slide_id, Path(out_dir), config)
-    outputs = [value["h5_path"], value["thumbnail"]] if ok else []
+    sid = job.slide_id
+    outputs = [value["h5_path"], value["thumbnail"], f"masks/{sid}.png", f"contours/{sid}.geojson"] if ok else []
+    outputs += [f"mosaics/{sid}.png"] if ok else []
     if ok and config.save_tiles != "none":
         outputs.append(f"tiles/{job.slide_id}")
     unused = [] if ok and value.get("mpp_source") == "--slide-mpp" else ["slide_mpp"]
@@ -472,6 +487,7 @@ def tile_slides(
     lock_timeout: float = DEFAULT_TIMEOUT_S,
     shard: tuple[int, int] | None = None,
     slide_mpps: dict[str, float] | None = None,
+    slide_params: dict[str, dict[str, Any]] | None = None,
 ) -> TilingReport:
     """Tile every slide of ``inputs`` (files or folders) into ``out_dir``, ``workers`` at a time.
 
@@ -484,19 +500,24 @@ def tile_slides(
     Failures are collected (never raised). The manifest is rebuilt, under a lock, from the
     done records of ``out_dir`` (plus rows of an older manifest for slides without one).
     ``slide_mpps``: per-slide level-0 mpp (``--slide-mpp-csv``) for slides whose metadata has none.
+    ``slide_params``: per-slide parameters (``--slide-params``, :mod:`.slide_params`); ``OUT/summary.md`` tells the run.
     """
     from tqdm.auto import tqdm
 
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in ("patches", "thumbnails", "done", "failed"):  # of writes killed mid-way (dead pid, > 60 s)
+    for folder in ("patches", "thumbnails", "masks", "contours", "mosaics", "params", "done", "failed"):
         remove_stale_temps(out_dir / folder)
     paths, failures = find_slides(inputs)
     jobs: list[SlideJob] = []
     owner: dict[str, Path] = {}
+    slide_params = slide_params or {}
+    excluded = [slide_id_from_path(p) for p in paths if not slide_params.get(slide_id_from_path(p), {}).get("keep", 1)]
     for path in paths:
         slide_id = slide_id_from_path(path)
+        if slide_id in excluded:
+            continue
         if slide_id in owner:
             failures.append(
                 SlideFailure(path, f"slide id {slide_id!r} is already used by {owner[slide_id]}; rename one")
@@ -505,6 +526,8 @@ def tile_slides(
         owner[slide_id] = path
         jobs.append(SlideJob(slide_id, str(path), settings=slide_settings(slide_id, config, slide_mpps or {})))
     jobs = select_shard(jobs, [j.slide_id for j in jobs], shard)
+    params = params_files(out_dir, [j.slide_id for j in jobs], slide_params)  # a slide's row: one of its inputs
+    jobs = [replace(j, inputs=(j.path, str(params[j.slide_id]))) if j.slide_id in params else j for j in jobs]
     settings = tile_settings(config)
     plan = plan_cohort(jobs, out_dir, settings, redo)
     summary = CohortSummary(out_dir, "tile", [j.slide_id for j in jobs])
@@ -553,7 +576,10 @@ def tile_slides(
         records = done_records(out_dir, rejected=rejected)
         manifest, kept = rebuild_manifest(out_dir / "manifest.csv", records, rows, rejected)
     summary.write()
-    return TilingReport(rows, failures, manifest, kept, skipped=len(plan.skipped), elsewhere=locked)
+    report = TilingReport(rows, failures, manifest, kept, skipped=len(plan.skipped), elsewhere=locked)
+    run = {"engine": engine, "workers": workers, "slide_params": len(slide_params), "inputs": len(paths)}
+    write_run_summary(out_dir, report, settings, time.time() - started, excluded=excluded, run=run)
+    return report
 
 
 def rebuild_manifest(
