@@ -78,5 +78,5 @@ def save_mask(path: str | Path, mask: np.ndarray, downsample: tuple[float, float
     info = PngImagePlugin.PngInfo()
     info.add_text("downsample", f"{downsample[0]:.6f} {downsample[1]:.6f}")
     with atomic_path(path) as tmp:
-        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG", pnginfo=info)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG", pnginfo=info, compress_level=1)
     return path

@@ -38,5 +38,5 @@ def save_mosaic(path: str | Path, mosaic: np.ndarray) -> Path:
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(mosaic).save(tmp, format="PNG")
+        Image.fromarray(mosaic).save(tmp, format="PNG", compress_level=1)
     return path
