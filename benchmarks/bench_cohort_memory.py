@@ -11,7 +11,9 @@ the run). Target: every process grows by less than 200 MB.
     python -m pytest benchmarks/bench_cohort_memory.py --benchmark-only     # N = 500
     CLUSIAM_BENCH_MEMORY_SLIDES=2000 python -m pytest benchmarks/bench_cohort_memory.py
 
-``tests/cohort/test_cohort_memory.py`` runs the same watch on 500 slides as a test.
+``tests/cohort/test_cohort_memory.py`` runs the same watch as a test (200 slides; 500 with
+``CLUSIAM_MEMORY_TEST_SLIDES=500``). Measured at 500 slides (2-core machine at load 12, 190 s):
+driver 47 -> 51 MB, fork server 13, workers 96 -> 96 and 99 -> 96 MB: flat.
 """
 
 from __future__ import annotations

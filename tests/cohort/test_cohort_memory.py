@@ -1,7 +1,10 @@
-"""Flat memory over a long cohort: ``tile --workers 2`` over 500 generated slides, driver and workers watched.
+"""Flat memory over a long cohort: ``tile --workers 2`` over generated slides, driver and workers watched.
 
 The watch is ``benchmarks/bench_cohort_memory.py``'s (see there how growth is measured); TRIDENT users
-report growth from 6 to 64 GB over 10,616 slides. ``CLUSIAM_MEMORY_TEST_SLIDES`` sets the count.
+report growth from 6 to 64 GB over 10,616 slides. 200 slides by default, about a minute on an idle
+2-core machine (500 took 190 s on a 2-core machine at load 12; the benchmark runs 500):
+``CLUSIAM_MEMORY_TEST_SLIDES=500`` for the full count. Measured at 500 slides: driver 47 -> 51 MB,
+workers 96 -> 96 and 99 -> 96 MB (growth +4, +0, -3 MB; the limit is 200).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SLIDES = int(os.environ.get("CLUSIAM_MEMORY_TEST_SLIDES", "500"))
+SLIDES = int(os.environ.get("CLUSIAM_MEMORY_TEST_SLIDES", "200"))
 
 
 def _watch_module():
@@ -26,7 +29,7 @@ def _watch_module():
 
 
 @pytest.mark.timeout(900)
-def test_resident_memory_stays_flat_over_500_slides(wsi_dir, tmp_path):
+def test_resident_memory_stays_flat_over_a_long_cohort(wsi_dir, tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc to read resident memory")
     watch = _watch_module()

@@ -104,3 +104,16 @@ def test_bags_record_the_level_and_size_read(wsi_dir, trident_h5):
     attrs = source.slides[0].attrs
     assert (attrs["read_level"], attrs["read_size"], attrs["patch_size"]) == (1, 224, 224)
     assert attrs["level0_size"] == 448
+
+
+def test_gpu_shift_matches_the_cpu_shift():
+    """``read_regions_cuda``'s shift (run here on CPU tensors: the same torch code) equals ``shift_subpixel``."""
+    torch = pytest.importorskip("torch")
+    from clusiam_fast.slides.cucim_reader import _shift_on_gpu
+
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 256, (3, 17, 13, 3), dtype=np.uint8)
+    fractions = np.array([[0.0, 0.0], [0.25, 0.0], [0.8868, 0.3103]])
+    shifted = _shift_on_gpu(torch.from_numpy(batch), fractions, 12, 16).numpy()
+    for region, (fx, fy), got in zip(batch, fractions, shifted):
+        assert np.abs(got.astype(int) - shift_subpixel(region, fx, fy, 12, 16).astype(int)).max() <= 1
