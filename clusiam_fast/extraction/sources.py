@@ -208,7 +208,10 @@ def manifest_source(
         str(manifest), transform=transform, return_coords=False, slide_dir=slide_dir, backend=_backend(reader)
     )
     return _slide_source(
-        "manifest", inner, manifest.parent, lambda info: _manifest_attrs(rows.get(info.slide_id, {}), manifest)
+        "manifest",
+        inner,
+        manifest.parent,
+        lambda info: {**_manifest_attrs(rows.get(info.slide_id, {}), manifest), "backend": info.backend},  # --reader
     )
 
 
@@ -252,6 +255,7 @@ def coords_source(
             "patch_size": info.output_size,
             "read_level": info.read_level,
             "read_size": info.read_size,
+            "backend": info.backend,
             "level0_size": info.level0_size,
             "mpp": info.mpp,
             "target_mpp": info.target_mpp,
