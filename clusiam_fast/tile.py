@@ -52,7 +52,8 @@ Reads are exact on every level: every ``--reader`` places a region as OpenSlide 
 by the sub-pixel fraction where a level-0 location falls off the level's pixel grid (a
 downsample such as 2.0005); beyond the slide's edge pixels are white (glass). ``--slide-params
 FILE`` gives per-slide parameters (``clusiam_fast/tiling/slide_params.py``); a re-run redoes
-only the slides whose row changed.
+only the slides whose row changed. Every run writes ``DIR/slide_params.csv`` (each slide, its
+parameters, blank for the run's) to edit and pass back, as CLAM's process list.
 
 ``DIR/manifest.csv`` lists the slides tiled into DIR (columns slide_id, slide_path,
 h5_path, num_patches, mpp, target_mpp, patch_size, read_level, read_size, backend,

@@ -16,6 +16,7 @@ Output folder::
     OUT/contours/<slide_id>.geojson  tissue contours for QuPath; OUT/masks/<slide_id>.png the mask (tiling/contours.py)
     OUT/mosaics/<slide_id>.png       the kept patches stitched at low resolution (tiling/mosaic.py)
     OUT/params/<slide_id>.json       a slide's --slide-params row, one of its inputs (tiling/slide_params.py)
+    OUT/slide_params.csv             every slide and its --slide-params (blank: the run's), to edit and pass back
     OUT/summary.md                   what the run did, for people (tiling/summary.py)
     OUT/tiles/<slide_id>/*.jpg|png   only with save_tiles (tiling/export.py)
     OUT/done/<slide_id>.json         done record (cohort/records.py); failed/ for failures
@@ -66,7 +67,7 @@ from .contours import save_contours, save_mask
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
 from .mosaic import save_mosaic, stitch_mosaic
-from .slide_params import apply_slide_params, load_params, params_files
+from .slide_params import apply_slide_params, load_params, params_files, write_params_template
 from .summary import write_run_summary
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
@@ -527,6 +528,7 @@ def tile_slides(
         jobs.append(SlideJob(slide_id, str(path), settings=slide_settings(slide_id, config, slide_mpps or {})))
     jobs = select_shard(jobs, [j.slide_id for j in jobs], shard)
     params = params_files(out_dir, [j.slide_id for j in jobs], slide_params)  # a slide's row: one of its inputs
+    write_params_template(out_dir, [slide_id_from_path(p) for p in paths], slide_params)
     jobs = [replace(j, inputs=(j.path, str(params[j.slide_id]))) if j.slide_id in params else j for j in jobs]
     settings = tile_settings(config)
     plan = plan_cohort(jobs, out_dir, settings, redo)

@@ -8,7 +8,12 @@ Columns: ``slide_id`` (or TRIDENT's ``wsi``, a file name) and any of
 - ``min_area_um2``: the smallest tissue piece kept, in square microns (10,000);
 - ``keep``: ``0`` / ``no`` / ``false`` leaves the slide out of the run (CLAM's ``process`` column).
 
-An empty cell keeps the run's value. Slides not in the file use the run's settings.
+An empty cell keeps the run's value. Slides not in the file (or with every cell empty) use the
+run's settings.
+
+Every run writes ``OUT/slide_params.csv``: each slide of its inputs with the values it was given
+(blank: the run's), as CLAM writes ``process_list_autogen.csv``. Edit it and pass it back with
+``--slide-params OUT/slide_params.csv``.
 
 Each listed slide's parameters are written to ``OUT/params/<slide_id>.json`` (only when they
 change) and that file is one of the slide's inputs: a re-run after editing the CSV redoes just
@@ -101,7 +106,7 @@ def params_files(out_dir: str | Path, slide_ids: list[str], table: dict[str, dic
     files: dict[str, Path] = {}
     for slide_id in slide_ids:
         file = folder / f"{slide_id}.json"
-        if slide_id not in table:
+        if not table.get(slide_id):  # unlisted, or a row of empty cells: the run's settings
             file.unlink(missing_ok=True)
             continue
         text = json.dumps(table[slide_id], sort_keys=True) + "\n"
@@ -109,6 +114,29 @@ def params_files(out_dir: str | Path, slide_ids: list[str], table: dict[str, dic
             atomic_write_text(file, text)
         files[slide_id] = file
     return files
+
+
+def write_params_template(out_dir: str | Path, slide_ids: list[str], table: dict[str, dict[str, Any]]) -> Path:
+    """``OUT/slide_params.csv``: a row per slide, with its parameters from ``table`` (blank: the run's)."""
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("slide_id", *COLUMNS))
+    for slide_id in sorted(slide_ids):
+        given = table.get(slide_id, {})
+        writer.writerow((slide_id, *(_text(given.get(c)) for c in COLUMNS)))
+    path = Path(out_dir) / "slide_params.csv"
+    atomic_write_text(path, text.getvalue())
+    return path
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return f"{value:g}"
 
 
 def load_params(file: str | Path) -> dict[str, Any]:

@@ -130,23 +130,27 @@ def test_slide_params_csv_is_honoured_per_slide_and_on_reruns(wsi_dir, tmp_path,
     strict = done["CMU-1-Small-Region"]["result"]["num_patches"]
     assert "Slides left out" in (out / "summary.md").read_text()
 
-    # a re-run with CMU's row edited redoes CMU alone, with its new threshold; TCGA's row is unchanged: skipped
-    _write_params(
-        params,
-        [
-            {"slide_id": "CMU-1-Small-Region", "min_tissue": "0.5"},
-            {"slide_id": "tcga-cr-7395-01a-01-ts1", "mpp": "0.25"},
-        ],
-    )
+    # OUT/slide_params.csv lists every slide with what it was given: edited and passed back, it redoes CMU alone
+    # (its new threshold) and OS-1-detail (no longer left out); TCGA's row is unchanged: skipped
+    template = out / "slide_params.csv"
+    with open(template, newline="") as f:
+        rows = {r["slide_id"]: r for r in csv.DictReader(f)}
+    assert rows["tcga-cr-7395-01a-01-ts1"]["mpp"] == "0.25" and rows["OS-1-detail"]["keep"] == "0"
+    assert rows["CMU-1-Small-Region"]["min_tissue"] == "0.95" and rows["CMU-1-Small-Region"]["mpp"] == ""
+    rows["CMU-1-Small-Region"]["min_tissue"], rows["OS-1-detail"]["keep"] = "0.5", ""
+    edited = _write_params(tmp_path / "edited.csv", list(rows.values()))
     tcga_time = done["tcga-cr-7395-01a-01-ts1"]["time"]
     capsys.readouterr()
-    assert main([str(folder), "--out", str(out), "--workers", "1", "--slide-params", str(params)]) == 0
+    assert main([str(folder), "--out", str(out), "--workers", "1", "--slide-params", str(edited)]) == 0
     assert "skipped 1 slide(s) already tiled" in capsys.readouterr().out
     again = {p.stem: json.loads(p.read_text()) for p in (out / "done").glob("*.json")}
     assert again["tcga-cr-7395-01a-01-ts1"]["time"] == tcga_time
     assert again["CMU-1-Small-Region"]["result"]["num_patches"] > strict
     assert "OS-1-detail" in again  # no longer left out: tiled now
-    assert not (out / "params" / "OS-1-detail.json").exists()
+    assert not (out / "params" / "OS-1-detail.json").exists()  # a row of empty cells: the run's settings
+    # the template as written, passed back unchanged, redoes nothing
+    assert main([str(folder), "--out", str(out), "--workers", "1", "--slide-params", str(template)]) == 0
+    assert "skipped 3 slide(s) already tiled" in capsys.readouterr().out
 
 
 def test_slide_params_csv_errors_name_the_file_and_line(tmp_path, wsi_dir, capsys):
