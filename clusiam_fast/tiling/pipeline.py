@@ -450,9 +450,8 @@ def _tile_job(job: SlideJob, out_dir: str, config: TileConfig) -> tuple[bool, An
     if len(job.inputs) > 1:  # its --slide-params row
         config = apply_slide_params(config, load_params(job.inputs[1]))
     ok, value = _run_one(Path(job.path), job.slide_id, Path(out_dir), config)
-    sid = job.slide_id
-    outputs = [value["h5_path"], value["thumbnail"], f"masks/{sid}.png", f"contours/{sid}.geojson"] if ok else []
-    outputs += [f"mosaics/{sid}.png"] if ok else []
+    tissue = [f"masks/{job.slide_id}.png", f"contours/{job.slide_id}.geojson", f"mosaics/{job.slide_id}.png"]
+    outputs = [value["h5_path"], value["thumbnail"], *tissue] if ok else []
     if ok and config.save_tiles != "none":
         outputs.append(f"tiles/{job.slide_id}")
     unused = [] if ok and value.get("mpp_source") == "--slide-mpp" else ["slide_mpp"]
@@ -514,7 +513,7 @@ def tile_slides(
     jobs: list[SlideJob] = []
     owner: dict[str, Path] = {}
     slide_params = slide_params or {}
-    excluded = [slide_id_from_path(p) for p in paths if not slide_params.get(slide_id_from_path(p), {}).get("keep", 1)]
+    excluded = {sid for sid, row in slide_params.items() if not row.get("keep", True)}  # --slide-params keep=0
     for path in paths:
         slide_id = slide_id_from_path(path)
         if slide_id in excluded:
@@ -580,7 +579,8 @@ def tile_slides(
     summary.write()
     report = TilingReport(rows, failures, manifest, kept, skipped=len(plan.skipped), elsewhere=locked)
     run = {"engine": engine, "workers": workers, "slide_params": len(slide_params), "inputs": len(paths)}
-    write_run_summary(out_dir, report, settings, time.time() - started, excluded=excluded, run=run)
+    ids = {slide_id_from_path(p) for p in paths}
+    write_run_summary(out_dir, report, settings, time.time() - started, excluded=excluded & ids, run=run)
     return report
 
 
