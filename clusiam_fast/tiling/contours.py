@@ -4,7 +4,8 @@
 tissue piece (its holes as inner rings), in level-0 pixel coordinates, with QuPath's
 properties (``objectType: annotation``, classification ``Tissue``), as TRIDENT writes them:
 QuPath's *File > Import objects* and shapely's ``shape()`` read it. The outlines are the
-mask's marching-squares isolines (scikit-image), simplified by half a mask pixel.
+mask's marching-squares isolines (scikit-image), simplified by half a mask pixel; each hole goes
+to the smallest outline around it.
 
 ``OUT/masks/<slide_id>.png``: the tissue mask itself, 255 tissue / 0 glass, one pixel per
 ``mask_downsample`` level-0 pixels (the downsample is in the PNG's ``downsample`` text field).
@@ -13,7 +14,6 @@ mask's marching-squares isolines (scikit-image), simplified by half a mask pixel
 from __future__ import annotations
 
 import json
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,36 @@ from ..utils.deps import require
 
 def tissue_polygons(mask: np.ndarray, downsample: tuple[float, float]):
     """The tissue of ``mask`` as a shapely (Multi)Polygon in level-0 pixels (mask pixel i spans [i, i+1) x ds)."""
-    require("shapely", "shapely", "writing tissue contours")
-    from shapely import MultiPolygon, Polygon, symmetric_difference
+    shapely = require("shapely", "shapely", "writing tissue contours")
+    from shapely import LinearRing, MultiPolygon, Point, Polygon, STRtree
     from shapely.affinity import affine_transform
     from skimage.measure import find_contours
 
     padded = np.pad(mask.astype(np.uint8), 1)  # closes the outlines that touch the border
-    rings = [Polygon(ring[:, ::-1] - 1) for ring in find_contours(padded, 0.5) if len(ring) >= 4]
-    rings = [ring for ring in rings if ring.is_valid and ring.area > 0]
-    if not rings:
+    shells, holes = [], []
+    for ring in find_contours(padded, 0.5, positive_orientation="high"):
+        if len(ring) < 4:
+            continue
+        outline = shapely.simplify(LinearRing(ring[:, ::-1] - 1), 0.5, preserve_topology=False)  # (row, col) -> (x, y)
+        if outline.is_empty or len(outline.coords) < 4:
+            continue
+        # tissue on the left of its outline: shells run clockwise on screen (y down), holes counter-clockwise
+        (holes if outline.is_ccw else shells).append(outline)
+    if not shells:
         return MultiPolygon()
-    # nested outlines alternate tissue / hole / tissue: their symmetric difference is the tissue
-    tissue = reduce(symmetric_difference, sorted(rings, key=lambda r: -r.area)).simplify(0.5)
+    areas = [Polygon(shell).area for shell in shells]
+    inner: list[list] = [[] for _ in shells]
+    tree = STRtree([Polygon(shell) for shell in shells])
+    for hole in holes:  # each hole belongs to the smallest shell around it (a point of its outline lies inside)
+        around = tree.query(Point(hole.coords[0]), predicate="within")
+        if len(around):
+            inner[min(around, key=areas.__getitem__)].append(hole)
+    pieces = [Polygon(shell, rings) for shell, rings in zip(shells, inner)]
+    pieces = [p if p.is_valid else shapely.make_valid(p) for p in pieces]
+    polygons = [g for p in pieces for g in getattr(p, "geoms", [p]) if isinstance(g, Polygon) and not g.is_empty]
     dsx, dsy = downsample
-    return affine_transform(tissue, [dsx, 0, 0, dsy, 0.5 * dsx, 0.5 * dsy])  # pixel centres at (i + 0.5) x ds
+    # mask pixel centres (i + 0.5) x ds in level-0 px
+    return affine_transform(MultiPolygon(polygons), [dsx, 0, 0, dsy, 0.5 * dsx, 0.5 * dsy])
 
 
 def contours_geojson(mask: np.ndarray, downsample: tuple[float, float], slide_id: str) -> dict[str, Any]:

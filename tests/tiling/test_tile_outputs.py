@@ -162,3 +162,22 @@ def test_slide_params_csv_errors_name_the_file_and_line(tmp_path, wsi_dir, capsy
     bad.write_text("slide_id,colour\nx,red\n")
     assert main([str(wsi_dir / CMU), "--out", str(tmp_path / "o"), "--slide-params", str(bad)]) == 2
     assert "unknown: ['colour']" in capsys.readouterr().err
+
+
+def test_contours_keep_holes_and_islands_in_holes():
+    shapely = pytest.importorskip("shapely")
+    from shapely.geometry import shape
+
+    from clusiam_fast.tiling.contours import contours_geojson
+
+    mask = np.zeros((200, 200), bool)
+    mask[20:180, 20:180] = True  # tissue
+    mask[60:140, 60:140] = False  # a hole in it
+    mask[90:110, 90:110] = True  # an island in the hole
+    features = contours_geojson(mask, (2.0, 3.0), "s")["features"]
+    pieces = [shape(f["geometry"]) for f in features]
+    assert [len(p.interiors) for p in pieces] == [1, 0]  # largest first: the ring with its hole, then the island
+    assert shapely.union_all(pieces).area == pytest.approx(mask.sum() * 6.0, rel=0.01)
+    tissue = shapely.union_all(pieces)
+    assert tissue.contains(shapely.Point(40 * 2, 40 * 3)) and tissue.contains(shapely.Point(100 * 2, 100 * 3))
+    assert not tissue.contains(shapely.Point(75 * 2, 75 * 3))  # in the hole
