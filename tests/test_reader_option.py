@@ -56,3 +56,12 @@ def test_extract_reads_with_the_reader_named_and_says_so(tiled, tmp_path, one_th
     (bag,) = load_bags(out)
     assert bag.attrs["backend"] == "openslide" and bag.attrs["read_level"] == 0
     assert bag.features.shape[0] == int(read_manifest(tiled / "manifest.csv")[0]["num_patches"])
+
+
+def test_the_dali_slide_source_reads_with_the_reader_named(tiled):
+    from clusiam_fast.data.dali_sources import SlideSource
+
+    source = SlideSource(tiled / "manifest.csv", workers=1, reader="openslide")
+    assert [info.backend for info in source.dataset.slides] == ["openslide"]
+    assert source.dataset.reader(0).backend == "openslide"
+    assert [i.backend for i in SlideSource(tiled / "manifest.csv").dataset.slides] == ["tifffile"]

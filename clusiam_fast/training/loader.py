@@ -245,6 +245,7 @@ class DaliTrainLoader:
                 num_shards=ctx.world,
                 num_threads=max(cfg.workers, 1),
                 drop_last=True,
+                reader=cfg.reader,
             )
         except ImportError as error:
             raise RuntimeError(f"--loader dali: {error}; or use --loader torch") from error
