@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding the slides: of CLAM/TRIDENT coordinate files, or of manifest slides that are not at "
         "their recorded paths (slides moved)",
     )
+    p.add_argument(
+        "--reader",
+        choices=("auto", "cucim", "openslide", "tifffile"),
+        default="auto",
+        help="slide reader (auto: each slide's own, the manifest's backend); every reader places patches as "
+        "OpenSlide does",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--trust-pickle",
@@ -251,6 +258,7 @@ def _run(argv: Sequence[str] | None) -> int:
             std=args.std,
             progress=not args.quiet,
             slide_dir=args.slide_dir,
+            reader=args.reader,
             encoder=args.encoder,
             weights=args.weights,
             random_init=args.random_init,

@@ -3,8 +3,9 @@
 Usage::
 
     python -m clusiam_fast.tile SLIDE_OR_DIR... --out DIR [--mpp 0.5] [--patch-size 224]
-        [--stride 224] [--min-tissue 0.5] [--slide-mpp X] [--slide-mpp-csv FILE]
-        [--backend auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
+        [--stride 224 | --overlap PX] [--min-tissue 0.5] [--slide-mpp X] [--slide-mpp-csv FILE]
+        [--slide-params FILE]
+        [--reader auto|cucim|openslide|tifffile] [--workers N] [--save-tiles none|jpg|png]
         [--on-corrupt-tile fail|skip] [--decode-device cpu|cuda] [--coords-format clam|trident]
         [--engine local|ray] [--ray-address ADDR] [--cpus-per-task C]
         [--redo] [--lock-timeout S] [--shard I/N]
@@ -40,8 +41,19 @@ For every slide (files named, or the slide files of a folder: .svs .tif .tiff .n
    plus ours); the two differ where the read level is not at the target (a 0.25 um/px
    slide without a 2x level: CLAM patch_size 448, TRIDENT 224 with patch_size_level0 448),
    so one file cannot serve both (``clusiam_fast/formats/coords_h5.py``); the QA picture
-   ``DIR/thumbnails/<slide_id>.png`` (tissue outlined in green over the true colours, kept patches as blue squares)
-   and, with ``--save-tiles``, ``DIR/tiles/<slide_id>/<slide_id>_<x>_<y>.<ext>``.
+   ``DIR/thumbnails/<slide_id>.png`` (the overlay: tissue contours in green over the true colours, kept patches
+   as blue squares), the tissue contours ``DIR/contours/<slide_id>.geojson`` (level-0 px; QuPath's
+   *Import objects* opens them) and mask ``DIR/masks/<slide_id>.png``, the kept patches stitched at low
+   resolution ``DIR/mosaics/<slide_id>.png``, and, with ``--save-tiles`` (patch export),
+   ``DIR/tiles/<slide_id>/<slide_id>_<x>_<y>.<ext>``; at the end of the run ``DIR/summary.md`` (slides
+   done and failed with reasons, patches, time, settings).
+
+Reads are exact on every level: every ``--reader`` places a region as OpenSlide does, shifting
+by the sub-pixel fraction where a level-0 location falls off the level's pixel grid (a
+downsample such as 2.0005); beyond the slide's edge pixels are white (glass). ``--slide-params
+FILE`` gives per-slide parameters (``clusiam_fast/tiling/slide_params.py``); a re-run redoes
+only the slides whose row changed. Every run writes ``DIR/slide_params.csv`` (each slide, its
+parameters, blank for the run's) to edit and pass back, as CLAM's process list.
 
 ``DIR/manifest.csv`` lists the slides tiled into DIR (columns slide_id, slide_path,
 h5_path, num_patches, mpp, target_mpp, patch_size, read_level, read_size, backend,
@@ -130,11 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="target resolution of the patches in microns per pixel (0.5 = 20x)",
     )
     parser.add_argument("--patch-size", type=positive_int, default=224, help="patch side in output pixels")
-    parser.add_argument(
+    step = parser.add_mutually_exclusive_group()
+    step.add_argument(
         "--stride",
         type=positive_int,
         default=None,
         help="grid step in output pixels (default: the patch size, no overlap)",
+    )
+    step.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="output pixels shared by neighbouring patches (TRIDENT's --overlap): the step is patch size - PX",
     )
     parser.add_argument(
         "--min-tissue",
@@ -157,10 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
         "slides whose metadata has none (metadata wins; it wins over --slide-mpp)",
     )
     parser.add_argument(
+        "--slide-params",
+        default=None,
+        metavar="FILE",
+        help="per-slide parameters (CLAM's process list): a CSV with slide_id (or wsi) and any of mpp, min_tissue, "
+        "tissue_threshold, min_area_um2, keep (0 leaves the slide out); a re-run redoes just the slides whose row "
+        "changed",
+    )
+    parser.add_argument(
+        "--reader",
         "--backend",
+        dest="backend",
         choices=("auto", "cucim", "openslide", "tifffile"),
         default="auto",
-        help="slide reader; auto picks per file (cuCIM where it reads the file correctly)",
+        help="slide reader; auto picks per file (cuCIM where it reads the file correctly); every reader places "
+        "patches as OpenSlide does",
     )
     parser.add_argument(
         "--workers",
@@ -172,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-tiles",
         choices=("none", "jpg", "png"),
         default="none",
-        help="also write every patch as an image file under DIR/tiles/<slide_id>/",
+        help="patch export (CLAM's --dump_patches): also write every patch, resized to --patch-size, as "
+        "DIR/tiles/<slide_id>/<slide_id>_<x>_<y>.<ext> (level-0 x, y)",
     )
     parser.add_argument(
         "--on-corrupt-tile",
@@ -221,13 +253,17 @@ def _run(argv: Sequence[str] | None) -> int:
     from clusiam_fast.cohort import parse_shard
     from clusiam_fast.tiling.mpp_table import read_mpp_table
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides
+    from clusiam_fast.tiling.slide_params import read_slide_params
 
     shard = parse_shard(args.shard)
     slide_mpps = read_mpp_table(args.slide_mpp_csv) if args.slide_mpp_csv else None
+    slide_params = read_slide_params(args.slide_params) if args.slide_params else None
+    if args.overlap is not None and not 0 <= args.overlap < args.patch_size:
+        raise ValueError(f"--overlap must be within [0, --patch-size {args.patch_size}), got {args.overlap}")
     config = TileConfig(
         target_mpp=args.mpp,
         patch_size=args.patch_size,
-        stride=args.stride,
+        stride=args.stride if args.overlap is None else args.patch_size - args.overlap,
         min_tissue=args.min_tissue,
         slide_mpp=args.slide_mpp,
         backend=args.backend,
@@ -248,6 +284,7 @@ def _run(argv: Sequence[str] | None) -> int:
         lock_timeout=args.lock_timeout,
         shard=shard,
         slide_mpps=slide_mpps,
+        slide_params=slide_params,
     )
     write_config(args.out, resolved)  # OUT/config.yaml: --config it to tile with the same settings again
     print(report.summary())

@@ -232,6 +232,12 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
         help="torch: torchvision augmentation in CPU workers (default); dali: NVIDIA DALI pipeline",
     )
     g.add_argument(
+        "--reader",
+        choices=["auto", "cucim", "openslide", "tifffile"],
+        help="slide reader for a manifest or .h5 DATA (default auto: each slide's own; every reader places "
+        "patches as OpenSlide does)",
+    )
+    g.add_argument(
         "--max-stat-images",
         type=int,
         metavar="N",

@@ -262,13 +262,14 @@ class DaliTwoViewLoader:
         return True
 
 
-def _open_source(source, *, workers: int):
-    """The DALI source for DATA (a :class:`~.resolve.DataArg` as it is, else resolved here)."""
+def _open_source(source, *, workers: int, reader: str | None = None):
+    """The DALI source for DATA (a :class:`~.resolve.DataArg` as it is, else resolved here); ``reader``: slide
+    reader (None: auto)."""
     arg = as_data_arg(source, what="DALI source")
     if arg.kind == "shards":
         return ShardSource(list(arg.files))
     if arg.kind in ("manifest", "coords"):
-        return SlideSource(arg, workers=workers)
+        return SlideSource(arg, workers=workers, reader=reader)
     return FileSource(list(arg.files))
 
 
@@ -294,6 +295,7 @@ def build_dali_loader(
     validate: str = "header",
     py_workers: int | None = None,
     prefetch: int = 2,
+    reader: str | None = None,
 ) -> DaliTwoViewLoader:
     """A DALI loader of ``(view1, view2)`` normalised NCHW tensors; ``len()`` = batches per epoch.
 
@@ -322,11 +324,12 @@ def build_dali_loader(
             training are found, reported and replaced then.
         py_workers: processes reading slide patches (default ``num_threads``).
         prefetch: batches DALI prepares ahead.
+        reader: slide reader of manifest / h5 DATA (``cucim``, ``openslide``, ``tifffile``; None: each slide's own).
     """
     require("nvidia.dali", "nvidia-dali-cuda130", "the DALI data loader")
     if validate not in ("header", "decode", "none"):
         raise ValueError(f"validate must be 'header', 'decode' or 'none', got {validate!r}")
-    src = _open_source(source, workers=py_workers or num_threads)
+    src = _open_source(source, workers=py_workers or num_threads, reader=reader)
     skipped: list[tuple[str, str]] = []
     if isinstance(src, FileSource) and validate != "none":
         bad = check_headers(src.paths, threads=max(4, 4 * num_threads))

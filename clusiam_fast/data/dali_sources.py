@@ -227,10 +227,11 @@ class SlideSource:
 
     kind = "slides"
 
-    def __init__(self, manifest_or_h5: DataLike, *, workers: int = 2) -> None:
+    def __init__(self, manifest_or_h5: DataLike, *, workers: int = 2, reader: str | None = None) -> None:
         from .slide_dataset import SlidePatchDataset
 
-        self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray)
+        backend = None if reader in (None, "auto") else reader  # --reader; None: each slide's own
+        self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray, backend=backend)
         self.workers = max(1, int(workers))
 
     def __len__(self) -> int:

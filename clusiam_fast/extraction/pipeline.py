@@ -53,6 +53,7 @@ def extract(
     std: Sequence[float] | None = None,
     progress: bool = True,
     slide_dir: str | Path | None = None,
+    reader: str | None = None,
     encoder: str = "checkpoint",
     weights: str | Path | None = None,
     random_init: bool = False,
@@ -101,7 +102,7 @@ def extract(
     interpolation = encoder.config.get("interpolation", "bilinear")
     transform = build_transform(mean, std, resize, crop, interpolation)
     data = as_data_arg(data, accept=PATCH_KINDS, slide_dir=slide_dir)  # once: the source and the workers take it
-    source = open_source(data, transform)
+    source = open_source(data, transform, reader=reader)
     fit_size, size_note = _fit_sizes(source, encoder, resize, crop)
     spec = ExtractSpec(
         checkpoint=None if checkpoint is None else str(checkpoint.resolve()),
@@ -123,6 +124,7 @@ def extract(
         encoder_kwargs=json.dumps(encoder_kwargs, sort_keys=True) if encoder_kwargs else None,
         interpolation=interpolation,
         trust_pickle=trust_pickle,
+        reader=reader,
     )
     cohort = CohortRun(
         out,

@@ -136,6 +136,7 @@ class ExtractSpec:
     encoder_kwargs: str | None = None  # JSON (the spec is hashable: read sources are cached by it)
     interpolation: str = "bilinear"
     trust_pickle: bool = False  # --trust-pickle: how the model file may be read, not what the bags hold
+    reader: str | None = None  # --reader: which library decodes the slides (all place pixels alike), not what
 
     @property
     def dtype(self):
@@ -164,7 +165,9 @@ class ExtractSpec:
 
     def open_source(self) -> PatchSource:
         source = open_source(
-            self.data, build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation)
+            self.data,
+            build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation),
+            reader=self.reader,
         )
         if self.fit_size:
             source.fit(self.fit_size)

@@ -192,8 +192,9 @@ def _manifest_attrs(row: dict[str, Any], manifest: Path) -> dict[str, Any]:
     return attrs
 
 
-def manifest_source(data: DataArg, transform: Callable) -> PatchSource:
-    """Patches read on the fly from the slides of a tiler ``manifest.csv`` (DATA resolved to one).
+def manifest_source(data: DataArg, transform: Callable, *, reader: str | None = None) -> PatchSource:
+    """Patches read on the fly from the slides of a tiler ``manifest.csv`` (DATA resolved to one);
+    ``reader``: ``--reader`` (None or auto: each slide's own backend).
 
     ``data.slide_dir``: where to look for slides that are no longer at the manifest's paths.
     Slides that are missing anyway are skipped (``source.missing_slides``)."""
@@ -201,14 +202,18 @@ def manifest_source(data: DataArg, transform: Callable) -> PatchSource:
 
     manifest = data.path
     rows = {row["slide_id"]: row for row in read_manifest(manifest)}
-    inner = SlidePatchDataset(data, transform=transform, return_coords=False)
+    inner = SlidePatchDataset(data, transform=transform, return_coords=False, backend=_backend(reader))
     return _slide_source(
-        "manifest", inner, manifest.parent, lambda info: _manifest_attrs(rows.get(info.slide_id, {}), manifest)
+        "manifest",
+        inner,
+        manifest.parent,
+        lambda info: {**_manifest_attrs(rows.get(info.slide_id, {}), manifest), "backend": info.backend},  # --reader
     )
 
 
-def coords_source(data: DataArg, transform: Callable) -> PatchSource:
-    """Patches read on the fly at the coordinates of CLAM / TRIDENT ``.h5`` files (DATA resolved to them; one bag per file).
+def coords_source(data: DataArg, transform: Callable, *, reader: str | None = None) -> PatchSource:
+    """Patches read on the fly at the coordinates of CLAM / TRIDENT ``.h5`` files (DATA resolved to them; one bag
+    per file); ``reader``: ``--reader`` (None or auto: each slide's own backend).
 
     The slides are looked for beside the files and in ``data.slide_dir``; when none is found
     the error names ``--slide-dir``. Slides missing among found ones are skipped
@@ -217,7 +222,7 @@ def coords_source(data: DataArg, transform: Callable) -> PatchSource:
 
     root, files, slide_dir = data.path, data.files, data.slide_dir
     try:
-        inner = SlidePatchDataset(data, transform=transform, return_coords=False)
+        inner = SlidePatchDataset(data, transform=transform, return_coords=False, backend=_backend(reader))
     except FileNotFoundError as error:
         where = f"nor in --slide-dir {slide_dir}" if slide_dir is not None else "and no --slide-dir was given"
         raise FileNotFoundError(
@@ -226,6 +231,11 @@ def coords_source(data: DataArg, transform: Callable) -> PatchSource:
         ) from error
 
     def attrs(info) -> dict[str, Any]:
+        if not info.level_chosen:  # TRIDENT files name no level: open the slide, so the bag gives the one read
+            try:
+                inner.reader(inner.slides.index(info))
+            except OSError:
+                pass  # the slide's reads fail later, and name it
         found = {
             "source": "coords",
             "coords_format": info.coords_format,
@@ -234,6 +244,7 @@ def coords_source(data: DataArg, transform: Callable) -> PatchSource:
             "patch_size": info.output_size,
             "read_level": info.read_level,
             "read_size": info.read_size,
+            "backend": info.backend,
             "level0_size": info.level0_size,
             "mpp": info.mpp,
             "target_mpp": info.target_mpp,
@@ -279,16 +290,23 @@ def _slide_source(kind: str, inner, root: Path, attrs_of: Callable) -> PatchSour
     )
 
 
-def open_source(data: DataLike, transform: Callable, *, slide_dir: str | Path | None = None) -> PatchSource:
+def _backend(reader: str | None) -> str | None:
+    """``--reader`` as ``SlidePatchDataset``'s backend: None (auto) keeps each slide's own."""
+    return None if reader in (None, "auto") else reader
+
+
+def open_source(
+    data: DataLike, transform: Callable, *, slide_dir: str | Path | None = None, reader: str | None = None
+) -> PatchSource:
     """The patches of DATA: a tiler manifest, CLAM / TRIDENT coordinate files, or an image folder.
 
     ``data``: resolved already (:class:`~clusiam_fast.data.resolve.DataArg`, taken as it is), or
-    a path resolved here; ``slide_dir``, when given, replaces its ``slide_dir``."""
+    a path resolved here; ``slide_dir``, when given, replaces its ``slide_dir``; ``reader``: ``--reader``."""
     arg = as_data_arg(data, accept=PATCH_KINDS, slide_dir=slide_dir)
     if arg.kind == "manifest":
-        return manifest_source(arg, transform)
+        return manifest_source(arg, transform, reader=reader)
     if arg.kind == "coords":
-        return coords_source(arg, transform)
+        return coords_source(arg, transform, reader=reader)
     if arg.slide_dir is not None:
         import warnings
 

@@ -3,8 +3,21 @@
 A reader gives the pyramid geometry (``level_dimensions`` as (width, height),
 ``level_downsamples``), the level-0 pixel size (``mpp``, from metadata, never guessed) and
 RGB uint8 regions. Region locations are always level-0 (x, y), as in OpenSlide and CLAM;
-sizes are in pixels of the level read. Pixels outside the image come back white
-(background), whatever the backend.
+sizes are in pixels of the level read.
+
+Exact placement (every backend, every level): a level-0 location falls at ``x / downsample``
+on the level's pixel grid, which is a fraction of a pixel off the grid when the downsample is
+not an integer (TCGA level 1 at 2.0005) or the location is not a multiple of it. OpenSlide
+(hence CLAM and TRIDENT) then shifts the level's pixels by that fraction with bilinear
+interpolation; the other readers used to floor the position, up to a pixel off (a median 14
+grey levels apart on TCGA). Here every reader places regions as OpenSlide does: a region one
+pixel larger is read on the grid and shifted by the fraction (:func:`shift_subpixel`);
+positions within ``SUBPIXEL_TOLERANCE`` px of the grid are read on it, untouched.
+
+Edge fill: pixels outside the image come back white (255), whatever the backend. White is
+glass, what the scanner shows around tissue: padding never looks like tissue or ink, and a
+transparent OpenSlide pixel composited over white gives the same. (CLAM fills black: it
+drops OpenSlide's alpha channel; a CLAM patch crossing the edge differs from ours there only.)
 
 Damaged tile data under a read raises :class:`CorruptTileError` naming the slide and the
 level-0 region, whatever the backend (see ``integrity.py`` for how it is found).
@@ -26,6 +39,9 @@ import numpy as np
 
 from .errors import CorruptTileError, MissingMppError
 from .mpp import MppInfo
+
+#: level positions closer than this (in px of the level) to its pixel grid are read on the grid
+SUBPIXEL_TOLERANCE = 1.0 / 512
 
 
 def as_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -135,22 +151,32 @@ class SlideReader(ABC):
     def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 of a region lying inside the level (level-0 x, y)."""
 
+    def level_position(self, location: Sequence[int], level: int) -> tuple[int, int, float, float]:
+        """Where level-0 ``location`` falls on ``level``: grid pixel (ix, iy) and the fraction (fx, fy) past it."""
+        ds = self.level_downsamples[level]
+        (ix, fx), (iy, fy) = grid_position(int(location[0]) / ds), grid_position(int(location[1]) / ds)
+        return ix, iy, fx, fy
+
     def read_region(self, location: Sequence[int], level: int, size: int | Sequence[int]) -> np.ndarray:
-        """RGB uint8 (h, w, 3) at level-0 ``location`` (x, y), ``size`` px of ``level``."""
-        x, y = int(location[0]), int(location[1])
+        """RGB uint8 (h, w, 3) at level-0 ``location`` (x, y), ``size`` px of ``level``, placed as OpenSlide does."""
         w, h = as_size(size)
         if not 0 <= level < self.level_count:
             raise ValueError(f"{self.path.name}: level {level} does not exist (levels 0..{self.level_count - 1})")
+        ix, iy, fx, fy = self.level_position(location, level)
+        if not (fx or fy):
+            return self.read_level_box(ix, iy, level, w, h)
+        return shift_subpixel(self.read_level_box(ix, iy, level, w + 1, h + 1), fx, fy, w, h)
+
+    def read_level_box(self, lx: int, ly: int, level: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 of the level's pixels from (lx, ly) (pixels of ``level``), white outside the image."""
         ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        # the region on the level's pixel grid (floor, like cuCIM and CLAM readers)
-        lx, ly = math.floor(x / ds), math.floor(y / ds)
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
         if x0 == lx and y0 == ly and x1 == lx + w and y1 == ly + h:
-            return self._read_checked(x, y, level, w, h)
+            return self._read_checked(level0_of(lx, ds), level0_of(ly, ds), level, w, h)
         out = np.full((h, w, 3), 255, np.uint8)
         if x1 > x0 and y1 > y0:
-            inside = self._read_checked(math.ceil(x0 * ds), math.ceil(y0 * ds), level, x1 - x0, y1 - y0)
+            inside = self._read_checked(level0_of(x0, ds), level0_of(y0, ds), level, x1 - x0, y1 - y0)
             out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = inside
         return out
 
@@ -165,10 +191,9 @@ class SlideReader(ABC):
     def inside(self, location: Sequence[int], level: int, size: int | Sequence[int]) -> bool:
         """True when the region lies entirely inside ``level``."""
         w, h = as_size(size)
-        ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
-        return lx >= 0 and ly >= 0 and lx + w <= lw and ly + h <= lh
+        lx, ly, fx, fy = self.level_position(location, level)
+        return lx >= 0 and ly >= 0 and lx + w + (fx > 0) <= lw and ly + h + (fy > 0) <= lh
 
     def off_slide(
         self, locations: Sequence[Sequence[int]] | np.ndarray, level: int, size: int | Sequence[int]
@@ -248,11 +273,12 @@ class SlideReader(ABC):
                 ox1, oy1 = round((lx + cw) * fx), round((ly + ch) * fy)
                 if ox1 <= ox0 or oy1 <= oy0:
                     continue
-                location = (math.ceil(lx * ds), math.ceil(ly * ds))
                 if corrupt is None:
-                    region = self.read_region(location, level, (cw, ch))
+                    region = self.read_level_box(lx, ly, level, cw, ch)
                 else:
-                    region = self._read_around_corruption(location, level, (cw, ch), corrupt)
+                    region = self._read_around_corruption(
+                        (level0_of(lx, ds), level0_of(ly, ds)), level, (cw, ch), corrupt
+                    )
                 if (ox1 - ox0, oy1 - oy0) != (cw, ch):
                     region = np.asarray(Image.fromarray(region).resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR))
                 out[oy0:oy1, ox0:ox1] = region
@@ -262,22 +288,22 @@ class SlideReader(ABC):
         self, location: tuple[int, int], level: int, size: tuple[int, int], corrupt: list[CorruptTileError]
     ) -> np.ndarray:
         """``read_region``, or on damaged data the region read in tile-sized blocks, damaged ones white."""
+        ds = self.level_downsamples[level]
+        lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
+        w, h = size
         try:
-            return self.read_region(location, level, size)
+            return self.read_level_box(lx, ly, level, w, h)
         except CorruptTileError:
             pass
         index = self.tile_index
         bw, bh = index.tile_size(level) if index is not None and index.covers(level) else (256, 256)
-        ds = self.level_downsamples[level]
-        lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
-        w, h = size
         out = np.full((h, w, 3), 255, np.uint8)
         # blocks aligned on the level's tile grid, so a damaged tile spoils only its own block
         for by in range((ly // bh) * bh, ly + h, bh):
             for bx in range((lx // bw) * bw, lx + w, bw):
                 x0, y0, x1, y1 = max(bx, lx), max(by, ly), min(bx + bw, lx + w), min(by + bh, ly + h)
                 try:
-                    block = self.read_region((math.ceil(x0 * ds), math.ceil(y0 * ds)), level, (x1 - x0, y1 - y0))
+                    block = self.read_level_box(x0, y0, level, x1 - x0, y1 - y0)
                 except CorruptTileError as error:
                     corrupt.append(error)
                     continue
@@ -302,6 +328,28 @@ class SlideReader(ABC):
             f"{type(self).__name__} for {self.path.name} cannot be pickled: open a reader in each process "
             "(e.g. lazily in a Dataset's __getitem__)"
         )
+
+
+def grid_position(position: float) -> tuple[int, float]:
+    """(grid pixel, fraction past it) of a position on a level; within ``SUBPIXEL_TOLERANCE`` of the grid: on it."""
+    pixel = math.floor(position + SUBPIXEL_TOLERANCE)
+    fraction = position - pixel
+    return pixel, (fraction if fraction > SUBPIXEL_TOLERANCE else 0.0)
+
+
+def level0_of(level_pixel: int, downsample: float) -> int:
+    """The smallest level-0 coordinate that floors to ``level_pixel`` on a level of ``downsample``."""
+    return math.ceil(level_pixel * downsample - 1e-6)
+
+
+def shift_subpixel(region: np.ndarray, fx: float, fy: float, w: int, h: int) -> np.ndarray:
+    """(h, w, 3) uint8 sampled ``(fx, fy)`` px into ``region`` (h + 1, w + 1, 3), bilinear, as OpenSlide (cairo) does."""
+    a, fx, fy = region.astype(np.float32), float(fx), float(fy)  # float32 throughout, whatever fx's type
+    if fx:
+        a = a[:, :w] * (1.0 - fx) + a[:, 1 : w + 1] * fx
+    if fy:
+        a = a[:h] * (1.0 - fy) + a[1 : h + 1] * fy
+    return np.floor(a[:h, :w] + 0.5).astype(np.uint8)
 
 
 def patch_image(region: np.ndarray, output_size: int | Sequence[int]):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.deps import require
-from .base import SlideReader, as_size
+from .base import SlideReader, as_size, shift_subpixel
 from .errors import SlideError
 from .mpp import aperio_mpp, tiff_mpp
 
@@ -121,6 +121,18 @@ def _stacked(batches, h: int, w: int) -> np.ndarray:
     return np.concatenate([a.reshape(-1, h, w, a.shape[-1])[..., :3] for a in arrays])
 
 
+def _shift_on_gpu(batch, fractions: np.ndarray, w: int, h: int):
+    """``base.shift_subpixel`` of every region of a (B, h + 1, w + 1, 3) uint8 CUDA tensor."""
+    import torch
+
+    f = torch.as_tensor(fractions, dtype=torch.float32, device=batch.device)
+    fx, fy = f[:, 0].view(-1, 1, 1, 1), f[:, 1].view(-1, 1, 1, 1)
+    a = batch.float()
+    a = a[:, :, :w] * (1.0 - fx) + a[:, :, 1 : w + 1] * fx
+    a = a[:, :h] * (1.0 - fy) + a[:, 1 : h + 1] * fy
+    return torch.floor(a + 0.5).to(torch.uint8)
+
+
 class CuCIMReader(SlideReader):
     """Reads through ``cucim.CuImage`` (on the CPU here; cuCIM can decode on a GPU too)."""
 
@@ -183,12 +195,18 @@ class CuCIMReader(SlideReader):
         if not all(self.inside(xy, level, (w, h)) for xy in locs):
             yield from super().read_regions(locs, level, (w, h), num_workers=num_workers, batch_size=batch_size)
             return
+        # off the level's pixel grid (see base.py): one pixel more, read on the grid, then shifted
+        places = np.array([self.level_position(xy, level) for xy in locs], np.float64).reshape(-1, 4)
+        shifted = bool(places[:, 2:].any())
+        ds = self.level_downsamples[level]
+        grid = np.ceil(places[:, :2] * ds - 1e-6).astype(np.int64)  # level-0 of the grid pixels (base.level0_of)
+        rw, rh = (w + 1, h + 1) if shifted else (w, h)
         for start in range(0, len(locs), batch_size):
-            chunk = locs[start : start + batch_size]
+            chunk = grid[start : start + batch_size]
             for xy in chunk:
-                self.check_region(xy, level, (w, h))
+                self.check_region(xy, level, (rw, rh))
             try:
-                batch = self._read_batch(chunk, level, w, h, max(1, num_workers))
+                batch = self._read_batch(chunk, level, rw, rh, max(1, num_workers))
             except SlideError:
                 raise
             except Exception as error:
@@ -196,7 +214,10 @@ class CuCIMReader(SlideReader):
                     f"{self.path.name}: cuCIM batched read failed ({type(error).__name__}: {error})"
                 ) from error
             for xy, pixels in zip(chunk, batch):
-                self.check_region(xy, level, (w, h), pixels)
+                self.check_region(xy, level, (rw, rh), pixels)
+            if shifted:
+                fractions = places[start : start + batch_size, 2:]
+                batch = np.stack([shift_subpixel(b, fx, fy, w, h) for b, (fx, fy) in zip(batch, fractions)])
             yield batch
 
     def _read_batch(self, locs: np.ndarray, level: int, w: int, h: int, workers: int) -> np.ndarray:
@@ -261,23 +282,31 @@ class CuCIMReader(SlideReader):
         for xy in locs:
             if not self.inside(xy, level, (w, h)):
                 raise SlideError(f"{self.path.name}: region at {tuple(xy)} crosses the border of level {level}")
-            self.check_region(xy, level, (w, h))
+        places = np.array([self.level_position(xy, level) for xy in locs], np.float64).reshape(-1, 4)
+        shifted = bool(places[:, 2:].any())  # off the grid: one pixel more, shifted on the GPU (base.py)
+        rw, rh = (w + 1, h + 1) if shifted else (w, h)
+        grid = np.ceil(places[:, :2] * self.level_downsamples[level] - 1e-6).astype(np.int64)
+        for xy in grid:
+            self.check_region(xy, level, (rw, rh))
         for start in range(0, len(locs), batch_size):
-            chunk = [(int(x), int(y)) for x, y in locs[start : start + batch_size]]
+            chunk = [(int(x), int(y)) for x, y in grid[start : start + batch_size]]
             try:
                 if len(chunk) == 1:
-                    batches = [self._image.read_region(chunk[0], (w, h), level, device="cuda")]
+                    batches = [self._image.read_region(chunk[0], (rw, rh), level, device="cuda")]
                 else:
                     batches = self._image.read_region(
-                        chunk, (w, h), level, device="cuda", num_workers=max(1, num_workers), batch_size=len(chunk)
+                        chunk, (rw, rh), level, device="cuda", num_workers=max(1, num_workers), batch_size=len(chunk)
                     )
                 tensors = [torch.as_tensor(b, device="cuda") for b in batches]
             except Exception as error:
                 raise SlideError(
                     f"{self.path.name}: cuCIM GPU read failed ({type(error).__name__}: {error})"
                 ) from error
-            tensors = [t.reshape(-1, h, w, t.shape[-1])[..., :3] for t in tensors]
-            yield torch.cat(tensors).contiguous() if len(tensors) > 1 else tensors[0].contiguous()
+            tensors = [t.reshape(-1, rh, rw, t.shape[-1])[..., :3] for t in tensors]
+            batch = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+            if shifted:
+                batch = _shift_on_gpu(batch, places[start : start + batch_size, 2:], w, h)
+            yield batch.contiguous()
 
     def close(self) -> None:
         self._image.close()

@@ -12,7 +12,12 @@ Output folder::
     OUT/manifest.csv                 one row per tiled slide (formats/manifest.py)
     OUT/patches/<slide_id>.h5        coordinates, CLAM's convention (formats/coords_h5.py), or
     OUT/patches/<slide_id>_patches.h5  TRIDENT's with coords_format="trident"
-    OUT/thumbnails/<slide_id>.png    QA picture (tiling/thumbnail.py)
+    OUT/thumbnails/<slide_id>.png    QA overlay: contours and patch grid over true colours (tiling/thumbnail.py)
+    OUT/contours/<slide_id>.geojson  tissue contours for QuPath; OUT/masks/<slide_id>.png the mask (tiling/contours.py)
+    OUT/mosaics/<slide_id>.png       the kept patches stitched at low resolution (tiling/mosaic.py)
+    OUT/params/<slide_id>.json       a slide's --slide-params row, one of its inputs (tiling/slide_params.py)
+    OUT/slide_params.csv             every slide and its --slide-params (blank: the run's), to edit and pass back
+    OUT/summary.md                   what the run did, for people (tiling/summary.py)
     OUT/tiles/<slide_id>/*.jpg|png   only with save_tiles (tiling/export.py)
     OUT/done/<slide_id>.json         done record (cohort/records.py); failed/ for failures
     OUT/locks/<slide_id>.lock        while a job tiles it (cohort/locks.py)
@@ -28,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,8 +53,12 @@ from ..slides import (
     open_slide,
     slide_id_from_path,
 )
+from .contours import save_contours, save_mask
 from .export import FORMATS, export_tiles
 from .grid import grid_coords, mask_downsample, patch_boxes, plan_read
+from .mosaic import save_mosaic, stitch_mosaic
+from .slide_params import apply_slide_params, load_params, params_files, write_params_template
+from .summary import write_run_summary
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
 
@@ -342,6 +352,9 @@ def _write_outputs(
         title += f", {dropped} dropped: corrupt tiles"
     picture = draw_qa_thumbnail(view.rgb, view.rgb_ds, view.mask, coords, plan.footprint, title, config.qa_max_side)
     save_qa_thumbnail(out_dir / thumbnail, picture)
+    save_mask(out_dir / "masks" / f"{slide_id}.png", view.mask, view.mask_ds)
+    save_contours(out_dir / "contours" / f"{slide_id}.geojson", view.mask, view.mask_ds, slide_id)
+    save_mosaic(out_dir / "mosaics" / f"{slide_id}.png", stitch_mosaic(view.rgb, view.rgb_ds, coords, plan.footprint))
 
     h5_path = Path("patches") / (f"{slide_id}_patches.h5" if config.coords_format == "trident" else f"{slide_id}.h5")
     ours = {
@@ -424,8 +437,11 @@ def _tile_job(job: SlideJob, out_dir: str, config: TileConfig) -> tuple[bool, An
     """One cohort job (``cohort.run_cohort``): (ok, manifest row or reason, outputs relative to OUT, the
     per-slide settings it did not use: ``slide_mpp`` when the slide's metadata gave its mpp)."""
     config = replace(config, slide_mpp=dict(job.settings).get("slide_mpp", config.slide_mpp))
+    if len(job.inputs) > 1:  # its --slide-params row
+        config = apply_slide_params(config, load_params(job.inputs[1]))
     ok, value = _run_one(Path(job.path), job.slide_id, Path(out_dir), config)
-    outputs = [value["h5_path"], value["thumbnail"]] if ok else []
+    tissue = [f"masks/{job.slide_id}.png", f"contours/{job.slide_id}.geojson", f"mosaics/{job.slide_id}.png"]
+    outputs = [value["h5_path"], value["thumbnail"], *tissue] if ok else []
     if ok and config.save_tiles != "none":
         outputs.append(f"tiles/{job.slide_id}")
     unused = [] if ok and value.get("mpp_source") == "--slide-mpp" else ["slide_mpp"]
@@ -461,6 +477,7 @@ def tile_slides(
     lock_timeout: float = DEFAULT_TIMEOUT_S,
     shard: tuple[int, int] | None = None,
     slide_mpps: dict[str, float] | None = None,
+    slide_params: dict[str, dict[str, Any]] | None = None,
 ) -> TilingReport:
     """Tile every slide of ``inputs`` (files or folders) into ``out_dir``, ``workers`` at a time.
 
@@ -473,11 +490,19 @@ def tile_slides(
     Failures are collected (never raised). The manifest is rebuilt, under a lock, from the
     done records of ``out_dir`` (plus rows of an older manifest for slides without one).
     ``slide_mpps``: per-slide level-0 mpp (``--slide-mpp-csv``) for slides whose metadata has none.
+    ``slide_params``: per-slide parameters (``--slide-params``, :mod:`.slide_params`); ``OUT/summary.md`` tells the run.
     """
     from tqdm.auto import tqdm
 
+    started = time.time()
+    out_dir, slide_params = Path(out_dir), slide_params or {}
     paths, failures = find_slides(inputs)
-    jobs = _slide_jobs(paths, config, slide_mpps or {}, failures)
+    excluded = {sid for sid, row in slide_params.items() if not row.get("keep", True)}  # --slide-params keep=0
+    jobs = _slide_jobs(paths, config, slide_mpps or {}, failures, excluded)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = params_files(out_dir, [j.slide_id for j in jobs], slide_params)  # a slide's row: one of its inputs
+    write_params_template(out_dir, [slide_id_from_path(p) for p in paths], slide_params)
+    jobs = [replace(j, inputs=(j.path, str(params[j.slide_id]))) if j.slide_id in params else j for j in jobs]
     cohort = CohortRun(
         out_dir,
         "tile",
@@ -487,7 +512,8 @@ def tile_slides(
         shard=shard,
         engine=engine,
         lock_timeout=lock_timeout,
-        temp_folders=("patches", "thumbnails"),
+        temp_folders=("patches", "thumbnails", "masks", "contours", "mosaics", "params"),
+        started=started,
     )
     if engine == "ray" and cohort.todo:  # before the progress bar: an address that does not answer is one line
         connect_ray(ray_address, workers * cpus_per_task, 0)
@@ -522,17 +548,28 @@ def tile_slides(
         lock="manifest.csv",
     )
     elsewhere = [r.job.slide_id for r in cohort.elsewhere]
-    return TilingReport(rows, failures, manifest, kept, skipped=len(cohort.plan.skipped), elsewhere=elsewhere)
+    report = TilingReport(rows, failures, manifest, kept, skipped=len(cohort.plan.skipped), elsewhere=elsewhere)
+    run = {"engine": engine, "workers": workers, "slide_params": len(slide_params), "inputs": len(paths)}
+    ids = {slide_id_from_path(p) for p in paths}
+    write_run_summary(out_dir, report, cohort.settings, time.time() - started, excluded=excluded & ids, run=run)
+    return report
 
 
 def _slide_jobs(
-    paths: list[Path], config: TileConfig, slide_mpps: dict[str, float], failures: list[SlideFailure]
+    paths: list[Path],
+    config: TileConfig,
+    slide_mpps: dict[str, float],
+    failures: list[SlideFailure],
+    excluded: set[str] = frozenset(),
 ) -> list[SlideJob]:
-    """One cohort job per slide; a slide whose id another slide already has fails (added to ``failures``)."""
+    """One cohort job per slide but the ``excluded`` ones; a slide whose id another slide already has fails
+    (added to ``failures``)."""
     jobs: list[SlideJob] = []
     owner: dict[str, Path] = {}
     for path in paths:
         slide_id = slide_id_from_path(path)
+        if slide_id in excluded:
+            continue
         if slide_id in owner:
             failures.append(
                 SlideFailure(path, f"slide id {slide_id!r} is already used by {owner[slide_id]}; rename one")

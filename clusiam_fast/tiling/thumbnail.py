@@ -54,5 +54,5 @@ def save_qa_thumbnail(path: str | Path, image) -> Path:
     """Write the PIL ``image`` as PNG, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=1)  # fast: 4x quicker than the default 6
     return path

@@ -87,6 +87,7 @@ class TrainConfig:
     crop_size: int = 224
     workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))
     loader: str = "torch"
+    reader: str = "auto"  # slide reader for manifest / h5 DATA: auto (each slide's own) | cucim | openslide | tifffile
     max_stat_images: int = 2000
     # runtime
     seed: int = 0
@@ -155,6 +156,7 @@ class TrainConfig:
             "inv_reduction": ("sum", "mean"),
             "cluster_loss_impl": CLUSTER_LOSS_IMPLS,
             "loader": ("torch", "dali"),
+            "reader": ("auto", "cucim", "openslide", "tifffile"),
             "device": ("auto", "cpu", "cuda"),
             "amp_dtype": ("auto", "bf16", "fp16"),
         }

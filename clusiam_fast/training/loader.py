@@ -57,8 +57,9 @@ class DataSource:
         return len(self.dataset)
 
 
-def open_source(data: DataArg | str | os.PathLike | None) -> DataSource:
-    """The training dataset of DATA: a resolved :class:`DataArg` as it is (a path is resolved here, once)."""
+def open_source(data: DataArg | str | os.PathLike | None, reader: str = "auto") -> DataSource:
+    """The training dataset of DATA: a resolved :class:`DataArg` as it is (a path is resolved here, once);
+    ``reader``: the slide reader (auto: each slide's own)."""
     if data is None:
         raise ValueError("no DATA given: pass a folder of image patches or a tiler manifest.csv (or use --demo)")
     arg = as_data_arg(data, accept=PATCH_KINDS)
@@ -73,7 +74,8 @@ def open_source(data: DataArg | str | os.PathLike | None) -> DataSource:
             f"DATA {arg.path} is {arg.describe()}, but clusiam_fast.data.slide_dataset could not be imported "
             f"({error}); install the slide extras (`pip install -e '.[slides]'`) or pass a folder of patches"
         ) from error
-    dataset = SlidePatchDataset(arg, transform=None)
+    backend = None if reader == "auto" else reader  # --reader; auto: each slide's own
+    dataset = SlidePatchDataset(arg, transform=None, backend=backend)
     if len(dataset) == 0:
         raise ValueError(f"{arg.describe()} lists no patches")
     stamp = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (arg.files or (arg.path,)))
@@ -245,6 +247,7 @@ class DaliTrainLoader:
                 num_shards=ctx.world,
                 num_threads=max(cfg.workers, 1),
                 drop_last=True,
+                reader=cfg.reader,
             )
         except ImportError as error:
             raise RuntimeError(f"--loader dali: {error}; or use --loader torch") from error

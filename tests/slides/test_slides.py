@@ -79,9 +79,10 @@ def test_missing_mpp_is_a_clear_error_unless_given(wsi_dir):
 
 
 def _nearly_equal(a: np.ndarray, b: np.ndarray) -> None:
-    """Equal up to JPEG 2000 decoder rounding (OpenJPEG vs cuCIM's): +-1 on a few values."""
+    """Equal up to JPEG 2000 decoder rounding (OpenJPEG vs cuCIM's): +-1 on a few values (a few more once a
+    sub-pixel shift spreads each over up to four output pixels)."""
     diff = np.abs(a.astype(int) - b.astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert diff.max() <= 1 and (diff > 0).mean() < 4e-3
 
 
 @pytest.mark.parametrize("name", [CMU, TCGA])
