@@ -248,7 +248,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(dump(resolved), end="")
         return 0
     check_out_path(args.out)
-    if not any(os.path.exists(path) for path in args.slides):  # one missing among others: that slide fails
+    if not any(os.path.lexists(path) for path in args.slides):  # one missing among others (or a dangling link) fails
         raise FileNotFoundError(f"SLIDE_OR_DIR: none of {', '.join(args.slides)} exists")
     from clusiam_fast.cohort import parse_shard
     from clusiam_fast.tiling.mpp_table import read_mpp_table

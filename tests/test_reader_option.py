@@ -32,15 +32,15 @@ def test_train_reads_the_manifest_with_the_reader_named(tiled, tmp_path, reader)
     if importlib.util.find_spec(reader) is None:
         pytest.skip(f"{reader} is not installed")
     from clusiam_fast.train import config_from_args
-    from clusiam_fast.training.loader import resolve_source
+    from clusiam_fast.training.loader import open_source
 
     cfg = config_from_args([str(tiled / "manifest.csv"), "--out", str(tmp_path / "run"), "--reader", reader])
     assert cfg.reader == reader
-    source = resolve_source(cfg.data, cfg.reader)
+    source = open_source(cfg.data, cfg.reader)
     assert [info.backend for info in source.dataset.slides] == [reader]
     assert source.dataset[0].size == (224, 224)
     assert source.dataset.reader(0).backend == reader
-    assert [i.backend for i in resolve_source(cfg.data).dataset.slides] == ["tifffile"]  # auto: the manifest's
+    assert [i.backend for i in open_source(cfg.data).dataset.slides] == ["tifffile"]  # auto: the manifest's
     with pytest.raises(SystemExit):
         config_from_args([str(tiled / "manifest.csv"), "--out", str(tmp_path / "run"), "--reader", "pillow"])
 
