@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads for MIL training on the CPU (default: 1 for small bags, else torch's)",
     )
+    p.add_argument(
+        "--allow-pretrain-overlap",
+        action="store_true",
+        help="evaluate even when test slides, patients or files were seen in self-supervised training "
+        "(refused by default; the report then says so in its first line)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -207,6 +213,7 @@ def config_from_args(args: argparse.Namespace):
         attention_maps=args.attention_maps,
         map_size=args.map_size,
         annotations=args.annotations,
+        allow_pretrain_overlap=args.allow_pretrain_overlap,
         progress=not args.quiet,
     )
 
@@ -230,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .evaluation.bag_checks import left_out_lines
     from .evaluation.report import slide_label_lines
 
+    if results["pretrain_overlap"].get("allowed"):
+        print(f"evaluate: {results['pretrain_overlap']['statement']}", file=sys.stderr)
     for line in left_out_lines(results["left_out_bags"]["bags"]):
         print(f"evaluate: {line}", file=sys.stderr)
     for line in slide_label_lines(results):

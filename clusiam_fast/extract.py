@@ -180,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="SLIDES_CSV",
+        help="slides.csv of the evaluation: its test slides (split column) and their patients (patient_id) must "
+        "not be in the checkpoint's training data (pretrain_data.json of its run folder)",
+    )
+    p.add_argument(
+        "--allow-pretrain-overlap",
+        action="store_true",
+        help="extract even when test slides or patients of --labels were seen in self-supervised training",
+    )
+    p.add_argument(
         "--trust-pickle",
         action="store_true",
         help="load a CHECKPOINT / --weights file that needs pickle (it can run code embedded in the file); "
@@ -212,6 +225,28 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
 
 
+def _pretrain_guard(args: argparse.Namespace):
+    """The checkpoint run's pre-training record; with --labels, refuse test slides or patients it trained on."""
+    from .formats.pretrain_record import check_pretrain_overlap, find_pretrain_record
+
+    record = find_pretrain_record(args.checkpoint) if args.checkpoint is not None else None
+    if args.labels is not None:
+        from .evaluation.labels import read_slide_table
+
+        table = read_slide_table(args.labels)
+        test = [s for s, (_, split) in table.labels.items() if split == "test"]
+        result = check_pretrain_overlap(
+            record,
+            allow=args.allow_pretrain_overlap,
+            what=f"{args.labels} test",
+            test_slides=test,
+            patients=table.patients,
+        )
+        if result.get("allowed"):
+            print(f"extract: {result['statement']}", file=sys.stderr)
+    return record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -222,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_paths(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"extract: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        record = _pretrain_guard(args)
+    except (FileNotFoundError, ValueError) as error:
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
     import warnings
@@ -267,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WriteFailedError as error:  # disk full, read-only --out: one line; what was written before is kept
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
+    if record is not None:
+        from .formats.pretrain_record import copy_pretrain_record
+
+        copy_pretrain_record(record, args.out)  # evaluate checks its test set against it
     if summary.get("size_note"):
         print(f"extract: {summary['size_note']}", file=sys.stderr)
     for missing in summary.get("missing_slides", []):

@@ -196,6 +196,7 @@ class PatchTable:
     slide_ids: np.ndarray
     unmatched_labels: int
     unlabelled_patches: int
+    files: list[str] = field(default_factory=list)  # each patch's image file ('' for slide patches)
 
 
 def read_patch_labels(path: str | Path) -> tuple[dict, str, bool]:
@@ -227,7 +228,7 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
         names = [Path(k).name for k in table]
         if len(set(names)) == len(names):
             by_name = {Path(k).name: k for k in table}
-    feats, labels, splits, clusters, slides = [], [], [], [], []
+    feats, labels, splits, clusters, slides, files = [], [], [], [], [], []
     matched = set()
     unlabelled = 0
     have_clusters = all(b.clusters is not None for b in bags)
@@ -257,6 +258,8 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
         if have_clusters:
             clusters.append(bag.clusters[rows])
         slides += [bag.slide_id] * len(rows)
+        root = bag.attrs.get("data_root")
+        files += [str(Path(root) / bag.paths[i]) if root and bag.paths is not None else "" for i in rows]
     if not feats:
         raise ValueError(
             f"no patch of the feature bags is labelled in {path} (keys by {kind}); check the paths/coordinates"
@@ -270,4 +273,5 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
         slide_ids=np.asarray(slides),
         unmatched_labels=len(table) - len(matched),
         unlabelled_patches=unlabelled,
+        files=files,
     )

@@ -35,7 +35,8 @@ from .bag_checks import screen_bags
 from .cluster_map import save_cluster_map, save_score_map
 from .clustering import evaluate_clustering, kmeans
 from .knn import knn_evaluate
-from .labels import join_patch_labels, read_slide_table
+from .labels import PatchTable, join_patch_labels, read_slide_table
+from .leakage import bag_files, guard_pretrain_overlap, test_slide_ids
 from .mil.crossval import run_cross_validation
 from .mil.data import BagDataset
 from .mil.plan import plan_splits
@@ -80,6 +81,7 @@ class EvalConfig:
     max_maps: int = 50
     map_size: int = 2048
     annotations: Path | None = None
+    allow_pretrain_overlap: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -138,6 +140,7 @@ class SlidePlan:
     classes: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     groups: list[str] | None = None
+    patients: dict[str, str] | None = None  # slide_id -> patient_id of every row of slides.csv
     split_column: list[str | None] = field(default_factory=list)
     test_splits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     skipped: str | None = None
@@ -177,7 +180,7 @@ def plan_slide_classification(labels_csv: Path, cfg: EvalConfig, bag_ids: list[s
     if len(classes) < 2:
         plan.skipped = f"the {len(labelled)} labelled bags all have class {classes[0]!r} in {labels_csv}; slide classification needs two"
         return plan
-    plan.slide_ids, plan.classes = labelled, classes
+    plan.slide_ids, plan.classes, plan.patients = labelled, classes, checked.patients
     plan.labels = [classes.index(table[s][0]) for s in labelled]
     if checked.patients is not None:
         plan.groups = [checked.patients[s] for s in labelled]
@@ -355,8 +358,9 @@ def _mil_figures(
     mil["attention_maps"] = maps
 
 
-def _patch_evaluations(bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict) -> None:
-    table = join_patch_labels(bags, patch_csv)
+def _patch_evaluations(
+    table: PatchTable, bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict
+) -> None:
     k_head = int(bags[0].probs.shape[1]) if bags[0].probs is not None else None
     results["patch_labels"] = {
         "labelled_patches": int(len(table.labels)),
@@ -448,6 +452,29 @@ def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: d
     results["cluster_maps"] = {"clusters_from": source, "maps": maps, "failed": failed}
 
 
+def _guard(
+    features: Path, bags: list[FeatureBag], plan: SlidePlan | None, table: PatchTable | None, cfg: EvalConfig
+) -> dict:
+    """The leakage guard (:mod:`.leakage`) on every slide, patient and file the evaluation tests on."""
+    slides, files = [], []
+    if plan is not None and not plan.skipped:
+        slides = test_slide_ids(plan.slide_ids, plan.test_splits)
+        by_id = {b.slide_id: b for b in bags}
+        files = [f for s in slides for f in bag_files(by_id[s])]
+    if table is not None and table.split is not None:
+        test = table.split == "test"
+        slides += list(dict.fromkeys(table.slide_ids[test].tolist()))
+        files += [f for f, t in zip(table.files, test) if t and f]
+    return guard_pretrain_overlap(
+        features,
+        bags,
+        allow=cfg.allow_pretrain_overlap,
+        test_slides=slides,
+        patients=None if plan is None else plan.patients,
+        test_files=files,
+    )
+
+
 def run_evaluation(
     features: str | Path,
     out: str | Path,
@@ -471,7 +498,10 @@ def run_evaluation(
             raise
         names = ", ".join(f"{b['slide_id']} ({b['reason']})" for b in left_out[:5])
         raise ValueError(f"{error} ({len(left_out)} bag(s) were left out before: {names})") from None
+    patch_table = None if patch_labels is None else join_patch_labels(bags, Path(patch_labels))
+    overlap = _guard(features, bags, slide_plan, patch_table, cfg)
     results: dict[str, Any] = {
+        "pretrain_overlap": overlap,
         "inputs": _summary(bags, features),
         "left_out_bags": {"count": len(left_out), "bags": left_out},
         "implementations": IMPLEMENTATIONS,
@@ -491,8 +521,8 @@ def run_evaluation(
         results["skipped"]["cluster_sizes"] = (
             "the features have no assigner clusters (SimSiam/BYOL or a plain backbone)"
         )
-    if patch_labels is not None:
-        _patch_evaluations(bags, Path(patch_labels), cfg, results)
+    if patch_table is not None:
+        _patch_evaluations(patch_table, bags, Path(patch_labels), cfg, results)
     else:
         results["skipped"]["clustering"] = results["skipped"]["knn"] = "no --patch-labels given"
     if slide_plan is not None:

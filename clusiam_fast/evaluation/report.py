@@ -181,9 +181,16 @@ def mil_lines(m: dict) -> list[str]:
 def render_markdown(r: dict) -> str:
     """The report: inputs, Table 1 (clustering), KNN, Tables 2-4 (MIL), figures, what was skipped."""
     inp = r["inputs"]
+    overlap = r.get("pretrain_overlap") or {}
     lines = [
+        *([f"**{overlap['statement']}**", ""] if overlap.get("allowed") else []),
         "# clusiam_fast evaluation report",
         "",
+        *(
+            [f"Pre-training data: {overlap['statement']}.", ""]
+            if overlap.get("statement") and not overlap.get("allowed")
+            else []
+        ),
         f"Features: `{inp['features']}` ({inp['method'] or 'unknown method'}, {inp['arch'] or '?'}; checkpoint `{inp['checkpoint']}`)",
         "",
         *_table(
