@@ -34,6 +34,7 @@ from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 from .bag_checks import screen_bags
 from .cluster_map import save_cluster_map, save_score_map
 from .clustering import evaluate_clustering, kmeans
+from .confounders import CENTRE_COLUMNS, confounder_analysis, patch_centres
 from .knn import knn_evaluate
 from .labels import PatchTable, join_patch_labels, read_slide_table
 from .leakage import bag_files, guard_pretrain_overlap, test_slide_ids
@@ -359,7 +360,7 @@ def _mil_figures(
 
 
 def _patch_evaluations(
-    table: PatchTable, bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict
+    table: PatchTable, bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict, slide_csv=None
 ) -> None:
     k_head = int(bags[0].probs.shape[1]) if bags[0].probs is not None else None
     results["patch_labels"] = {
@@ -377,6 +378,14 @@ def _patch_evaluations(
         seed=cfg.seed,
         normalize=cfg.kmeans_normalize,
     )
+    knn_options = dict(query_chunk=cfg.knn_query_chunk, train_chunk=cfg.knn_train_chunk, device=cfg.device)
+    centres = patch_centres(table, patch_csv, slide_csv)
+    if centres is None:
+        results["skipped"]["confounders"] = f"no {'/'.join(CENTRE_COLUMNS)} column in {patch_csv} or slides.csv"
+    else:
+        results["confounders"] = confounder_analysis(
+            table, *centres, num_clusters=k_head, seed=cfg.seed, normalize=cfg.kmeans_normalize, **knn_options
+        )
     if table.split is None:
         results["skipped"]["knn"] = f"{patch_csv} has no split column (train/test) for every labelled patch"
         return
@@ -522,7 +531,7 @@ def run_evaluation(
             "the features have no assigner clusters (SimSiam/BYOL or a plain backbone)"
         )
     if patch_table is not None:
-        _patch_evaluations(patch_table, bags, Path(patch_labels), cfg, results)
+        _patch_evaluations(patch_table, bags, Path(patch_labels), cfg, results, labels)
     else:
         results["skipped"]["clustering"] = results["skipped"]["knn"] = "no --patch-labels given"
     if slide_plan is not None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from .bag_checks import left_out_lines
 from .bootstrap import format_ci
+from .report_field import field_lines
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -264,6 +265,7 @@ def render_markdown(r: dict) -> str:
         if k.get("bootstrap"):
             b = k["bootstrap"]
             lines += [f"[a, b]: {b['level']:.0%} bootstrap interval ({b['method']}, {b['resamples']} resamples).", ""]
+    lines += field_lines(r)
     if "mil" in r:
         lines += mil_lines(r["mil"])
     if "cluster_sizes" in r:
