@@ -35,6 +35,7 @@ from .bag_checks import screen_bags
 from .cluster_map import save_cluster_map, save_score_map
 from .clustering import evaluate_clustering, kmeans
 from .confounders import CENTRE_COLUMNS, confounder_analysis, patch_centres
+from .field_metrics import add_field_metrics
 from .knn import knn_evaluate
 from .labels import PatchTable, join_patch_labels, read_slide_table
 from .leakage import bag_files, guard_pretrain_overlap, test_slide_ids
@@ -45,6 +46,7 @@ from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
 from .mil.registry import DEFAULT_MODELS
 from .mil.splits import check_patients
 from .plots import plot_cluster_sizes, plot_roc
+from .probe import DEFAULT_CS, linear_probe, slide_probe
 from .report import render_markdown
 
 IMPLEMENTATIONS = {
@@ -58,6 +60,11 @@ IMPLEMENTATIONS = {
     "split": "sklearn.model_selection.train_test_split(stratify=labels, random_state=seed); by patient: a seeded share of each class's patients",
     "kfold": "sklearn.model_selection.StratifiedKFold(shuffle=True), StratifiedGroupKFold by patient",
     "auc_ci": "clusiam_fast.evaluation.bootstrap.bootstrap_auc: stratified percentile bootstrap of slides (patients with patient_id), seeded",
+    "balanced_accuracy": "sklearn.metrics.balanced_accuracy_score (eva's headline; Patho-Bench bacc), bootstrap CI of the mean over seeds",
+    "auc_ovr_ovo": "sklearn.metrics.roc_auc_score(multi_class='ovr'|'ovo', average='macro') (Patho-Bench)",
+    "qwk": "sklearn.metrics.cohen_kappa_score(weights='quadratic'), with --ordinal (Patho-Bench)",
+    "linear_probe": "sklearn LogisticRegression (lbfgs) on standardised features, C swept on a stratified validation split of the training units only, refitted on all of them (Patho-Bench linear probe)",
+    "clustering_score": "ARI(clusters, label) - ARI(clusters, centre): PathoROB pathorob/clustering_score/utils.py compute_clustering_score",
     "knn": "clusiam_fast.evaluation.knn.knn_top1 (chunked torch matmul of L2-normalised features; checked against sklearn NearestNeighbors in the tests)",
 }
 
@@ -83,6 +90,9 @@ class EvalConfig:
     map_size: int = 2048
     annotations: Path | None = None
     allow_pretrain_overlap: bool = False
+    ordinal: bool = False
+    probe: bool = True
+    probe_cs: tuple[float, ...] = DEFAULT_CS
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -395,6 +405,7 @@ def _patch_evaluations(
             f"{patch_csv} needs both train and test patches (has {int(tr.sum())} and {int(te.sum())})"
         )
         return
+    _patch_probe(table, tr, te, cfg, results)
     results["knn"] = knn_evaluate(
         table.features[tr],
         table.labels[tr],
@@ -405,6 +416,46 @@ def _patch_evaluations(
         device=cfg.device,
         progress=cfg.progress,
     )
+
+
+def _probe_options(cfg: EvalConfig) -> dict:
+    return dict(seeds=cfg.mil.seeds, cs=cfg.probe_cs, ordinal=cfg.ordinal, n_boot=cfg.mil.bootstrap)
+
+
+def _patch_probe(table: PatchTable, tr: np.ndarray, te: np.ndarray, cfg: EvalConfig, results: dict) -> None:
+    """The linear probe from the train to the test patches (:mod:`.probe`)."""
+    if not cfg.probe:
+        results["skipped"]["linear_probe_patch"] = "disabled"
+        return
+    classes = _sorted_classes(list(table.labels))
+    y = np.asarray([classes.index(v) for v in table.labels])
+    try:
+        results["linear_probe_patch"] = linear_probe(
+            table.features[tr], y[tr], table.features[te], y[te], classes, unit="patch", **_probe_options(cfg)
+        )
+    except ValueError as error:
+        results["skipped"]["linear_probe_patch"] = str(error)
+
+
+def _slide_metrics(plan: SlidePlan, bags: list[FeatureBag], cfg: EvalConfig, results: dict) -> None:
+    """The field's metrics of the MIL runs and the linear probe on mean-pooled slide features."""
+    add_field_metrics(results["mil"], ordinal=cfg.ordinal, n_boot=cfg.mil.bootstrap, seed=cfg.mil.bootstrap_seed)
+    if not cfg.probe:
+        results["skipped"]["linear_probe_slide"] = "disabled"
+        return
+    by_id = {b.slide_id: b for b in bags}
+    try:
+        results["linear_probe_slide"] = slide_probe(
+            [by_id[s].features for s in plan.slide_ids],
+            plan.labels,
+            plan.slide_ids,
+            plan.classes,
+            plan.test_splits,
+            groups=plan.groups,
+            **_probe_options(cfg),
+        )
+    except ValueError as error:
+        results["skipped"]["linear_probe_slide"] = str(error)
 
 
 def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: dict) -> None:
@@ -537,6 +588,8 @@ def run_evaluation(
     if slide_plan is not None:
         results["slide_labels"] = slide_plan.info
         _slide_classification(slide_plan, bags, cfg, out, results)
+        if "mil" in results:
+            _slide_metrics(slide_plan, bags, cfg, results)
     else:
         results["skipped"]["mil"] = "no --labels given"
     if cfg.maps:

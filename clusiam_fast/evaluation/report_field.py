@@ -60,6 +60,66 @@ def confounder_lines(r: dict) -> list[str]:
     return lines
 
 
+def _ms(d: dict | None) -> str:
+    return "n/a" if not d or d.get("mean") is None else f"{d['mean']:.4f} ± {d['std']:.4f}"
+
+
+def _bacc(s: dict) -> str:
+    ci = s.get("balanced_accuracy_ci")
+    mean = s["balanced_accuracy"].get("mean")
+    return "n/a" if mean is None else f"{mean:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def task_rows(r: dict) -> list[tuple[str, dict]]:
+    """(name, summary) of every task scored with the field's metrics: MIL models, slide and patch probes."""
+    rows = [
+        (f"MIL {name}", res["field"]) for name, res in (r.get("mil") or {}).get("models", {}).items() if "field" in res
+    ]
+    if "linear_probe_slide" in r:
+        rows.append(("linear probe, mean-pooled slides", r["linear_probe_slide"]["summary"]))
+    if "linear_probe_patch" in r:
+        rows.append(("linear probe, patches", r["linear_probe_patch"]["summary"]))
+    return rows
+
+
+def metric_lines(r: dict) -> list[str]:
+    """Balanced accuracy (CI), macro OvR / OvO AUC, QWK and per-class AUC CIs of every task."""
+    rows = task_rows(r)
+    if not rows:
+        return []
+    ordinal = any("qwk" in s for _, s in rows)
+    header = [
+        "Task",
+        "balanced accuracy [95% CI]",
+        "macro OvR AUC",
+        "macro OvO AUC",
+        *(["QWK"] if ordinal else []),
+        "seeds",
+    ]
+    table = [
+        [
+            name,
+            _bacc(s),
+            _ms(s["auc_ovr_macro"]),
+            _ms(s["auc_ovo_macro"]),
+            *([_ms(s.get("qwk"))] if ordinal else []),
+            s["seeds"],
+        ]
+        for name, s in rows
+    ]
+    lines = ["## Metrics as eva and Patho-Bench report them", "", *_table(header, table), ""]
+    lines += [
+        "Mean ± std over seeds; [a, b]: percentile bootstrap CI of the mean over seeds (test units resampled within class).",
+        "",
+    ]
+    for name, s in rows:
+        per_class = s.get("auc_ci_per_class")
+        if per_class:
+            shown = "; ".join(f"{c} {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for c, v in per_class.items())
+            lines.append(f"- {name}, one-vs-rest AUC per class: {shown}")
+    return lines + [""]
+
+
 def field_lines(r: dict) -> list[str]:
     """Every section of this module that ``r`` has numbers for."""
-    return confounder_lines(r)
+    return confounder_lines(r) + metric_lines(r)
