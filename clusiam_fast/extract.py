@@ -188,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
         "not be in the checkpoint's training data (pretrain_data.json of its run folder)",
     )
     p.add_argument(
+        "--eva-manifest",
+        type=Path,
+        default=None,
+        metavar="LABELS_CSV",
+        help="also write eva's embeddings layout into OUT/eva (manifest.csv: origin, embeddings, target, split "
+        "[, wsi_id]; one .pt per item) for the items labelled in LABELS_CSV: patches.csv gives one [D] tensor per "
+        "patch, slides.csv one [N, D] tensor per slide",
+    )
+    p.add_argument(
         "--allow-pretrain-overlap",
         action="store_true",
         help="extract even when test slides or patients of --labels were seen in self-supervised training",
@@ -311,6 +320,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .formats.pretrain_record import copy_pretrain_record
 
         copy_pretrain_record(record, args.out)  # evaluate checks its test set against it
+    if args.eva_manifest is not None:
+        from .evaluation.eva_export import write_eva_manifest
+        from .formats.feature_bags import load_bags
+
+        try:
+            manifest, count, task = write_eva_manifest(load_bags(args.out), args.eva_manifest, args.out / "eva")
+        except (FileNotFoundError, ValueError) as error:
+            print(f"extract: error: --eva-manifest: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote eva's embeddings layout: {manifest} ({count} {task} items)")
     if summary.get("size_note"):
         print(f"extract: {summary['size_note']}", file=sys.stderr)
     for missing in summary.get("missing_slides", []):
