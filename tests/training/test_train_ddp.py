@@ -64,7 +64,15 @@ def test_two_process_ddp_trains_and_resumes_exactly(patches, tmp_path):
     assert all(int(r["active_clusters_gumbel"]) > 1 for r in rows)
     assert not (tmp_path / "a" / "checkpoint.pt.rank1").exists() and sorted(
         p.name for p in (tmp_path / "a").iterdir()
-    ) == ["checkpoint.pt", "log.csv", "norm_stats.json", "steps.csv", "train_config.json", "training.png"]
+    ) == [
+        "checkpoint.pt",
+        "log.csv",
+        "norm_stats.json",
+        "pretrain_data.json",
+        "steps.csv",
+        "train_config.json",
+        "training.png",
+    ]
 
     # Stop mid-epoch 2 (step 4 of 6), resume: the same weights as the uninterrupted run. --schedule-steps 6
     # gives the short first run the full run's cosine (else it spans its 4 steps); the resume keeps it.
