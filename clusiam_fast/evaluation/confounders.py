@@ -7,7 +7,7 @@ confounder. For the assigner clusters and for K-means with the same K:
 - adjusted Rand index and Rand index against the label and against the centre
   (``sklearn.metrics.adjusted_rand_score``, ``rand_score``);
 - the **clustering score** = ARI(clusters, label) - ARI(clusters, centre), PathoROB's
-  ``compute_clustering_score`` (``pathorob/clustering_score/utils.py``; Koemen et al. 2025,
+  ``compute_clustering_score`` (``pathorob/clustering_score/utils.py`` of bifold-pathomics/PathoROB,
   arXiv:2507.17845): 1 = clusters are the classes, below 0 = they follow the centre more than
   the class (PathoROB finds K-means clusters of Phikon-v2 at -0.991 on Camelyon). A row whose
   score is below 0 is flagged (``follows_centre``).
