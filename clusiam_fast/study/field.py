@@ -145,6 +145,14 @@ def field_lines(study: dict) -> list[str]:
         "",
         "Clustering score = ARI(clusters, label) - ARI(clusters, centre) (PathoROB); below 0: the clusters follow the centre.",
     ]
+    following = [
+        f"{r['name']} ({part})"
+        for r in rows
+        for part in ("assigner", "kmeans")
+        if (((r.get("clustering_score") or {}).get(part) or {}).get("clustering_score") or 0) < 0
+    ]
+    if following:
+        lines += [f"**Clusters that follow the centre more than the class: {', '.join(following)}.**"]
     if skipped:
         lines += [f"Clustering score not computed: {skipped}."]
     lines += [""]
