@@ -81,6 +81,14 @@ def test_the_clustering_score_moves_with_the_centre(pcam_feats, tmp_path):
     assert abs(f["ari_centre"]) < 0.05  # a centre drawn at random says nothing about the clusters
     assert s["ari_centre"] > 0.5 and s["clustering_score"] < f["clustering_score"] - 0.5 and s["follows_centre"]
     assert stained["follows_centre"] == ["K-means (K = classes)"]
+    # the study's column and flag, read from the report
+    from clusiam_fast.study.field import field_lines, field_result
+
+    row = {"name": "m", **field_result(json.loads((tmp_path / "stained" / "report.json").read_text()))}
+    assert row["clustering_score"]["kmeans"]["clustering_score"] == pytest.approx(s["clustering_score"])
+    assert "Clusters that follow the centre more than the class: m (kmeans)" in "\n".join(
+        field_lines({"methods": [row]})
+    )
     md = (tmp_path / "stained" / "report.md").read_text()
     assert "Clusters follow the centre more than the class: K-means (K = classes)" in md and "clustering score" in md
 
