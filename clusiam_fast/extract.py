@@ -234,6 +234,24 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
 
 
+def _after_extract(args: argparse.Namespace, record) -> None:
+    """Beside the bags: the run's pre-training record (evaluate checks its test set against it) and,
+    with --eva-manifest, eva's embeddings layout."""
+    if record is not None:
+        from .formats.pretrain_record import copy_pretrain_record
+
+        copy_pretrain_record(record, args.out)
+    if args.eva_manifest is not None:
+        from .evaluation.eva_export import write_eva_manifest
+        from .formats.feature_bags import load_bags
+
+        try:
+            manifest, count, task = write_eva_manifest(load_bags(args.out), args.eva_manifest, args.out / "eva")
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(f"--eva-manifest: {error}") from None
+        print(f"wrote eva's embeddings layout: {manifest} ({count} {task} items)")
+
+
 def _pretrain_guard(args: argparse.Namespace):
     """The checkpoint run's pre-training record; with --labels, refuse test slides or patients it trained on."""
     from .formats.pretrain_record import check_pretrain_overlap, find_pretrain_record
@@ -316,20 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WriteFailedError as error:  # disk full, read-only --out: one line; what was written before is kept
         print(f"extract: error: {error}", file=sys.stderr)
         return 2
-    if record is not None:
-        from .formats.pretrain_record import copy_pretrain_record
-
-        copy_pretrain_record(record, args.out)  # evaluate checks its test set against it
-    if args.eva_manifest is not None:
-        from .evaluation.eva_export import write_eva_manifest
-        from .formats.feature_bags import load_bags
-
-        try:
-            manifest, count, task = write_eva_manifest(load_bags(args.out), args.eva_manifest, args.out / "eva")
-        except (FileNotFoundError, ValueError) as error:
-            print(f"extract: error: --eva-manifest: {error}", file=sys.stderr)
-            return 2
-        print(f"wrote eva's embeddings layout: {manifest} ({count} {task} items)")
+    try:
+        _after_extract(args, record)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"extract: error: {error}", file=sys.stderr)
+        return 2
     if summary.get("size_note"):
         print(f"extract: {summary['size_note']}", file=sys.stderr)
     for missing in summary.get("missing_slides", []):
