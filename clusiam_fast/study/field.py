@@ -124,7 +124,7 @@ def field_lines(study: dict) -> list[str]:
         return []
     header = ["Method", *(f"{t}: balanced accuracy [95% CI]" for t in tasks)]
     header += [f"{t}: AUC" for t in tasks if t.startswith("linear probe")]
-    header += ["clustering score (assigner | K-means)"]
+    header += ["clustering score (assigner / K-means)"]
     lines = ["## As the field's benchmarks report it (eva, Patho-Bench, PathoROB)", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -136,7 +136,7 @@ def field_lines(study: dict) -> list[str]:
         cells += [_ci(f.get(t, {}).get("auc_ovr_macro"), None) for t in tasks if t.startswith("linear probe")]
         cs = r.get("clustering_score") or {}
         scores = [(cs.get(p) or {}).get("clustering_score") for p in ("assigner", "kmeans")]
-        cells.append(" | ".join("n/a" if s is None else f"{s:.3f}" for s in scores))
+        cells.append(" / ".join("n/a" if s is None else f"{s:.3f}" for s in scores))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     skipped = next(
         (r["clustering_score"]["skipped"] for r in rows if (r.get("clustering_score") or {}).get("skipped")), None
