@@ -97,6 +97,8 @@ def find_pretrain_record(*places: str | Path | None) -> PretrainRecord | None:
         if not place:
             continue
         place = Path(place)
+        if not place.exists():
+            continue
         record = read_pretrain_record(place if place.is_dir() or place.name == RECORD else place.parent)
         if record is not None:
             return record
