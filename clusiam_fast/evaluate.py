@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-maps", type=int, default=4, help="attention heatmaps of this many test slides (default 4)"
     )
     g.add_argument("--map-size", type=int, default=2048, help="longest thumbnail side in px (default 2048)")
+    g.add_argument(
+        "--map-colour",
+        choices=("cluster", "centre"),
+        default="cluster",
+        help="cluster maps coloured by cluster (default) or by centre: each cluster in the colour of the centre "
+        "most of its patches come from (a center/site/batch/scanner column in --labels)",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -228,6 +235,7 @@ def config_from_args(args: argparse.Namespace):
         max_maps=args.max_maps,
         attention_maps=args.attention_maps,
         map_size=args.map_size,
+        map_colour=args.map_colour,
         annotations=args.annotations,
         allow_pretrain_overlap=args.allow_pretrain_overlap,
         ordinal=args.ordinal,

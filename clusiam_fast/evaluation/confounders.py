@@ -135,3 +135,23 @@ def confounder_analysis(
         except ValueError as error:
             result["knn_other_centre"] = {"skipped": str(error)}
     return result
+
+
+def colour_by_centre(parts: list[np.ndarray], slide_ids: list[str], centres: dict[str, str]):
+    """Cluster maps coloured by centre: each cluster painted in the colour of the centre most of its patches
+    come from (over every mapped slide with a centre), so clusters that belong to one hospital show.
+
+    Returns (per-slide ids to paint, legend names of the ids, the share of each cluster's majority centre)."""
+    names = sorted(set(centres.values())) + ["no centre"]
+    votes: dict[int, dict[str, int]] = {}
+    for clusters, sid in zip(parts, slide_ids):
+        centre = centres.get(sid)
+        if centre is not None:
+            for c, n in zip(*np.unique(clusters, return_counts=True)):
+                votes.setdefault(int(c), {}).setdefault(centre, 0)
+                votes[int(c)][centre] += int(n)
+    majority = {c: max(v, key=v.get) for c, v in votes.items()}
+    share = {c: votes[c][m] / sum(votes[c].values()) for c, m in majority.items()}
+    unknown = len(names) - 1
+    painted = [np.asarray([names.index(majority[int(c)]) if int(c) in majority else unknown for c in p]) for p in parts]
+    return painted, dict(enumerate(names)), share

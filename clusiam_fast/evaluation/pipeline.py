@@ -34,7 +34,7 @@ from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 from .bag_checks import screen_bags
 from .cluster_map import save_cluster_map, save_score_map
 from .clustering import evaluate_clustering, kmeans
-from .confounders import CENTRE_COLUMNS, confounder_analysis, patch_centres
+from .confounders import CENTRE_COLUMNS, colour_by_centre, confounder_analysis, patch_centres, read_centres
 from .field_metrics import add_field_metrics
 from .knn import knn_evaluate
 from .labels import PatchTable, join_patch_labels, read_slide_table
@@ -88,6 +88,7 @@ class EvalConfig:
     maps: bool = True
     max_maps: int = 50
     map_size: int = 2048
+    map_colour: str = "cluster"  # or "centre": each cluster in the colour of its majority centre
     annotations: Path | None = None
     allow_pretrain_overlap: bool = False
     ordinal: bool = False
@@ -98,6 +99,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.folds is not None and self.folds < 2:
             raise ValueError(f"--folds must be at least 2, got {self.folds}")
+        if self.map_colour not in ("cluster", "centre"):
+            raise ValueError(f"--map-colour must be cluster or centre, got {self.map_colour!r}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
 
@@ -458,7 +461,20 @@ def _slide_metrics(plan: SlidePlan, bags: list[FeatureBag], cfg: EvalConfig, res
         results["skipped"]["linear_probe_slide"] = str(error)
 
 
-def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: dict) -> None:
+def _by_centre(with_coords: list[FeatureBag], parts: list, slide_csv, source: str, results: dict):
+    """--map-colour centre: each cluster in the colour of its majority centre (:func:`.confounders.colour_by_centre`)."""
+    found = None if slide_csv is None else read_centres(slide_csv, "slide")
+    if found is None:
+        results["skipped"]["centre_maps"] = (
+            f"--map-colour centre needs a {'/'.join(CENTRE_COLUMNS)} column in slides.csv"
+        )
+        return parts, None, source
+    painted, names, share = colour_by_centre(parts, [b.slide_id for b in with_coords], found[0])
+    results["centre_of_clusters"] = {"majority_share": share, "centres": names}
+    return painted, names, f"{source}, each cluster coloured by its majority centre ({found[1]} column of {slide_csv})"
+
+
+def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: dict, slide_csv=None) -> None:
     from tqdm.auto import tqdm
 
     with_coords = [b for b in bags if b.coords is not None][: cfg.max_maps]
@@ -477,6 +493,9 @@ def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: d
         source = f"K-means (K = {cfg.map_kmeans_k}, {impl}): the features have no assigner"
     else:
         parts = [b.clusters for b in with_coords]
+    names = None
+    if cfg.map_colour == "centre":
+        parts, names, source = _by_centre(with_coords, parts, slide_csv, source, results)
     maps, failed = [], []
     for bag, clusters in tqdm(
         list(zip(with_coords, parts)), desc="cluster maps", disable=not cfg.progress, leave=False
@@ -503,6 +522,7 @@ def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: d
                         {**bag.attrs, "slide_id": bag.slide_id},
                         annotation=annotation,
                         max_size=cfg.map_size,
+                        names=names,
                     ),
                 }
             )
@@ -593,7 +613,7 @@ def run_evaluation(
     else:
         results["skipped"]["mil"] = "no --labels given"
     if cfg.maps:
-        _cluster_maps(bags, cfg, out, results)
+        _cluster_maps(bags, cfg, out, results, labels)
     else:
         results["skipped"]["cluster_maps"] = "disabled"
     results = _json_safe(results)

@@ -113,3 +113,55 @@ def test_centres_of_crc_sources_and_the_cross_centre_knn(crc_random_bags, tmp_pa
     assert kmeans_row["method"] == "K-means (K = classes)" and -1 <= kmeans_row["clustering_score"] <= 2
     # the classes differ between the sources, so a neighbour from the other source has another label
     assert got["knn_other_centre"]["accuracy"] == 0.0 and got["knn_other_centre"]["n_test"] == 66
+
+
+def test_cluster_maps_coloured_by_centre_on_the_cmu_slide(wsi_dir, tmp_path):
+    """Eight copies of the CMU slide, four 'from' each of two hospitals: identical pixels, so every
+    cluster draws exactly half of its patches from each centre, and the maps say so."""
+    pytest.importorskip("clusiam_fast.tile", reason="the slide tiler is not installed")
+    import torchvision
+    from cohort_slides import make_cohort
+
+    from clusiam_fast.evaluate import main as evaluate_main
+    from clusiam_fast.tile import main as tile_main
+
+    slides = make_cohort(wsi_dir, tmp_path / "slides", good=8)
+    assert tile_main([*map(str, slides), "--out", str(tmp_path / "tiles"), "--workers", "1"]) == 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18()
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, tmp_path / "b.pt")
+    norm = dict(mean=(0.7, 0.55, 0.7), std=(0.15, 0.2, 0.15))
+    extract(tmp_path / "b.pt", tmp_path / "tiles", tmp_path / "f", resize=32, workers=0, progress=False, **norm)
+    rows = [
+        {
+            "slide_id": f"slide_{k:02d}",
+            "label": "ab"[k % 2],
+            "split": "test" if k % 4 >= 2 else "train",
+            "site": "AB"[k // 4],
+        }
+        for k in range(8)
+    ]
+    labels = _write_csv(tmp_path / "slides.csv", rows)
+    mil = ["--models", "maxpool", "--epochs", "1", "--warmup-epochs", "0", "--seeds", "0", "--no-probe", "--quiet"]
+    out = tmp_path / "r"
+    argv = [
+        str(tmp_path / "f"),
+        "--labels",
+        str(labels),
+        "--out",
+        str(out),
+        "--map-colour",
+        "centre",
+        "--map-size",
+        "256",
+    ]
+    assert evaluate_main([*argv, *mil, "--lrs", "1e-3", "--wds", "1e-4", "--val-fraction", "0.34"]) == 0
+    res = json.loads((out / "report.json").read_text())
+    assert "coloured by its majority centre (site column of" in res["cluster_maps"]["clusters_from"]
+    assert res["centre_of_clusters"]["centres"] == {"0": "A", "1": "B", "2": "no centre"}
+    shares = res["centre_of_clusters"]["majority_share"]
+    assert len(shares) == 8 and set(shares.values()) == {0.5}
+    assert len(res["cluster_maps"]["maps"]) == 8 and all(
+        (out / m["png"]).stat().st_size > 1000 for m in res["cluster_maps"]["maps"]
+    )
