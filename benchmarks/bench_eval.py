@@ -62,3 +62,30 @@ def test_mil_train_epoch(benchmark, name):
     benchmark.extra_info.update(
         bags=64, instances=int(sum(len(b) for b in bags.features)), bags_per_s=64 / benchmark.stats.stats.mean
     )
+
+
+def test_paired_bootstrap(benchmark):
+    """1000 paired replicates of the macro AUC and balanced-accuracy differences, 5 seeds each, 500 test slides, 4 classes."""
+    from clusiam_fast.evaluation.paired import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 500)
+    runs = [[rng.dirichlet(np.ones(4), 500) for _ in range(5)] for _ in range(2)]
+
+    def both():
+        for metric in ("auc", "balanced_accuracy"):
+            paired_bootstrap(labels, runs[0], runs[1], metric=metric)
+
+    benchmark.pedantic(both, rounds=2, iterations=1)
+    benchmark.extra_info.update(slides=500, classes=4, seeds=5, replicates=1000)
+
+
+def test_linear_probe(benchmark, features):
+    """The logistic-regression probe: 6 values of C on a validation split, refit, 5 seeds; 2000 x 512 training patches."""
+    from clusiam_fast.evaluation.probe import linear_probe
+
+    train, test = features
+    y = (train[:2000, 0] > 0).astype(int)
+    benchmark.pedantic(
+        linear_probe, args=(train[:2000], y, test, (test[:, 0] > 0).astype(int), ["0", "1"]), rounds=1, iterations=1
+    )

@@ -20,6 +20,15 @@ CLAM-style .h5 feature files). Runs what the labels allow:
   K-means with the same K (Rand index, ARI, clusters used), and top-1 cosine KNN macro
   F1 from train to test patches when a split is given.
 - always: cluster sizes and, for bags with coordinates, cluster maps over the thumbnails.
+- the field's metrics (eva, Patho-Bench): balanced accuracy with its bootstrap CI (the headline),
+  macro one-vs-rest and one-vs-one AUC, per-class AUC CIs, quadratic-weighted kappa with
+  --ordinal; a logistic-regression linear probe (C swept on validation only) on the patches
+  and on mean-pooled slide features, beside KNN and MIL.
+- a center (site, batch, scanner) column in patches.csv or slides.csv: ARI/RI of the clusters
+  against label and centre, PathoROB's clustering score, KNN with neighbours from another centre.
+- the test set is checked against the run's pre-training record (pretrain_data.json): test
+  slides, patients or files seen in self-supervised training are refused
+  (--allow-pretrain-overlap reports them anyway, saying so in the report's first line).
 
 Checked before anything runs: a bag with no patches or with NaN/Inf features is left
 out, named on the console and in the report (``left_out_bags``); with --labels, every
@@ -94,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=int,
         nargs="+",
-        default=[0, 1, 2],
-        help="seeds (each: validation split, init, order); default 0 1 2",
+        default=[0, 1, 2, 3, 4],
+        help="seeds of MIL and of the linear probes (each: validation split, init, order); default 0 1 2 3 4 "
+        "(5 runs, as eva's patch tasks)",
     )
     g.add_argument("--epochs", type=int, default=50, help="epochs per grid point (default 50)")
     g.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default 5)")
@@ -150,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-maps", type=int, default=4, help="attention heatmaps of this many test slides (default 4)"
     )
     g.add_argument("--map-size", type=int, default=2048, help="longest thumbnail side in px (default 2048)")
+    g.add_argument(
+        "--map-colour",
+        choices=("cluster", "centre"),
+        default="cluster",
+        help="cluster maps coloured by cluster (default) or by centre: each cluster in the colour of the centre "
+        "most of its patches come from (a center/site/batch/scanner column in --labels)",
+    )
     p.add_argument(
         "--seed",
         type=int,
@@ -162,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="torch threads for MIL training on the CPU (default: 1 for small bags, else torch's)",
+    )
+    p.add_argument(
+        "--ordinal",
+        action="store_true",
+        help="the labels are ordered (grades, in their sorted order): also report quadratic-weighted kappa",
+    )
+    p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression linear probes")
+    p.add_argument(
+        "--allow-pretrain-overlap",
+        action="store_true",
+        help="evaluate even when test slides, patients or files were seen in self-supervised training "
+        "(refused by default; the report then says so in its first line)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(p)
@@ -216,7 +245,11 @@ def config_from_args(args: argparse.Namespace):
         max_maps=args.max_maps,
         attention_maps=args.attention_maps,
         map_size=args.map_size,
+        map_colour=args.map_colour,
         annotations=args.annotations,
+        allow_pretrain_overlap=args.allow_pretrain_overlap,
+        ordinal=args.ordinal,
+        probe=not args.no_probe,
         progress=not args.quiet,
     )
 
@@ -242,6 +275,8 @@ def _run(argv: Sequence[str] | None) -> int:
     from .evaluation.bag_checks import left_out_lines
     from .evaluation.report import slide_label_lines
 
+    if results["pretrain_overlap"].get("allowed"):
+        print(f"evaluate: {results['pretrain_overlap']['statement']}", file=sys.stderr)
     for line in left_out_lines(results["left_out_bags"]["bags"]):
         print(f"evaluate: {line}", file=sys.stderr)
     for line in slide_label_lines(results):

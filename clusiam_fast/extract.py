@@ -185,6 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="SLIDES_CSV",
+        help="slides.csv of the evaluation: its test slides (split column) and their patients (patient_id) must "
+        "not be in the checkpoint's training data (pretrain_data.json of its run folder)",
+    )
+    p.add_argument(
+        "--eva-manifest",
+        type=Path,
+        default=None,
+        metavar="LABELS_CSV",
+        help="also write eva's embeddings layout into OUT/eva (manifest.csv: origin, embeddings, target, split "
+        "[, wsi_id]; one .pt per item) for the items labelled in LABELS_CSV: patches.csv gives one [D] tensor per "
+        "patch, slides.csv one [N, D] tensor per slide",
+    )
+    p.add_argument(
+        "--allow-pretrain-overlap",
+        action="store_true",
+        help="extract even when test slides or patients of --labels were seen in self-supervised training",
+    )
+    p.add_argument(
         "--trust-pickle",
         action="store_true",
         help="load a CHECKPOINT / --weights file that needs pickle (it can run code embedded in the file); "
@@ -218,6 +240,46 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
 
 
+def _after_extract(args: argparse.Namespace, record) -> None:
+    """Beside the bags: the run's pre-training record (evaluate checks its test set against it) and,
+    with --eva-manifest, eva's embeddings layout."""
+    if record is not None:
+        from .formats.pretrain_record import copy_pretrain_record
+
+        copy_pretrain_record(record, args.out)
+    if args.eva_manifest is not None:
+        from .evaluation.eva_export import write_eva_manifest
+        from .formats.feature_bags import load_bags
+
+        try:
+            manifest, count, task = write_eva_manifest(load_bags(args.out), args.eva_manifest, args.out / "eva")
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(f"--eva-manifest: {error}") from None
+        print(f"wrote eva's embeddings layout: {manifest} ({count} {task} items)")
+
+
+def _pretrain_guard(args: argparse.Namespace):
+    """The checkpoint run's pre-training record; with --labels, refuse test slides or patients it trained on."""
+    from .formats.pretrain_record import check_pretrain_overlap, find_pretrain_record
+
+    record = find_pretrain_record(args.checkpoint) if args.checkpoint is not None else None
+    if args.labels is not None:
+        from .evaluation.labels import read_slide_table
+
+        table = read_slide_table(args.labels)
+        test = [s for s, (_, split) in table.labels.items() if split == "test"]
+        result = check_pretrain_overlap(
+            record,
+            allow=args.allow_pretrain_overlap,
+            what=f"{args.labels} test",
+            test_slides=test,
+            patients=table.patients,
+        )
+        if result.get("allowed"):
+            print(f"extract: {result['statement']}", file=sys.stderr)
+    return record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some slides failed or missing, 2 bad input, 4 unusable --out)."""
     return run_verb("extract", lambda: _run(argv))
@@ -235,6 +297,7 @@ def _run(argv: Sequence[str] | None) -> int:
         print(dump(resolved), end="")
         return 0
     _check_paths(args)
+    record = _pretrain_guard(args)
     import warnings
 
     from .cohort import parse_shard
@@ -272,6 +335,7 @@ def _run(argv: Sequence[str] | None) -> int:
             trust_pickle=args.trust_pickle,
         )
     write_config(args.out, resolved)  # OUT/config.yaml: --config it to extract with the same settings
+    _after_extract(args, record)
     if summary.get("size_note"):
         print(f"extract: {summary['size_note']}", file=sys.stderr)
     for missing in summary.get("missing_slides", []):

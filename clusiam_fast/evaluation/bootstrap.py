@@ -38,6 +38,11 @@ def _replicate_weights(
     return counts[:, units]
 
 
+def replicate_weights(labels: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) draws of each test unit, resampled within class (by patient with ``groups``), seeded."""
+    return _replicate_weights(np.asarray(labels, dtype=np.int64), groups, int(n_boot), np.random.default_rng(seed))
+
+
 def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUC of ``scores`` (n,) for ``positive`` (n,) bool under each row of ``weights`` (R, n)."""
     levels, inverse = np.unique(scores, return_inverse=True)

@@ -137,8 +137,10 @@ def save_cluster_map(
     max_size: int = 2048,
     alpha: float = 0.55,
     max_legend: int = 20,
+    names: dict[int, str] | None = None,
 ) -> dict:
-    """Write the cluster map PNG of one slide; return what was drawn (for the report)."""
+    """Write the cluster map PNG of one slide; return what was drawn (for the report). ``names``: legend
+    names of the painted ids (default ``cluster <id>``), e.g. the centres when the map is coloured by centre."""
     require("matplotlib", "matplotlib", "cluster maps")
     import matplotlib
 
@@ -171,7 +173,11 @@ def save_cluster_map(
     ax.set_axis_off()
     ax.set_title(title or f"{attrs.get('slide_id', '')}: {len(coords)} patches, {len(ids)} clusters")
     order = np.argsort(-counts)
-    handles = [Patch(color=colours[i], label=f"cluster {ids[i]} ({counts[i]})") for i in order[:max_legend]]
+    named = names or {}
+    handles = [
+        Patch(color=colours[i], label=f"{named.get(int(ids[i]), f'cluster {ids[i]}')} ({counts[i]})")
+        for i in order[:max_legend]
+    ]
     if len(order) > max_legend:
         handles.append(
             Patch(

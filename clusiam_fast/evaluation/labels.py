@@ -39,7 +39,7 @@ TRAIN_SPLITS = {"train", "training", "val", "valid", "validation"}
 TEST_SPLITS = {"test", "testing"}
 
 
-def _read_csv(path: str | Path, what: str):
+def read_csv(path: str | Path, what: str):
     from ..utils.deps import require
 
     pd = require("pandas", "pandas", "reading label tables")
@@ -161,7 +161,7 @@ def _slide_patients(path: str | Path, ids: list[str], labels: list, patients: li
 def read_slide_table(path: str | Path) -> LabelTable:
     """slides.csv checked (see the module docstring): ``table.labels`` is slide_id -> (label, split or None),
     ``table.patients`` slide_id -> patient_id (None without a patient_id column)."""
-    df = _read_csv(path, "slide labels")
+    df = read_csv(path, "slide labels")
     missing = {"slide_id", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"{path} needs columns slide_id,label[,split][,patient_id]; missing {sorted(missing)}")
@@ -196,22 +196,28 @@ class PatchTable:
     slide_ids: np.ndarray
     unmatched_labels: int
     unlabelled_patches: int
+    files: list[str] = field(default_factory=list)  # each patch's image file ('' for slide patches)
+    keys: list = field(default_factory=list)  # each patch's key in the table (path, or (slide_id, x, y))
+
+
+def patch_keys(df, path: str | Path) -> tuple[list, str]:
+    """Each row's patch key (a path, or (slide_id, x, y)) and the key kind ('path' or 'coords')."""
+    if "path" in df.columns:
+        return [str(p).strip().replace("\\", "/") for p in df["path"]], "path"
+    if {"slide_id", "x", "y"} <= set(df.columns):
+        return [
+            (str(s).strip(), int(float(x)), int(float(y))) for s, x, y in zip(df["slide_id"], df["x"], df["y"])
+        ], "coords"
+    raise ValueError(f"{path} needs either a path column or slide_id,x,y columns besides label")
 
 
 def read_patch_labels(path: str | Path) -> tuple[dict, str, bool]:
     """key -> (label, split); the key kind ('path' or 'coords') and whether splits are given."""
-    df = _read_csv(path, "patch labels")
+    df = read_csv(path, "patch labels")
     if "label" not in df.columns:
         raise ValueError(f"{path} needs a label column")
     has_split = "split" in df.columns
-    if "path" in df.columns:
-        kind = "path"
-        keys = [str(p).strip().replace("\\", "/") for p in df["path"]]
-    elif {"slide_id", "x", "y"} <= set(df.columns):
-        kind = "coords"
-        keys = [(str(s).strip(), int(float(x)), int(float(y))) for s, x, y in zip(df["slide_id"], df["x"], df["y"])]
-    else:
-        raise ValueError(f"{path} needs either a path column or slide_id,x,y columns besides label")
+    keys, kind = patch_keys(df, path)
     splits = [
         normalise_split(v, f"{path} line {i + 2}") if str(v).strip() != "" else None
         for i, v in enumerate(df["split"] if has_split else [""] * len(df))
@@ -227,7 +233,7 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
         names = [Path(k).name for k in table]
         if len(set(names)) == len(names):
             by_name = {Path(k).name: k for k in table}
-    feats, labels, splits, clusters, slides = [], [], [], [], []
+    feats, labels, splits, clusters, slides, files, matched_keys = [], [], [], [], [], [], []
     matched = set()
     unlabelled = 0
     have_clusters = all(b.clusters is not None for b in bags)
@@ -257,6 +263,9 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
         if have_clusters:
             clusters.append(bag.clusters[rows])
         slides += [bag.slide_id] * len(rows)
+        matched_keys += [keys[i] for i in rows]
+        root = bag.attrs.get("data_root")
+        files += [str(Path(root) / bag.paths[i]) if root and bag.paths is not None else "" for i in rows]
     if not feats:
         raise ValueError(
             f"no patch of the feature bags is labelled in {path} (keys by {kind}); check the paths/coordinates"
@@ -270,4 +279,6 @@ def join_patch_labels(bags: list[FeatureBag], path: str | Path) -> PatchTable:
         slide_ids=np.asarray(slides),
         unmatched_labels=len(table) - len(matched),
         unlabelled_patches=unlabelled,
+        files=files,
+        keys=matched_keys,
     )

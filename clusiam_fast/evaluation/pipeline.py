@@ -34,8 +34,11 @@ from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 from .bag_checks import screen_bags
 from .cluster_map import save_cluster_map, save_score_map
 from .clustering import evaluate_clustering, kmeans
+from .confounders import CENTRE_COLUMNS, colour_by_centre, confounder_analysis, patch_centres, read_centres
+from .field_metrics import add_field_metrics
 from .knn import knn_evaluate
-from .labels import join_patch_labels, read_slide_table
+from .labels import PatchTable, join_patch_labels, read_slide_table
+from .leakage import bag_files, guard_pretrain_overlap, test_slide_ids
 from .mil.crossval import run_cross_validation
 from .mil.data import BagDataset
 from .mil.plan import plan_splits
@@ -43,6 +46,7 @@ from .mil.protocol import HeldOutTestSet, MILConfig, run_protocol
 from .mil.registry import DEFAULT_MODELS
 from .mil.splits import check_patients
 from .plots import plot_cluster_sizes, plot_roc
+from .probe import DEFAULT_CS, linear_probe, slide_probe
 from .report import render_markdown
 
 IMPLEMENTATIONS = {
@@ -56,6 +60,11 @@ IMPLEMENTATIONS = {
     "split": "sklearn.model_selection.train_test_split(stratify=labels, random_state=seed); by patient: a seeded share of each class's patients",
     "kfold": "sklearn.model_selection.StratifiedKFold(shuffle=True), StratifiedGroupKFold by patient",
     "auc_ci": "clusiam_fast.evaluation.bootstrap.bootstrap_auc: stratified percentile bootstrap of slides (patients with patient_id), seeded",
+    "balanced_accuracy": "sklearn.metrics.balanced_accuracy_score (eva's headline; Patho-Bench bacc), bootstrap CI of the mean over seeds",
+    "auc_ovr_ovo": "sklearn.metrics.roc_auc_score(multi_class='ovr'|'ovo', average='macro') (Patho-Bench)",
+    "qwk": "sklearn.metrics.cohen_kappa_score(weights='quadratic'), with --ordinal (Patho-Bench)",
+    "linear_probe": "sklearn LogisticRegression (lbfgs) on standardised features, C swept on a stratified validation split of the training units only, refitted on all of them (Patho-Bench linear probe)",
+    "clustering_score": "ARI(clusters, label) - ARI(clusters, centre): PathoROB pathorob/clustering_score/utils.py compute_clustering_score",
     "knn": "clusiam_fast.evaluation.knn.knn_top1 (chunked torch matmul of L2-normalised features; checked against sklearn NearestNeighbors in the tests)",
 }
 
@@ -79,12 +88,19 @@ class EvalConfig:
     maps: bool = True
     max_maps: int = 50
     map_size: int = 2048
+    map_colour: str = "cluster"  # or "centre": each cluster in the colour of its majority centre
     annotations: Path | None = None
+    allow_pretrain_overlap: bool = False
+    ordinal: bool = False
+    probe: bool = True
+    probe_cs: tuple[float, ...] = DEFAULT_CS
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.folds is not None and self.folds < 2:
             raise ValueError(f"--folds must be at least 2, got {self.folds}")
+        if self.map_colour not in ("cluster", "centre"):
+            raise ValueError(f"--map-colour must be cluster or centre, got {self.map_colour!r}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
 
@@ -138,6 +154,7 @@ class SlidePlan:
     classes: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     groups: list[str] | None = None
+    patients: dict[str, str] | None = None  # slide_id -> patient_id of every row of slides.csv
     split_column: list[str | None] = field(default_factory=list)
     test_splits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     skipped: str | None = None
@@ -177,7 +194,7 @@ def plan_slide_classification(labels_csv: Path, cfg: EvalConfig, bag_ids: list[s
     if len(classes) < 2:
         plan.skipped = f"the {len(labelled)} labelled bags all have class {classes[0]!r} in {labels_csv}; slide classification needs two"
         return plan
-    plan.slide_ids, plan.classes = labelled, classes
+    plan.slide_ids, plan.classes, plan.patients = labelled, classes, checked.patients
     plan.labels = [classes.index(table[s][0]) for s in labelled]
     if checked.patients is not None:
         plan.groups = [checked.patients[s] for s in labelled]
@@ -355,8 +372,9 @@ def _mil_figures(
     mil["attention_maps"] = maps
 
 
-def _patch_evaluations(bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict) -> None:
-    table = join_patch_labels(bags, patch_csv)
+def _patch_evaluations(
+    table: PatchTable, bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig, results: dict, slide_csv=None
+) -> None:
     k_head = int(bags[0].probs.shape[1]) if bags[0].probs is not None else None
     results["patch_labels"] = {
         "labelled_patches": int(len(table.labels)),
@@ -373,6 +391,14 @@ def _patch_evaluations(bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig,
         seed=cfg.seed,
         normalize=cfg.kmeans_normalize,
     )
+    knn_options = dict(query_chunk=cfg.knn_query_chunk, train_chunk=cfg.knn_train_chunk, device=cfg.device)
+    centres = patch_centres(table, patch_csv, slide_csv)
+    if centres is None:
+        results["skipped"]["confounders"] = f"no {'/'.join(CENTRE_COLUMNS)} column in {patch_csv} or slides.csv"
+    else:
+        results["confounders"] = confounder_analysis(
+            table, *centres, num_clusters=k_head, seed=cfg.seed, normalize=cfg.kmeans_normalize, **knn_options
+        )
     if table.split is None:
         results["skipped"]["knn"] = f"{patch_csv} has no split column (train/test) for every labelled patch"
         return
@@ -382,6 +408,7 @@ def _patch_evaluations(bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig,
             f"{patch_csv} needs both train and test patches (has {int(tr.sum())} and {int(te.sum())})"
         )
         return
+    _patch_probe(table, tr, te, cfg, results)
     results["knn"] = knn_evaluate(
         table.features[tr],
         table.labels[tr],
@@ -394,7 +421,60 @@ def _patch_evaluations(bags: list[FeatureBag], patch_csv: Path, cfg: EvalConfig,
     )
 
 
-def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: dict) -> None:
+def _probe_options(cfg: EvalConfig) -> dict:
+    return dict(seeds=cfg.mil.seeds, cs=cfg.probe_cs, ordinal=cfg.ordinal, n_boot=cfg.mil.bootstrap)
+
+
+def _patch_probe(table: PatchTable, tr: np.ndarray, te: np.ndarray, cfg: EvalConfig, results: dict) -> None:
+    """The linear probe from the train to the test patches (:mod:`.probe`)."""
+    if not cfg.probe:
+        results["skipped"]["linear_probe_patch"] = "disabled"
+        return
+    classes = _sorted_classes(list(table.labels))
+    y = np.asarray([classes.index(v) for v in table.labels])
+    try:
+        results["linear_probe_patch"] = linear_probe(
+            table.features[tr], y[tr], table.features[te], y[te], classes, unit="patch", **_probe_options(cfg)
+        )
+    except ValueError as error:
+        results["skipped"]["linear_probe_patch"] = str(error)
+
+
+def _slide_metrics(plan: SlidePlan, bags: list[FeatureBag], cfg: EvalConfig, results: dict) -> None:
+    """The field's metrics of the MIL runs and the linear probe on mean-pooled slide features."""
+    add_field_metrics(results["mil"], ordinal=cfg.ordinal, n_boot=cfg.mil.bootstrap, seed=cfg.mil.bootstrap_seed)
+    if not cfg.probe:
+        results["skipped"]["linear_probe_slide"] = "disabled"
+        return
+    by_id = {b.slide_id: b for b in bags}
+    try:
+        results["linear_probe_slide"] = slide_probe(
+            [by_id[s].features for s in plan.slide_ids],
+            plan.labels,
+            plan.slide_ids,
+            plan.classes,
+            plan.test_splits,
+            groups=plan.groups,
+            **_probe_options(cfg),
+        )
+    except ValueError as error:
+        results["skipped"]["linear_probe_slide"] = str(error)
+
+
+def _by_centre(with_coords: list[FeatureBag], parts: list, slide_csv, source: str, results: dict):
+    """--map-colour centre: each cluster in the colour of its majority centre (:func:`.confounders.colour_by_centre`)."""
+    found = None if slide_csv is None else read_centres(slide_csv, "slide")
+    if found is None:
+        results["skipped"]["centre_maps"] = (
+            f"--map-colour centre needs a {'/'.join(CENTRE_COLUMNS)} column in slides.csv"
+        )
+        return parts, None, source
+    painted, names, share = colour_by_centre(parts, [b.slide_id for b in with_coords], found[0])
+    results["centre_of_clusters"] = {"majority_share": share, "centres": names}
+    return painted, names, f"{source}, each cluster coloured by its majority centre ({found[1]} column of {slide_csv})"
+
+
+def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: dict, slide_csv=None) -> None:
     from tqdm.auto import tqdm
 
     with_coords = [b for b in bags if b.coords is not None][: cfg.max_maps]
@@ -413,6 +493,9 @@ def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: d
         source = f"K-means (K = {cfg.map_kmeans_k}, {impl}): the features have no assigner"
     else:
         parts = [b.clusters for b in with_coords]
+    names = None
+    if cfg.map_colour == "centre":
+        parts, names, source = _by_centre(with_coords, parts, slide_csv, source, results)
     maps, failed = [], []
     for bag, clusters in tqdm(
         list(zip(with_coords, parts)), desc="cluster maps", disable=not cfg.progress, leave=False
@@ -439,6 +522,7 @@ def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: d
                         {**bag.attrs, "slide_id": bag.slide_id},
                         annotation=annotation,
                         max_size=cfg.map_size,
+                        names=names,
                     ),
                 }
             )
@@ -446,6 +530,29 @@ def _cluster_maps(bags: list[FeatureBag], cfg: EvalConfig, out: Path, results: d
         except Exception as error:  # one slide's map must not stop the report
             failed.append({"slide_id": bag.slide_id, "error": f"{type(error).__name__}: {error}"})
     results["cluster_maps"] = {"clusters_from": source, "maps": maps, "failed": failed}
+
+
+def _guard(
+    features: Path, bags: list[FeatureBag], plan: SlidePlan | None, table: PatchTable | None, cfg: EvalConfig
+) -> dict:
+    """The leakage guard (:mod:`.leakage`) on every slide, patient and file the evaluation tests on."""
+    slides, files = [], []
+    if plan is not None and not plan.skipped:
+        slides = test_slide_ids(plan.slide_ids, plan.test_splits)
+        by_id = {b.slide_id: b for b in bags}
+        files = [f for s in slides for f in bag_files(by_id[s])]
+    if table is not None and table.split is not None:
+        test = table.split == "test"
+        slides += list(dict.fromkeys(table.slide_ids[test].tolist()))
+        files += [f for f, t in zip(table.files, test) if t and f]
+    return guard_pretrain_overlap(
+        features,
+        bags,
+        allow=cfg.allow_pretrain_overlap,
+        test_slides=slides,
+        patients=None if plan is None else plan.patients,
+        test_files=files,
+    )
 
 
 def run_evaluation(
@@ -471,7 +578,10 @@ def run_evaluation(
             raise
         names = ", ".join(f"{b['slide_id']} ({b['reason']})" for b in left_out[:5])
         raise ValueError(f"{error} ({len(left_out)} bag(s) were left out before: {names})") from None
+    patch_table = None if patch_labels is None else join_patch_labels(bags, Path(patch_labels))
+    overlap = _guard(features, bags, slide_plan, patch_table, cfg)
     results: dict[str, Any] = {
+        "pretrain_overlap": overlap,
         "inputs": _summary(bags, features),
         "left_out_bags": {"count": len(left_out), "bags": left_out},
         "implementations": IMPLEMENTATIONS,
@@ -491,17 +601,19 @@ def run_evaluation(
         results["skipped"]["cluster_sizes"] = (
             "the features have no assigner clusters (SimSiam/BYOL or a plain backbone)"
         )
-    if patch_labels is not None:
-        _patch_evaluations(bags, Path(patch_labels), cfg, results)
+    if patch_table is not None:
+        _patch_evaluations(patch_table, bags, Path(patch_labels), cfg, results, labels)
     else:
         results["skipped"]["clustering"] = results["skipped"]["knn"] = "no --patch-labels given"
     if slide_plan is not None:
         results["slide_labels"] = slide_plan.info
         _slide_classification(slide_plan, bags, cfg, out, results)
+        if "mil" in results:
+            _slide_metrics(slide_plan, bags, cfg, results)
     else:
         results["skipped"]["mil"] = "no --labels given"
     if cfg.maps:
-        _cluster_maps(bags, cfg, out, results)
+        _cluster_maps(bags, cfg, out, results, labels)
     else:
         results["skipped"]["cluster_maps"] = "disabled"
     results = _json_safe(results)

@@ -6,6 +6,7 @@ from typing import Any
 
 from .bag_checks import left_out_lines
 from .bootstrap import format_ci
+from .report_field import field_lines
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -181,9 +182,16 @@ def mil_lines(m: dict) -> list[str]:
 def render_markdown(r: dict) -> str:
     """The report: inputs, Table 1 (clustering), KNN, Tables 2-4 (MIL), figures, what was skipped."""
     inp = r["inputs"]
+    overlap = r.get("pretrain_overlap") or {}
     lines = [
+        *([f"**{overlap['statement']}**", ""] if overlap.get("allowed") else []),
         "# clusiam_fast evaluation report",
         "",
+        *(
+            [f"Pre-training data: {overlap['statement']}.", ""]
+            if overlap.get("statement") and not overlap.get("allowed")
+            else []
+        ),
         f"Features: `{inp['features']}` ({inp['method'] or 'unknown method'}, {inp['arch'] or '?'}; checkpoint `{inp['checkpoint']}`)",
         "",
         *_table(
@@ -257,6 +265,7 @@ def render_markdown(r: dict) -> str:
         if k.get("bootstrap"):
             b = k["bootstrap"]
             lines += [f"[a, b]: {b['level']:.0%} bootstrap interval ({b['method']}, {b['resamples']} resamples).", ""]
+    lines += field_lines(r)
     if "mil" in r:
         lines += mil_lines(r["mil"])
     if "cluster_sizes" in r:

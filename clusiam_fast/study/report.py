@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from .field import field_lines, field_result, paired_comparisons
 
 NOT_MONITORS = {
     "epoch",
@@ -136,6 +137,7 @@ def method_result(name: str, method: str, folder: Path, records: list[dict]) -> 
                     "seeds": len(res.get("runs", [])),
                 }
         row["skipped"] = rep.get("skipped", {})
+        row.update(field_result(rep))
     mons = monitors(folder / "train")
     row["monitors"] = mons
     row["final_monitors"] = {k: v["value"][-1] for k, v in mons.items()}
@@ -204,6 +206,7 @@ def render_markdown(study: dict) -> str:
         "",
     ]
     lines += _separation_lines(rows)
+    lines += field_lines(study)
     mons = _monitor_order({k for r in rows for k in r["final_monitors"]})
     if mons:
         lines += ["## Training monitors (last value)", ""]
@@ -346,6 +349,9 @@ def plot_study(rows: list[dict], path: Path) -> Path:
 
 def write_report(out: Path, study: dict) -> dict:
     """Write report.json, study.png and report.md into ``out``; returns the JSON."""
+    study["paired"] = paired_comparisons(study["methods"])
+    for row in study["methods"]:
+        row.pop("_predictions", None)  # the test predictions stay in each method's evaluation report
     study["png"] = plot_study(study["methods"], out / "study.png").name
     atomic_write_json(out / "report.json", study)
     atomic_write_text(out / "report.md", render_markdown(study))

@@ -168,6 +168,23 @@ class Study:
         except ValueError as error:
             raise StudyConfigError(f"{self.cfg.path}: evaluate: {error}") from None
 
+    def check_leakage(self, data: dict[str, Any]) -> None:
+        """No image of the evaluation sets may be in the training folder (links count as what they point
+        to): the leakage guard of ``evaluate``, made before any training; a StudyConfigError naming them."""
+        from ..formats.pretrain_record import PretrainRecord, find_overlap, resolved_file
+        from .config import list_images
+
+        train, evaluated = Path(data["train"]), data.get("eval")
+        if not (train.is_dir() and evaluated and Path(evaluated).is_dir()):
+            return  # slides and manifests are checked by evaluate, from the run's pretrain_data.json
+        record = PretrainRecord("folder", files=[resolved_file(p) for p in list_images(train)])
+        overlap = find_overlap(record, test_files=list_images(Path(evaluated)))
+        if overlap:
+            raise StudyConfigError(
+                f"{self.cfg.path}: {overlap.describe()} of the evaluation sets are in the training data {train}: "
+                "train on images the evaluation never uses"
+            )
+
     # ------------------------------------------------------------ steps
     def steps_of(self, run: MethodRun, data: dict[str, Any]) -> list[Step]:
         cfg, folder = self.cfg, self.out / "runs" / run.name
@@ -288,6 +305,7 @@ class Study:
 
         data = self.prepare_data()
         self.check_slide_labels(data)
+        self.check_leakage(data)
         plan = [self.steps_of(run, data) for run in self.cfg.methods]
         current = [up_to_date(steps) for steps in plan]
         total = sum(len(steps) for steps in plan)

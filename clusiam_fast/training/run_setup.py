@@ -23,6 +23,7 @@ from ..models.factory import MODEL_KEYS
 from ..utils.atomic import remove_stale_temps
 from .checkpoint import restore_rank_state
 from .config import TrainConfig, check_out_outside_data
+from .data_record import record_pretrain_data
 from .ddp import DistContext
 from .loader import DataSource, build_train_loader, open_source
 from .monitors import EpochMeter
@@ -86,6 +87,8 @@ def set_up_run(
         )
     on_main(ctx, lambda: check_out_outside_data(out, source.path, source.kind))
     _prepare_out(out, ctx, log)
+    if ctx.is_main:
+        note(record_pretrain_data(out, source).name)
     norm_stats = _norm_stats(cfg, ctx, source, ckpt, log, note)
     raw_model, model = _build_model(cfg, ctx, ckpt)
     loader = build_train_loader(source, cfg, ctx, norm_stats["mean"], norm_stats["std"])

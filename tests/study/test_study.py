@@ -112,6 +112,20 @@ def test_study_resumes_after_a_kill_then_skips_what_is_done(pcam_dir, tmp_path, 
     assert "| clusiam | clusiam | 12 |" in md and "| random_init | random_init | 0 |" in md
     assert "Did training learn anything?" in md and "![study](study.png)" in md
     assert (out / "study.png").stat().st_size > 20_000
+    # The field's columns and the paired comparison against the untrained baseline, on the same test bags.
+    for row in rows.values():
+        assert {"MIL maxpool", "MIL dsmil", "linear probe (slides)", "linear probe (patches)"} <= set(row["field"])
+        probe = row["field"]["linear probe (slides)"]
+        lo, hi = probe["balanced_accuracy_ci95"]
+        assert lo <= probe["balanced_accuracy"] <= hi and 0 <= probe["auc_ovr_macro"] <= 1
+        assert "_predictions" not in row
+    paired = {(p["method"], p["task"]): p for p in rep["paired"]}
+    assert set(paired) == {("clusiam", t) for t in ("MIL maxpool", "MIL dsmil", "linear probe (slides)")}
+    for p in paired.values():
+        assert p["reference"] == "random_init" and p["auc"]["unit"] == "slide" and p["auc"]["n_units"] == 6
+        assert p["auc"]["low"] <= p["auc"]["difference"] <= p["auc"]["high"]
+    assert "## Paired comparisons" in md and "| clusiam | random_init | MIL dsmil |" in md
+    assert "As the field's benchmarks report it" in md
 
     # 3. Once more: every step is up to date, nothing reruns, the report is rebuilt.
     before = _markers(out)
@@ -247,6 +261,19 @@ def test_bad_configs_fail_before_any_training_naming_the_key(pcam_dir, tmp_path,
 
 
 BASELINE = "[{name: random_init, method: random_init}]"
+
+
+def test_training_images_in_the_evaluation_sets_are_refused_before_training(pcam_dir, tmp_path, capsys):
+    """The leakage guard, in the study: training on the folder the evaluation sets are drawn from."""
+    data = (
+        f"{{train: {pcam_dir / 'valid'}, class_folders: {pcam_dir / 'valid'}, "
+        "knn_per_class: 20, mil_bags: 24, bag_size: [4, 6]}"
+    )
+    cfg = _config(tmp_path, pcam_dir, BASELINE, data=data)
+    assert study_main([str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "test file(s)" in err and "of the evaluation sets are in the training data" in err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained
 
 
 def test_evaluate_settings_are_checked_against_the_labels_before_any_step(pcam_dir, tmp_path, capsys):

@@ -69,6 +69,7 @@ def test_two_process_ddp_trains_and_resumes_exactly(patches, tmp_path):
         "config.yaml",
         "log.csv",
         "norm_stats.json",
+        "pretrain_data.json",
         "steps.csv",
         "train_config.json",
         "training.png",
