@@ -16,7 +16,7 @@ def pretrain_record(source: DataSource) -> PretrainRecord:
     the manifest's optional ``patient_id`` column."""
     data = [str(Path(source.path).resolve())]
     if source.kind == "folder":
-        return PretrainRecord("folder", data, files=[resolved_file(f) for f in source.files or []])
+        return PretrainRecord("folder", data, files=[resolved_file(f) for f in source.data.files])
     slide_ids = [str(info.slide_id) for info in source.dataset.slides]
     patients: dict[str, str] = {}
     if source.kind == "manifest":
