@@ -222,16 +222,72 @@ def _as_patch(item) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(item, dtype=np.uint8)[:, :, :3])
 
 
+class _GpuSlideBatches:
+    """Batch callback of the GPU slide source: iteration -> (B, S, S, 3) uint8 CUDA tensor.
+
+    Patches are decoded by cuCIM on the GPU (each slide's patches of a batch in one batched
+    ROI decode), resized there when needed and handed to DALI as a device tensor: the host
+    only touches coordinates. A :class:`~.read_ahead.ReadAhead` thread keeps ``depth`` batches
+    decoded ahead of the pipeline. A batch that fails is read patch by patch, as on the CPU.
+    """
+
+    def __init__(self, dataset, order: np.ndarray, batch_size: int, start: int, depth: int) -> None:
+        from .read_ahead import ReadAhead
+
+        self.dataset, self.order = dataset, order
+        self.batch_size, self.start = batch_size, start
+        self.ahead = ReadAhead(self._read, depth)
+
+    def _read(self, iteration: int):
+        import torch
+
+        n = len(self.order)
+        first = (self.start + iteration) * self.batch_size
+        try:
+            patches = self.dataset.read_batch([int(self.order[(first + j) % n]) for j in range(self.batch_size)])
+        except Exception:
+            patches = [self._one(first + j) for j in range(self.batch_size)]
+        batch = torch.stack(patches)
+        torch.cuda.current_stream().synchronize()  # decoded and resized before DALI's stream reads it
+        return batch
+
+    def _one(self, pos: int):
+        def read(k: int):
+            return self.dataset.read_batch([int(self.order[k])])[0]
+
+        def describe(k: int) -> str:
+            return describe_patch(self.dataset, int(self.order[k]))
+
+        patch, skipped = first_readable(read, pos % len(self.order), len(self.order), describe)
+        for item in skipped:
+            log.warning("skipping unreadable slide patch %s", item)
+        return patch
+
+    def __call__(self, iteration: int):
+        return self.ahead(iteration)
+
+
 class SlideSource:
-    """Patches read on the fly from slides (tiler manifest or CLAM .h5 files) by worker processes."""
+    """Patches read on the fly from slides (tiler manifest or CLAM .h5 files).
+
+    ``decode_device="cpu"``: ``workers`` DALI Python worker processes read and decode them
+    (host arrays). ``decode_device="cuda"``: cuCIM decodes them on the GPU in this process,
+    ``read_ahead`` batches ahead, and they enter the pipeline as device tensors
+    (:class:`_GpuSlideBatches`; needs the GPU pipeline).
+    """
 
     kind = "slides"
 
-    def __init__(self, manifest_or_h5: DataLike, *, workers: int = 2) -> None:
+    def __init__(
+        self, manifest_or_h5: DataLike, *, workers: int = 2, decode_device: str = "cpu", read_ahead: int = 4
+    ) -> None:
         from .slide_dataset import SlidePatchDataset
 
-        self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray)
+        self.decode_device = decode_device
+        self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray, decode_device=decode_device)
         self.workers = max(1, int(workers))
+        self.read_ahead = int(read_ahead)
+        self.batches = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -242,6 +298,13 @@ class SlideSource:
     def graph(self, *, order: np.ndarray, batch_size: int, start: int, gpu: bool, **_):
         from nvidia.dali import fn, types
 
+        if self.decode_device == "cuda":
+            if self.batches is not None:
+                self.batches.ahead.close()
+            self.batches = _GpuSlideBatches(self.dataset, order, batch_size, start, self.read_ahead)
+            return fn.external_source(
+                source=self.batches, batch=True, device="gpu", dtype=types.UINT8, ndim=3, layout="HWC"
+            )
         patches = fn.external_source(
             source=_SlideBatches(self.dataset, order, batch_size, start),
             batch=True,
@@ -257,6 +320,8 @@ class SlideSource:
     def pipeline_kwargs(self, gpu: bool) -> dict:
         import torch
 
+        if self.decode_device == "cuda":
+            return {}  # read in this process (GPU decode), no Python workers
         # fork is quick and needs no __main__ guard, but is unsafe once CUDA is initialised
         # (by torch, or by DALI's previous GPU pipeline); spawn needs the caller's __main__ guarded.
         method = "spawn" if gpu or torch.cuda.is_initialized() else "fork"

@@ -87,6 +87,7 @@ class TrainConfig:
     crop_size: int = 224
     workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))
     loader: str = "torch"
+    decode_device: str = "cpu"  # slide DATA: cpu or cuda (cuCIM GPU decode)
     max_stat_images: int = 2000
     # runtime
     seed: int = 0
@@ -155,6 +156,7 @@ class TrainConfig:
             "inv_reduction": ("sum", "mean"),
             "cluster_loss_impl": CLUSTER_LOSS_IMPLS,
             "loader": ("torch", "dali"),
+            "decode_device": ("cpu", "cuda"),
             "device": ("auto", "cpu", "cuda"),
             "amp_dtype": ("auto", "bf16", "fp16"),
         }

@@ -57,12 +57,19 @@ class DataSource:
         return len(self.dataset)
 
 
-def open_source(data: DataArg | str | os.PathLike | None) -> DataSource:
-    """The training dataset of DATA: a resolved :class:`DataArg` as it is (a path is resolved here, once)."""
+def open_source(data: DataArg | str | os.PathLike | None, decode_device: str = "cpu") -> DataSource:
+    """The training dataset of DATA: a resolved :class:`DataArg` as it is (a path is resolved here, once).
+
+    ``decode_device="cuda"``: slide patches are decoded by cuCIM on the GPU (slide DATA only)."""
     if data is None:
         raise ValueError("no DATA given: pass a folder of image patches or a tiler manifest.csv (or use --demo)")
     arg = as_data_arg(data, accept=PATCH_KINDS)
     if arg.kind == "folder":
+        if decode_device != "cpu":
+            raise ValueError(
+                f"--decode-device {decode_device} decodes slide patches with cuCIM; DATA {arg.path} is "
+                f"{arg.describe()}: use --decode-device cpu"
+            )
         files = list(arg.files)
         digest = hashlib.sha1("\n".join(str(f.relative_to(arg.path)) for f in files).encode()).hexdigest()
         return DataSource(arg, PatchFolder(files), f"folder:{arg.path.resolve()}:{len(files)}:{digest}")
@@ -73,7 +80,7 @@ def open_source(data: DataArg | str | os.PathLike | None) -> DataSource:
             f"DATA {arg.path} is {arg.describe()}, but clusiam_fast.data.slide_dataset could not be imported "
             f"({error}); install the slide extras (`pip install -e '.[slides]'`) or pass a folder of patches"
         ) from error
-    dataset = SlidePatchDataset(arg, transform=None)
+    dataset = SlidePatchDataset(arg, transform=None, decode_device=decode_device)
     if len(dataset) == 0:
         raise ValueError(f"{arg.describe()} lists no patches")
     stamp = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (arg.files or (arg.path,)))
@@ -188,6 +195,8 @@ class TorchTrainLoader:
             drop_last=True,
             persistent_workers=cfg.workers > 0,
             worker_init_fn=_worker_init,
+            # GPU decode in workers: CUDA cannot be used in forked processes
+            multiprocessing_context="spawn" if cfg.decode_device == "cuda" and cfg.workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
         )
         self._skipped: list[str] = []
@@ -245,6 +254,7 @@ class DaliTrainLoader:
                 num_shards=ctx.world,
                 num_threads=max(cfg.workers, 1),
                 drop_last=True,
+                decode_device=cfg.decode_device,
             )
         except ImportError as error:
             raise RuntimeError(f"--loader dali: {error}; or use --loader torch") from error
