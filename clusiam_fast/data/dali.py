@@ -52,7 +52,7 @@ from ..utils.deps import require
 from .augment import PAPER_RECIPE, Recipe
 from .dali_augment import augment_view, check_options
 from .dali_checks import check_headers, find_undecodable, probe_decode
-from .dali_sources import FileSource, ShardSource, SlideSource, epoch_plan
+from .dali_sources import HW_DECODER_LOAD, FileSource, ShardSource, SlideSource, epoch_plan
 from .resolve import as_data_arg
 
 log = logging.getLogger("clusiam_fast.data.dali")
@@ -268,7 +268,9 @@ class DaliTwoViewLoader:
         return True
 
 
-def _open_source(source, *, workers: int, decode_device: str = "cpu", device: str = "cpu"):
+def _open_source(
+    source, *, workers: int, decode_device: str = "cpu", device: str = "cpu", hw_decoder_load: float = HW_DECODER_LOAD
+):
     """The DALI source for DATA (a :class:`~.resolve.DataArg` as it is, else resolved here)."""
     arg = as_data_arg(source, what="DALI source")
     check_decode_device(decode_device)  # cuda: cuCIM installed and a GPU visible, else says which is missing
@@ -279,11 +281,13 @@ def _open_source(source, *, workers: int, decode_device: str = "cpu", device: st
         )
     if decode_device == "cuda" and device != "gpu":
         raise ValueError("--decode-device cuda feeds the DALI GPU pipeline, which needs a CUDA device (--device cuda)")
+    if not 0.0 <= hw_decoder_load <= 1.0:
+        raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
     if arg.kind == "shards":
-        return ShardSource(list(arg.files))
+        return ShardSource(list(arg.files), hw_decoder_load)
     if arg.kind in ("manifest", "coords"):
         return SlideSource(arg, workers=workers, decode_device=decode_device)
-    return FileSource(list(arg.files))
+    return FileSource(list(arg.files), hw_decoder_load)
 
 
 def build_dali_loader(
@@ -309,6 +313,7 @@ def build_dali_loader(
     py_workers: int | None = None,
     prefetch: int = 2,
     decode_device: str = "cpu",
+    hw_decoder_load: float = HW_DECODER_LOAD,
 ) -> DaliTwoViewLoader:
     """A DALI loader of ``(view1, view2)`` normalised NCHW tensors; ``len()`` = batches per epoch.
 
@@ -340,11 +345,19 @@ def build_dali_loader(
         decode_device: slides only: ``"cpu"`` (``py_workers`` processes decode) or ``"cuda"``
             (cuCIM decodes on the GPU, batches enter the GPU pipeline as device tensors; needs
             ``device="gpu"``, cuCIM and a GPU; see :class:`~.dali_sources.SlideSource`).
+        hw_decoder_load: image files and shards on the GPU: share of JPEGs sent to the hardware
+            JPEG decoder (default :data:`~.dali_sources.HW_DECODER_LOAD`, DALI's 0.65).
     """
     require("nvidia.dali", "nvidia-dali-cuda130", "the DALI data loader")
     if validate not in ("header", "decode", "none"):
         raise ValueError(f"validate must be 'header', 'decode' or 'none', got {validate!r}")
-    src = _open_source(source, workers=py_workers or num_threads, decode_device=decode_device, device=device)
+    src = _open_source(
+        source,
+        workers=py_workers or num_threads,
+        decode_device=decode_device,
+        device=device,
+        hw_decoder_load=hw_decoder_load,
+    )
     skipped: list[tuple[str, str]] = []
     if isinstance(src, FileSource) and validate != "none":
         bad = check_headers(src.paths, threads=max(4, 4 * num_threads))
@@ -360,7 +373,7 @@ def build_dali_loader(
             kept = [p for p in src.paths if p not in bad]
             if not kept:
                 raise ValueError(f"none of the {len(src.paths)} images can be decoded; first: {skipped[0]}")
-            src = FileSource(kept)
+            src = FileSource(kept, hw_decoder_load)
     loader = DaliTwoViewLoader(
         src,
         batch_size=batch_size,

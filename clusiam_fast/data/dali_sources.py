@@ -34,6 +34,10 @@ from .tolerant import first_readable
 log = logging.getLogger("clusiam_fast.data.dali")
 
 SHARD_IMAGE_EXTS = "jpg;jpeg;png;tif;tiff"
+# Share of each batch's JPEGs that nvImageCodec sends to the GPU's hardware JPEG decoder (A100,
+# H100, H200 have one; elsewhere it is ignored), the rest to CUDA decoding. DALI's own default,
+# set explicitly so that runs say what they used; benchmarks/gpu_loader_check.py sweeps it.
+HW_DECODER_LOAD = 0.65
 
 
 def epoch_plan(n: int, *, seed: int, epoch: int, shard_id: int, num_shards: int) -> np.ndarray:
@@ -78,11 +82,13 @@ class _PathBatches:
         return [self.encoded[(first + j) % n] for j in range(self.batch_size)]
 
 
-def _decode(raw, gpu: bool):
-    """Decoded HWC uint8 RGB images (nvJPEG, ``mixed``, when ``gpu``)."""
+def _decode(raw, gpu: bool, hw_decoder_load: float = HW_DECODER_LOAD):
+    """Decoded HWC uint8 RGB images (nvJPEG, ``mixed``, when ``gpu``; ``hw_decoder_load``: see HW_DECODER_LOAD)."""
     from nvidia.dali import fn, types
 
-    return fn.decoders.image(raw, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    if gpu:
+        return fn.decoders.image(raw, device="mixed", output_type=types.RGB, hw_decoder_load=float(hw_decoder_load))
+    return fn.decoders.image(raw, device="cpu", output_type=types.RGB)
 
 
 class FileSource:
@@ -90,8 +96,9 @@ class FileSource:
 
     kind = "files"
 
-    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike], hw_decoder_load: float = HW_DECODER_LOAD) -> None:
         self.paths = [os.fspath(p) for p in paths]
+        self.hw_decoder_load = hw_decoder_load
         if not self.paths:
             raise ValueError("build_dali_loader: the list of image files is empty")
         self.bad: dict[int, str] = {}  # index -> reason, found while training
@@ -116,7 +123,7 @@ class FileSource:
             name="paths",
         )
         raw = fn.io.file.read(paths)
-        return _decode(raw, gpu)
+        return _decode(raw, gpu, self.hw_decoder_load)
 
     def pipeline_kwargs(self, gpu: bool) -> dict:
         return {}
@@ -127,8 +134,9 @@ class ShardSource:
 
     kind = "shards"
 
-    def __init__(self, tars: Sequence[str | os.PathLike]) -> None:
+    def __init__(self, tars: Sequence[str | os.PathLike], hw_decoder_load: float = HW_DECODER_LOAD) -> None:
         self.tars = [os.fspath(t) for t in tars]
+        self.hw_decoder_load = hw_decoder_load
         self.indexes = [str(Path(t).with_suffix(".idx")) for t in self.tars]
         missing = [i for i in self.indexes if not os.path.exists(i)]
         if missing:
@@ -159,7 +167,7 @@ class ShardSource:
             pad_last_batch=True,
             name="Reader",
         )
-        return _decode(raw, gpu)
+        return _decode(raw, gpu, self.hw_decoder_load)
 
     def pipeline_kwargs(self, gpu: bool) -> dict:
         return {}
