@@ -93,8 +93,11 @@ class DaliPatchPipeline:
     def __call__(self, patches: list) -> torch.Tensor:
         from ..data.dali import dali_to_torch
 
-        batch = torch.stack(patches) if isinstance(patches[0], torch.Tensor) else np.stack(patches)
-        self.pipe.feed_input("patches", batch, layout="HWC")
+        if isinstance(patches[0], torch.Tensor):  # decoded on the GPU: DALI orders its copy after this stream
+            batch = torch.stack(patches)
+            self.pipe.feed_input("patches", batch, layout="HWC", cuda_stream=torch.cuda.current_stream().cuda_stream)
+        else:
+            self.pipe.feed_input("patches", np.stack(patches), layout="HWC")
         (out,) = self.pipe.run()
         zero_copy = bool(getattr(self.pipe, "exec_dynamic", False))
         return dali_to_torch(out, gpu=self.gpu, device_id=self.device_id, dtype=torch.float32, zero_copy=zero_copy)

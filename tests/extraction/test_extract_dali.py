@@ -67,6 +67,25 @@ def test_dali_resize_and_crop_follow_torchvision(cohort, tmp_path, one_thread):
         assert cos.min() > 0.995, cos.min()
 
 
+def test_corrupt_tiles_are_named_and_left_out_as_in_the_torch_path(wsi_dir, cohort, tmp_path, one_thread):
+    """Tiles zeroed after tiling: both loaders leave out and name the same patches."""
+    from cohort_slides import zeroed_copy
+
+    slide = tmp_path / "slide.svs"
+    zeroed_copy(wsi_dir, slide, tiles=[])
+    assert tile_slides([slide], tmp_path / "tiles", TileConfig(), progress=False).ok
+    zeroed_copy(wsi_dir, slide)
+    failed = {}
+    for loader in ("torch", "dali"):
+        summary = extract(
+            cohort[1], tmp_path / "tiles" / "manifest.csv", tmp_path / loader, batch_size=16, workers=1,
+            progress=False, device="cpu", mean=MEAN, std=STD, resize=64, loader=loader,
+        )  # fmt: skip
+        failed[loader] = sorted(f["patch"] for f in summary["failed_patches"].get("slide", []))
+        assert summary["num_patches"] > 0 and summary["num_failed_patches"] == len(failed[loader])
+    assert failed["dali"] == failed["torch"] and len(failed["torch"]) > 0
+
+
 def test_loader_and_decode_device_errors_are_one_line(cohort, tmp_path, crc_dir, capsys):
     manifest, backbone = cohort
     rc = main([str(backbone), str(crc_dir), "--out", str(tmp_path / "a"), "--loader", "dali", "--quiet"])
