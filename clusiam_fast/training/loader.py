@@ -11,6 +11,10 @@ so batch shapes never change.
 ``--loader dali``: ``clusiam_fast.data.dali.build_dali_loader`` (GPU or CPU DALI
 pipeline; its batches depend only on (seed, epoch, rank), so resume stays exact).
 
+``--decode-device cuda`` (slide DATA): cuCIM decodes the patches on the GPU. With the DALI
+loader they stay there through augmentation; with the torch loader each patch comes back
+to the host for the torchvision recipe (workers are then spawned, not forked: CUDA).
+
 Every loader here has ``__iter__`` yielding ``(view1, view2)``, ``__len__`` (batches
 per epoch on this rank), ``set_epoch(epoch, skip=0)`` and ``pop_skipped()``.
 """
