@@ -54,3 +54,14 @@ def test_decode_device_errors_from_the_cli(manifest, tmp_path, crc_dir, capsys):
         rc = main([str(manifest), *base, "--loader", "dali", "--decode-device", "cuda"])
         err = capsys.readouterr().err
         assert rc == 2 and "--decode-device cuda" in err and ("no CUDA GPU" in err or "needs cuCIM" in err)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_gpu_decoded_slides_train(manifest, tmp_path, loader):
+    """Must pass on the first GPU run: a few steps from cuCIM GPU-decoded patches, either loader."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    config = dict(loader=loader, decode_device="cuda", device="cuda", workers=1, max_steps=3, max_stat_images=16)
+    result = train(small_config(manifest, tmp_path / loader, **config))
+    assert result.status == "max_steps" and result.step == 3
