@@ -378,13 +378,10 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         )
         return [region for batch in batches for region in batch]
 
-    def read_batch(self, indices: Sequence[int]) -> list:
-        """Patches ``indices`` as HWC uint8 arrays of ``output_size`` (numpy, or torch CUDA with cuda decode).
-
-        The CPU form is exactly the pixels of the PIL items; the GPU form is resized on the GPU
-        (antialiased bilinear) only where ``read_size`` differs from ``output_size``."""
-        places = [self.locate(int(i)) for i in indices]
-        out: list = [None] * len(places)
+    def _regions(self, places: list[tuple[int, int, int]]) -> list:
+        """The regions at ``places``: each slide's read together (batched, multi-threaded; on the GPU: one
+        batched ROI decode). A patch off its slide raises; the caller then reads item by item, naming it."""
+        regions: list = [None] * len(places)
         by_slide: dict[int, list[int]] = {}
         for k, (slide, _, _) in enumerate(places):
             by_slide.setdefault(slide, []).append(k)
@@ -393,24 +390,21 @@ class SlidePatchDataset(torch.utils.data.Dataset):
             locations = [places[k][1:] for k in ks]
             self._refuse_off_slide(slide, reader, locations)
             for k, region in zip(ks, self._read(reader, locations, info)):
-                out[k] = _fit(region, info.output_size)
-        return out
+                regions[k] = region
+        return regions
+
+    def read_batch(self, indices: Sequence[int]) -> list:
+        """Patches ``indices`` as HWC uint8 arrays of ``output_size`` (numpy, or torch CUDA with cuda decode).
+
+        The CPU form is exactly the pixels of the PIL items; the GPU form is resized on the GPU
+        (antialiased bilinear) only where ``read_size`` differs from ``output_size``."""
+        places = [self.locate(int(i)) for i in indices]
+        return [_fit(r, self.slides[p[0]].output_size) for r, p in zip(self._regions(places), places)]
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """A batch: each slide's patches read together (batched, multi-threaded)."""
         places = [self.locate(int(i)) for i in indices]
-        regions: list[np.ndarray | None] = [None] * len(places)
-        by_slide: dict[int, list[int]] = {}
-        for k, (slide, _, _) in enumerate(places):
-            by_slide.setdefault(slide, []).append(k)
-        for slide, ks in by_slide.items():
-            reader = self.reader(slide)
-            info = self.slides[slide]
-            locations = [places[k][1:] for k in ks]
-            self._refuse_off_slide(slide, reader, locations)  # the caller then reads item by item, naming it
-            for k, region in zip(ks, self._read(reader, locations, info)):
-                regions[k] = region
-        return [self._item(region, where) for region, where in zip(regions, places)]
+        return [self._item(region, where) for region, where in zip(self._regions(places), places)]
 
     def close(self) -> None:
         """Close the readers this process opened."""
