@@ -191,6 +191,18 @@ def describe_patch(dataset, index: int) -> str:
         return f"patch #{index}"
 
 
+def readable_patch(dataset, order: np.ndarray, pos: int, read):
+    """``read(index)`` of the patch at ``pos`` of ``order``, or of the next readable one; each skipped one is logged by name."""
+
+    def describe(k: int) -> str:
+        return describe_patch(dataset, int(order[k]))
+
+    patch, skipped = first_readable(lambda k: read(int(order[k])), pos % len(order), len(order), describe)
+    for item in skipped:
+        log.warning("skipping unreadable slide patch %s", item)
+    return patch
+
+
 class _SlideBatches:
     """Batch callback run by DALI's Python worker processes: batch -> list of HWC uint8 patches.
 
@@ -214,16 +226,7 @@ class _SlideBatches:
             return [self._one(first + j) for j in range(self.batch_size)]
 
     def _one(self, pos: int):
-        def read(k: int):
-            return _as_patch(self.dataset[int(self.order[k])])
-
-        def describe(k: int) -> str:
-            return describe_patch(self.dataset, int(self.order[k]))
-
-        patch, skipped = first_readable(read, pos % len(self.order), len(self.order), describe)
-        for item in skipped:
-            log.warning("skipping unreadable slide patch %s", item)
-        return patch
+        return readable_patch(self.dataset, self.order, pos, lambda i: _as_patch(self.dataset[i]))
 
 
 def _as_patch(item) -> np.ndarray:
@@ -260,16 +263,7 @@ class _GpuSlideBatches:
         return batch
 
     def _one(self, pos: int):
-        def read(k: int):
-            return self.dataset.read_batch([int(self.order[k])])[0]
-
-        def describe(k: int) -> str:
-            return describe_patch(self.dataset, int(self.order[k]))
-
-        patch, skipped = first_readable(read, pos % len(self.order), len(self.order), describe)
-        for item in skipped:
-            log.warning("skipping unreadable slide patch %s", item)
-        return patch
+        return readable_patch(self.dataset, self.order, pos, lambda i: self.dataset.read_batch([i])[0])
 
     def __call__(self, iteration: int):
         return self.ahead(iteration)
@@ -287,14 +281,15 @@ class SlideSource:
     kind = "slides"
 
     def __init__(
-        self, manifest_or_h5: DataLike, *, workers: int = 2, decode_device: str = "cpu", read_ahead: int = 4
+        self, manifest_or_h5: DataLike, *, workers: int = 2, decode_device: str = "cpu", read_ahead: int | None = None
     ) -> None:
+        from .read_ahead import DEFAULT_DEPTH
         from .slide_dataset import SlidePatchDataset
 
         self.decode_device = decode_device
         self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray, decode_device=decode_device)
         self.workers = max(1, int(workers))
-        self.read_ahead = int(read_ahead)
+        self.read_ahead = DEFAULT_DEPTH if read_ahead is None else int(read_ahead)
         self.batches = None
 
     def __len__(self) -> int:

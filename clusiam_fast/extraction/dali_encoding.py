@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.read_ahead import ReadAhead
+from ..data.read_ahead import DEFAULT_DEPTH, ReadAhead
 from ..data.tolerant import describe_error
 
-READ_AHEAD = 4  # batches; memory: (READ_AHEAD + 1) x batch x output_size^2 x 3 bytes
+READ_AHEAD = DEFAULT_DEPTH  # batches; memory: (READ_AHEAD + 1) x batch x output_size^2 x 3 bytes
 _INTERP = {"bilinear": "INTERP_LINEAR", "bicubic": "INTERP_CUBIC", "nearest": "INTERP_NN"}
 
 
