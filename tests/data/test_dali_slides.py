@@ -129,8 +129,37 @@ def test_gpu_decoded_views_stay_on_the_gpu_and_match_cpu_pixels(manifest):
 def test_decode_device_errors_name_the_flag(manifest, pcam_dir):
     with pytest.raises(ValueError, match="--decode-device"):
         build_dali_loader(manifest, batch_size=8, crop_size=32, mean=MEAN, std=STD, decode_device="gpu")
+    with pytest.raises(ValueError, match="cuda decodes with cuCIM; it cannot be used with backend 'openslide'"):
+        SlidePatchDataset(manifest, backend="openslide", decode_device="cuda")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--decode-device cuda"):
             build_dali_loader(manifest, batch_size=8, crop_size=32, mean=MEAN, std=STD, decode_device="cuda")
         with pytest.raises(ValueError, match="--decode-device cuda"):
             SlidePatchDataset(manifest, decode_device="cuda")
+
+
+def test_gpu_resize_follows_pils_antialiased_bilinear(manifest):
+    """The resize GPU-decoded patches get (torch, run here on CPU tensors) vs the PIL resize of the CPU path."""
+    from clusiam_fast.data.slide_dataset import _fit
+
+    dataset = SlidePatchDataset(manifest)
+    info = dataset.slides[0]
+    assert info.read_size != info.output_size
+    reader = dataset.reader(0)
+    for x, y in info.coords[:4]:
+        region = np.ascontiguousarray(reader.read_region((int(x), int(y)), info.read_level, info.read_size)[:, :, :3])
+        pil, ours = _fit(region, info.output_size), _fit(torch.from_numpy(region), info.output_size).numpy()
+        assert ours.shape == pil.shape == (224, 224, 3)
+        diff = np.abs(ours.astype(int) - pil)
+        assert diff.max() <= 3 and diff.mean() < 0.5, (diff.max(), diff.mean())
+
+
+@pytest.mark.cuda
+def test_gpu_decode_refuses_ome_tiff_by_name(wsi_dir, tmp_path):
+    """Must pass on the first GPU run: cuCIM reads the OME-TIFF's JPEG tiles with wrong colours, so it stays on the CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    assert tile_slides([wsi_dir / "OS-1-detail.ome.tif"], tmp_path, TileConfig(), progress=False).ok
+    dataset = SlidePatchDataset(tmp_path / "manifest.csv", decode_device="cuda")
+    with pytest.raises(OSError, match="OS-1-detail.*(tifffile|on the CPU)"):
+        dataset.read_batch([0])
