@@ -14,6 +14,8 @@ a bare machine. Steps:
    agree within the parity tests' tolerances. Prints PASS/FAIL.
 2. Throughput: two-view images/s from files (nvJPEG ``mixed`` decoding) in float32 and
    float16, and from webdataset shards. Target on an H200: >= 10,000 images/s.
+3. ``hw_decoder_load`` sweep (``--hw-loads``, default 0,0.65,1): float16 files at each share
+   of JPEGs sent to the hardware decoder (the loader's default is DALI's 0.65).
 
 If the default GPU graph fails, the error is printed and the run is retried with
 ``hue_mode="linear"`` so one GPU session still yields a figure. Results also go to
@@ -165,6 +167,11 @@ def run(args, workdir: Path, hue_mode: str) -> dict:
             f"DALI GPU two-view 224 px, {name:15s}: {rate:8.0f} images/s "
             f"({'meets' if rate >= TARGET else 'BELOW'} the {TARGET:.0f}/s target); epoch start-up {startup:.2f} s"
         )
+    for load in args.hw_loads:
+        loader = build_dali_loader(paths * repeat, dtype=torch.float16, validate="none", hw_decoder_load=load, **common)
+        rate, _ = throughput(loader, args.seconds, sync=True)
+        result[f"hw_decoder_load_{load:g}_images_per_s"] = rate
+        print(f"DALI GPU two-view 224 px, files_float16, hw_decoder_load {load:g}: {rate:8.0f} images/s")
     return result
 
 
@@ -174,6 +181,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=512, help="per-GPU batch (default 512, the paper's)")
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1), help="DALI CPU threads")
     parser.add_argument("--seconds", type=float, default=15.0, help="minimum timed seconds per case")
+    parser.add_argument(
+        "--hw-loads",
+        type=lambda text: [float(v) for v in text.split(",") if v],
+        default=[0.0, 0.65, 1.0],
+        help="hw_decoder_load values to sweep, comma-separated (default 0,0.65,1; empty: no sweep)",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_loader_check: no CUDA GPU visible; skipped")

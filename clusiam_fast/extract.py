@@ -147,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when available)")
     p.add_argument(
+        "--loader",
+        choices=["torch", "dali"],
+        default="torch",
+        help="torch: DataLoader workers + torchvision (default); dali: slide patches resized, cropped and "
+        "normalised by a DALI pipeline (on the GPU with a CUDA --device)",
+    )
+    p.add_argument(
+        "--decode-device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where slide patches are decoded (default cpu); cuda: cuCIM on the GPU (cuCIM backend and a GPU "
+        "needed; OME-TIFF stays on the CPU, as cuCIM reads its JPEG tiles with wrong colours)",
+    )
+    p.add_argument(
         "--no-amp",
         action="store_true",
         help="disable float16 autocast on the GPU (AMP is on by default on CUDA, never on CPU)",
@@ -333,6 +347,8 @@ def _run(argv: Sequence[str] | None) -> int:
             lock_timeout=args.lock_timeout,
             shard=parse_shard(args.shard),
             trust_pickle=args.trust_pickle,
+            loader=args.loader,
+            decode_device=args.decode_device,
         )
     write_config(args.out, resolved)  # OUT/config.yaml: --config it to extract with the same settings
     _after_extract(args, record)

@@ -238,6 +238,13 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
         "patches as OpenSlide does)",
     )
     g.add_argument(
+        "--decode-device",
+        choices=["cpu", "cuda"],
+        help="slide DATA: where patches are decoded (default cpu); cuda: cuCIM on the GPU (cuCIM backend "
+        "and a GPU needed; OME-TIFF stays on the CPU). With --loader dali the patches then stay on the GPU "
+        "through augmentation; with --loader torch they come back to the host for the torchvision recipe",
+    )
+    g.add_argument(
         "--max-stat-images",
         type=int,
         metavar="N",

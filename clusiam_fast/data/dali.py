@@ -12,7 +12,8 @@ Usage (what ``python -m clusiam_fast.train ... --loader dali`` calls)::
 
 ``source`` is a resolved DATA (:class:`~clusiam_fast.data.resolve.DataArg`) or what it
 resolves: a list of image files, a folder of images, a tiler ``manifest.csv`` (or
-CLAM ``.h5`` coordinate files) to read patches straight from the slides, or webdataset
+CLAM ``.h5`` coordinate files) to read patches straight from the slides (decoded on the CPU
+by Python workers, or on the GPU by cuCIM with ``decode_device="cuda"``), or webdataset
 shards (a folder of ``.tar`` files, or a list of them) written by
 :mod:`clusiam_fast.data.shards`. ``device="cpu"`` runs everything on DALI's CPU threads
 (``device_id=None``); ``device="gpu"`` decodes JPEGs with nvJPEG (``mixed``) and augments
@@ -46,11 +47,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..slides import check_decode_device
 from ..utils.deps import require
 from .augment import PAPER_RECIPE, Recipe
 from .dali_augment import augment_view, check_options
 from .dali_checks import check_headers, find_undecodable, probe_decode
-from .dali_sources import FileSource, ShardSource, SlideSource, epoch_plan
+from .dali_sources import HW_DECODER_LOAD, FileSource, ShardSource, SlideSource, epoch_plan
 from .resolve import as_data_arg
 
 log = logging.getLogger("clusiam_fast.data.dali")
@@ -66,6 +68,28 @@ def _two_view_graph(source, source_kwargs: dict, view_kwargs: dict):
 
 def _derive_seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def dali_to_torch(batch, *, gpu: bool, device_id: int | None, dtype: torch.dtype, zero_copy: bool) -> torch.Tensor:
+    """A DALI output batch as a torch tensor on the pipeline's device.
+
+    With DALI's dynamic executor (the default) outputs are reference-counted buffers:
+    DLPack hands them over without a copy, and on the GPU the exchange orders DALI's
+    stream before torch's current one (as ``DALIGenericIterator`` does). Otherwise the
+    batch is copied on torch's current stream.
+    """
+    dense = batch.as_tensor()
+    if zero_copy:
+        if gpu:
+            with torch.cuda.device(device_id):
+                return torch.from_dlpack(dense)
+        return torch.from_dlpack(dense)
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    device = torch.device("cuda", device_id) if gpu else torch.device("cpu")
+    out = torch.empty(dense.shape(), dtype=dtype, device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if gpu else None)
+    return out
 
 
 class DaliTwoViewLoader:
@@ -188,25 +212,7 @@ class DaliTwoViewLoader:
         return pipe
 
     def _to_torch(self, batch, zero_copy: bool) -> torch.Tensor:
-        """A DALI output batch as a torch tensor on the pipeline's device.
-
-        With DALI's dynamic executor (the default) outputs are reference-counted buffers:
-        DLPack hands them over without a copy, and on the GPU the exchange orders DALI's
-        stream before torch's current one (as ``DALIGenericIterator`` does). Otherwise the
-        batch is copied on torch's current stream.
-        """
-        dense = batch.as_tensor()
-        if zero_copy:
-            if self.gpu:
-                with torch.cuda.device(self.device_id):
-                    return torch.from_dlpack(dense)
-            return torch.from_dlpack(dense)
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        device = torch.device("cuda", self.device_id) if self.gpu else torch.device("cpu")
-        out = torch.empty(dense.shape(), dtype=self.dtype, device=device)
-        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if self.gpu else None)
-        return out
+        return dali_to_torch(batch, gpu=self.gpu, device_id=self.device_id, dtype=self.dtype, zero_copy=zero_copy)
 
     def _run_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         has_plan = hasattr(self.source, "order")
@@ -262,15 +268,33 @@ class DaliTwoViewLoader:
         return True
 
 
-def _open_source(source, *, workers: int, reader: str | None = None):
+def _open_source(
+    source,
+    *,
+    workers: int,
+    reader: str | None = None,
+    decode_device: str = "cpu",
+    device: str = "cpu",
+    hw_decoder_load: float = HW_DECODER_LOAD,
+):
     """The DALI source for DATA (a :class:`~.resolve.DataArg` as it is, else resolved here); ``reader``: slide
     reader (None: auto)."""
     arg = as_data_arg(source, what="DALI source")
+    check_decode_device(decode_device)  # cuda: cuCIM installed and a GPU visible, else says which is missing
+    if decode_device == "cuda" and arg.kind not in ("manifest", "coords"):
+        raise ValueError(
+            f"--decode-device cuda decodes slide patches with cuCIM; DATA {arg.path} is {arg.describe()} "
+            "(the GPU pipeline decodes image files with nvJPEG anyway): use --decode-device cpu"
+        )
+    if decode_device == "cuda" and device != "gpu":
+        raise ValueError("--decode-device cuda feeds the DALI GPU pipeline, which needs a CUDA device (--device cuda)")
+    if not 0.0 <= hw_decoder_load <= 1.0:
+        raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
     if arg.kind == "shards":
-        return ShardSource(list(arg.files))
+        return ShardSource(list(arg.files), hw_decoder_load)
     if arg.kind in ("manifest", "coords"):
-        return SlideSource(arg, workers=workers, reader=reader)
-    return FileSource(list(arg.files))
+        return SlideSource(arg, workers=workers, reader=reader, decode_device=decode_device)
+    return FileSource(list(arg.files), hw_decoder_load)
 
 
 def build_dali_loader(
@@ -296,6 +320,8 @@ def build_dali_loader(
     py_workers: int | None = None,
     prefetch: int = 2,
     reader: str | None = None,
+    decode_device: str = "cpu",
+    hw_decoder_load: float = HW_DECODER_LOAD,
 ) -> DaliTwoViewLoader:
     """A DALI loader of ``(view1, view2)`` normalised NCHW tensors; ``len()`` = batches per epoch.
 
@@ -325,11 +351,23 @@ def build_dali_loader(
         py_workers: processes reading slide patches (default ``num_threads``).
         prefetch: batches DALI prepares ahead.
         reader: slide reader of manifest / h5 DATA (``cucim``, ``openslide``, ``tifffile``; None: each slide's own).
+        decode_device: slides only: ``"cpu"`` (``py_workers`` processes decode) or ``"cuda"``
+            (cuCIM decodes on the GPU, batches enter the GPU pipeline as device tensors; needs
+            ``device="gpu"``, cuCIM and a GPU; see :class:`~.dali_sources.SlideSource`).
+        hw_decoder_load: image files and shards on the GPU: share of JPEGs sent to the hardware
+            JPEG decoder (default :data:`~.dali_sources.HW_DECODER_LOAD`, DALI's 0.65).
     """
     require("nvidia.dali", "nvidia-dali-cuda130", "the DALI data loader")
     if validate not in ("header", "decode", "none"):
         raise ValueError(f"validate must be 'header', 'decode' or 'none', got {validate!r}")
-    src = _open_source(source, workers=py_workers or num_threads, reader=reader)
+    src = _open_source(
+        source,
+        workers=py_workers or num_threads,
+        reader=reader,
+        decode_device=decode_device,
+        device=device,
+        hw_decoder_load=hw_decoder_load,
+    )
     skipped: list[tuple[str, str]] = []
     if isinstance(src, FileSource) and validate != "none":
         bad = check_headers(src.paths, threads=max(4, 4 * num_threads))
@@ -345,7 +383,7 @@ def build_dali_loader(
             kept = [p for p in src.paths if p not in bad]
             if not kept:
                 raise ValueError(f"none of the {len(src.paths)} images can be decoded; first: {skipped[0]}")
-            src = FileSource(kept)
+            src = FileSource(kept, hw_decoder_load)
     loader = DaliTwoViewLoader(
         src,
         batch_size=batch_size,

@@ -34,6 +34,10 @@ from .tolerant import first_readable
 log = logging.getLogger("clusiam_fast.data.dali")
 
 SHARD_IMAGE_EXTS = "jpg;jpeg;png;tif;tiff"
+# Share of each batch's JPEGs that nvImageCodec sends to the GPU's hardware JPEG decoder (A100,
+# H100, H200 have one; elsewhere it is ignored), the rest to CUDA decoding. DALI's own default,
+# set explicitly so that runs say what they used; benchmarks/gpu_loader_check.py sweeps it.
+HW_DECODER_LOAD = 0.65
 
 
 def epoch_plan(n: int, *, seed: int, epoch: int, shard_id: int, num_shards: int) -> np.ndarray:
@@ -78,11 +82,13 @@ class _PathBatches:
         return [self.encoded[(first + j) % n] for j in range(self.batch_size)]
 
 
-def _decode(raw, gpu: bool):
-    """Decoded HWC uint8 RGB images (nvJPEG, ``mixed``, when ``gpu``)."""
+def _decode(raw, gpu: bool, hw_decoder_load: float = HW_DECODER_LOAD):
+    """Decoded HWC uint8 RGB images (nvJPEG, ``mixed``, when ``gpu``; ``hw_decoder_load``: see HW_DECODER_LOAD)."""
     from nvidia.dali import fn, types
 
-    return fn.decoders.image(raw, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    if gpu:
+        return fn.decoders.image(raw, device="mixed", output_type=types.RGB, hw_decoder_load=float(hw_decoder_load))
+    return fn.decoders.image(raw, device="cpu", output_type=types.RGB)
 
 
 class FileSource:
@@ -90,8 +96,9 @@ class FileSource:
 
     kind = "files"
 
-    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike], hw_decoder_load: float = HW_DECODER_LOAD) -> None:
         self.paths = [os.fspath(p) for p in paths]
+        self.hw_decoder_load = hw_decoder_load
         if not self.paths:
             raise ValueError("build_dali_loader: the list of image files is empty")
         self.bad: dict[int, str] = {}  # index -> reason, found while training
@@ -116,7 +123,7 @@ class FileSource:
             name="paths",
         )
         raw = fn.io.file.read(paths)
-        return _decode(raw, gpu)
+        return _decode(raw, gpu, self.hw_decoder_load)
 
     def pipeline_kwargs(self, gpu: bool) -> dict:
         return {}
@@ -127,8 +134,9 @@ class ShardSource:
 
     kind = "shards"
 
-    def __init__(self, tars: Sequence[str | os.PathLike]) -> None:
+    def __init__(self, tars: Sequence[str | os.PathLike], hw_decoder_load: float = HW_DECODER_LOAD) -> None:
         self.tars = [os.fspath(t) for t in tars]
+        self.hw_decoder_load = hw_decoder_load
         self.indexes = [str(Path(t).with_suffix(".idx")) for t in self.tars]
         missing = [i for i in self.indexes if not os.path.exists(i)]
         if missing:
@@ -159,7 +167,7 @@ class ShardSource:
             pad_last_batch=True,
             name="Reader",
         )
-        return _decode(raw, gpu)
+        return _decode(raw, gpu, self.hw_decoder_load)
 
     def pipeline_kwargs(self, gpu: bool) -> dict:
         return {}
@@ -181,6 +189,18 @@ def describe_patch(dataset, index: int) -> str:
         return f"{dataset.slides[slide].slide_id} (x={x}, y={y})"
     except Exception:
         return f"patch #{index}"
+
+
+def readable_patch(dataset, order: np.ndarray, pos: int, read):
+    """``read(index)`` of the patch at ``pos`` of ``order``, or of the next readable one; each skipped one is logged by name."""
+
+    def describe(k: int) -> str:
+        return describe_patch(dataset, int(order[k]))
+
+    patch, skipped = first_readable(lambda k: read(int(order[k])), pos % len(order), len(order), describe)
+    for item in skipped:
+        log.warning("skipping unreadable slide patch %s", item)
+    return patch
 
 
 class _SlideBatches:
@@ -206,33 +226,80 @@ class _SlideBatches:
             return [self._one(first + j) for j in range(self.batch_size)]
 
     def _one(self, pos: int):
-        def read(k: int):
-            return _as_patch(self.dataset[int(self.order[k])])
-
-        def describe(k: int) -> str:
-            return describe_patch(self.dataset, int(self.order[k]))
-
-        patch, skipped = first_readable(read, pos % len(self.order), len(self.order), describe)
-        for item in skipped:
-            log.warning("skipping unreadable slide patch %s", item)
-        return patch
+        return readable_patch(self.dataset, self.order, pos, lambda i: _as_patch(self.dataset[i]))
 
 
 def _as_patch(item) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(item, dtype=np.uint8)[:, :, :3])
 
 
+class _GpuSlideBatches:
+    """Batch callback of the GPU slide source: iteration -> (B, S, S, 3) uint8 CUDA tensor.
+
+    Patches are decoded by cuCIM on the GPU (each slide's patches of a batch in one batched
+    ROI decode), resized there when needed and handed to DALI as a device tensor: the host
+    only touches coordinates. A :class:`~.read_ahead.ReadAhead` thread keeps ``depth`` batches
+    decoded ahead of the pipeline. A batch that fails is read patch by patch, as on the CPU.
+    """
+
+    def __init__(self, dataset, order: np.ndarray, batch_size: int, start: int, depth: int) -> None:
+        from .read_ahead import ReadAhead
+
+        self.dataset, self.order = dataset, order
+        self.batch_size, self.start = batch_size, start
+        self.ahead = ReadAhead(self._read, depth)
+
+    def _read(self, iteration: int):
+        import torch
+
+        n = len(self.order)
+        first = (self.start + iteration) * self.batch_size
+        try:
+            patches = self.dataset.read_batch([int(self.order[(first + j) % n]) for j in range(self.batch_size)])
+        except Exception:
+            patches = [self._one(first + j) for j in range(self.batch_size)]
+        batch = torch.stack(patches)
+        torch.cuda.current_stream().synchronize()  # decoded and resized before DALI's stream reads it
+        return batch
+
+    def _one(self, pos: int):
+        return readable_patch(self.dataset, self.order, pos, lambda i: self.dataset.read_batch([i])[0])
+
+    def __call__(self, iteration: int):
+        return self.ahead(iteration)
+
+
 class SlideSource:
-    """Patches read on the fly from slides (tiler manifest or CLAM .h5 files) by worker processes."""
+    """Patches read on the fly from slides (tiler manifest or CLAM .h5 files).
+
+    ``decode_device="cpu"``: ``workers`` DALI Python worker processes read and decode them
+    (host arrays). ``decode_device="cuda"``: cuCIM decodes them on the GPU in this process,
+    ``read_ahead`` batches ahead, and they enter the pipeline as device tensors
+    (:class:`_GpuSlideBatches`; needs the GPU pipeline).
+    """
 
     kind = "slides"
 
-    def __init__(self, manifest_or_h5: DataLike, *, workers: int = 2, reader: str | None = None) -> None:
+    def __init__(
+        self,
+        manifest_or_h5: DataLike,
+        *,
+        workers: int = 2,
+        reader: str | None = None,
+        decode_device: str = "cpu",
+        read_ahead: int | None = None,
+    ) -> None:
+        from .read_ahead import DEFAULT_DEPTH
         from .slide_dataset import SlidePatchDataset
 
+        self.decode_device = decode_device
         backend = None if reader in (None, "auto") else reader  # --reader; None: each slide's own
-        self.dataset = SlidePatchDataset(manifest_or_h5, transform=np.asarray, backend=backend)
+        self.dataset = SlidePatchDataset(
+            manifest_or_h5, transform=np.asarray, backend=backend, decode_device=decode_device
+        )
         self.workers = max(1, int(workers))
+        self.read_ahead = DEFAULT_DEPTH if read_ahead is None else int(read_ahead)
+        self.batches = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -243,6 +310,13 @@ class SlideSource:
     def graph(self, *, order: np.ndarray, batch_size: int, start: int, gpu: bool, **_):
         from nvidia.dali import fn, types
 
+        if self.decode_device == "cuda":
+            if self.batches is not None:
+                self.batches.ahead.close()
+            self.batches = _GpuSlideBatches(self.dataset, order, batch_size, start, self.read_ahead)
+            return fn.external_source(
+                source=self.batches, batch=True, device="gpu", dtype=types.UINT8, ndim=3, layout="HWC"
+            )
         patches = fn.external_source(
             source=_SlideBatches(self.dataset, order, batch_size, start),
             batch=True,
@@ -258,6 +332,8 @@ class SlideSource:
     def pipeline_kwargs(self, gpu: bool) -> dict:
         import torch
 
+        if self.decode_device == "cuda":
+            return {}  # read in this process (GPU decode), no Python workers
         # fork is quick and needs no __main__ guard, but is unsafe once CUDA is initialised
         # (by torch, or by DALI's previous GPU pipeline); spawn needs the caller's __main__ guarded.
         method = "spawn" if gpu or torch.cuda.is_initialized() else "fork"

@@ -33,6 +33,11 @@ Items are ``transform(PIL RGB image output_size x output_size)`` (the PIL image 
 when ``transform`` is None), or ``(item, (slide_index, x, y))`` with ``return_coords``
 (``x, y`` level-0, ``slide_index`` into ``dataset.slides``).
 
+``decode_device="cuda"`` decodes patches with cuCIM on the GPU (cuCIM backend and a visible GPU
+required; :func:`~clusiam_fast.slides.check_decode_device` says what is missing). Items stay PIL
+images (the torchvision recipe runs on the host, so each patch comes back once); :meth:`read_batch`
+gives the GPU-resident batch itself, which the DALI loader and ``extract --loader dali`` use.
+
 Coordinates are loaded once at construction (no per-item HDF5 access). Slide readers are
 opened lazily in the process that reads (DataLoader workers each open their own; at most
 ``max_open_slides`` stay open per process) and are never pickled. With a DataLoader, a
@@ -53,7 +58,16 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from ..slides import SLIDE_EXTENSIONS, OffSlideError, SlideReader, available_backends, open_slide, patch_image
+from ..slides import (
+    SLIDE_EXTENSIONS,
+    OffSlideError,
+    SlideReader,
+    available_backends,
+    check_decode_device,
+    iter_patches,
+    open_slide,
+    patch_image,
+)
 from .resolve import DataArg, as_data_arg
 
 
@@ -113,6 +127,17 @@ def _fit_read_level(info: SlideInfo, reader: SlideReader) -> None:
         info.level_chosen = True
 
 
+def _fit(region, size: int):
+    """A region resized to ``size`` x ``size``: PIL on the host (as the items), torch on the GPU."""
+    if isinstance(region, np.ndarray):
+        return np.asarray(patch_image(np.ascontiguousarray(region[:, :, :3]), size))
+    if region.shape[0] == region.shape[1] == size:
+        return region
+    chw = region.permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(chw, size=(size, size), mode="bilinear", antialias=True)
+    return resized[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
 class SlidePatchDataset(torch.utils.data.Dataset):
     """Patches of many slides, read on the fly (see the module docstring)."""
 
@@ -128,8 +153,10 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         output_size: int | None = None,
         read_threads: int = 2,
         max_open_slides: int = 16,
+        decode_device: str = "cpu",
     ) -> None:
         self.transform = transform
+        self.decode_device = decode_device
         self.return_coords = return_coords
         self.read_threads = read_threads
         self.max_open_slides = max(1, max_open_slides)
@@ -156,10 +183,11 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         for info in self.slides:
             if backend is not None:
                 info.backend = backend
-            elif info.backend not in installed:
-                info.backend = "auto"
+            elif info.backend not in installed or decode_device == "cuda":
+                info.backend = "auto"  # cuda: cuCIM, or an error naming the slide cuCIM cannot decode
             if output_size is not None:
                 info.output_size = int(output_size)
+        check_decode_device(decode_device, backend or "auto")
         counts = np.array([info.num_patches for info in self.slides], np.int64)
         self._ends = np.cumsum(counts)
         if not len(self.slides) or self._ends[-1] == 0:
@@ -296,7 +324,7 @@ class SlidePatchDataset(torch.utils.data.Dataset):
             if slide_index in self._open_errors:  # tried once already: do not reopen per patch
                 raise OSError(self._open_errors[slide_index])
             try:
-                reader = open_slide(info.path, info.backend)
+                reader = open_slide(info.path, info.backend, device=self.decode_device)
             except Exception as error:
                 self._open_errors[slide_index] = f"cannot open slide {info.path}: {type(error).__name__}: {error}"
                 raise OSError(self._open_errors[slide_index]) from error
@@ -322,7 +350,9 @@ class SlidePatchDataset(torch.utils.data.Dataset):
                 f"{f' in {info.h5_path}' if info.h5_path else ''}"
             )
 
-    def _item(self, region: np.ndarray, where: tuple[int, int, int]) -> Any:
+    def _item(self, region, where: tuple[int, int, int]) -> Any:
+        if not isinstance(region, np.ndarray):  # decoded on the GPU: the PIL recipe runs on the host
+            region = region.cpu().numpy()
         image = patch_image(region, self.slides[where[0]].output_size)
         item = self.transform(image) if self.transform is not None else image
         return (item, where) if self.return_coords else item
@@ -332,27 +362,49 @@ class SlidePatchDataset(torch.utils.data.Dataset):
         reader = self.reader(where[0])  # first: opening may choose the read level (TRIDENT files)
         info = self.slides[where[0]]
         self._refuse_off_slide(where[0], reader, [where[1:]])
-        region = reader.read_region(where[1:], info.read_level, info.read_size)
+        region = self._read(reader, [where[1:]], info)[0]
         return self._item(region, where)
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        """A batch: each slide's patches read together (batched, multi-threaded)."""
-        places = [self.locate(int(i)) for i in indices]
-        regions: list[np.ndarray | None] = [None] * len(places)
+    def _read(self, reader: SlideReader, locations: Sequence[Sequence[int]], info: SlideInfo) -> list:
+        """One slide's regions at ``read_size``: numpy (CPU decode) or torch CUDA (cuCIM GPU decode), batched."""
+        batches = iter_patches(
+            reader,
+            locations,
+            info.read_level,
+            info.read_size,
+            self.decode_device,
+            num_workers=self.read_threads,
+            batch_size=len(locations),
+        )
+        return [region for batch in batches for region in batch]
+
+    def _regions(self, places: list[tuple[int, int, int]]) -> list:
+        """The regions at ``places``: each slide's read together (batched, multi-threaded; on the GPU: one
+        batched ROI decode). A patch off its slide raises; the caller then reads item by item, naming it."""
+        regions: list = [None] * len(places)
         by_slide: dict[int, list[int]] = {}
         for k, (slide, _, _) in enumerate(places):
             by_slide.setdefault(slide, []).append(k)
         for slide, ks in by_slide.items():
-            reader = self.reader(slide)
-            info = self.slides[slide]
+            reader, info = self.reader(slide), self.slides[slide]
             locations = [places[k][1:] for k in ks]
-            self._refuse_off_slide(slide, reader, locations)  # the caller then reads item by item, naming it
-            batches = reader.read_regions(
-                locations, info.read_level, info.read_size, num_workers=self.read_threads, batch_size=len(ks)
-            )
-            for k, region in zip(ks, (r for batch in batches for r in batch)):
+            self._refuse_off_slide(slide, reader, locations)
+            for k, region in zip(ks, self._read(reader, locations, info)):
                 regions[k] = region
-        return [self._item(region, where) for region, where in zip(regions, places)]
+        return regions
+
+    def read_batch(self, indices: Sequence[int]) -> list:
+        """Patches ``indices`` as HWC uint8 arrays of ``output_size`` (numpy, or torch CUDA with cuda decode).
+
+        The CPU form is exactly the pixels of the PIL items; the GPU form is resized on the GPU
+        (antialiased bilinear) only where ``read_size`` differs from ``output_size``."""
+        places = [self.locate(int(i)) for i in indices]
+        return [_fit(r, self.slides[p[0]].output_size) for r, p in zip(self._regions(places), places)]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """A batch: each slide's patches read together (batched, multi-threaded)."""
+        places = [self.locate(int(i)) for i in indices]
+        return [self._item(region, where) for region, where in zip(self._regions(places), places)]
 
     def close(self) -> None:
         """Close the readers this process opened."""

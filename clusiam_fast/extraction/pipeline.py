@@ -65,6 +65,8 @@ def extract(
     lock_timeout: float = 600.0,
     shard: tuple[int, int] | None = None,
     trust_pickle: bool = False,
+    loader: str = "torch",
+    decode_device: str = "cpu",
 ) -> dict:
     """Write one feature bag per slide of ``data`` into ``out``; return the summary (extract.json).
 
@@ -88,11 +90,16 @@ def extract(
     each holding the model, fed patch batches read by Ray CPU tasks (see :class:`SlideEncoder`).
     ``index.csv`` lists every bag done in ``out``. A CHECKPOINT or ``weights`` file that needs pickle
     to load is refused unless ``trust_pickle`` (it could run code embedded in the file).
+
+    ``loader="dali"``: slide patches go through a one-view DALI pipeline (resize, crop, normalise;
+    :mod:`clusiam_fast.extraction.dali_encoding`) instead of a DataLoader and torchvision; features
+    agree within fp tolerance. ``decode_device="cuda"``: cuCIM decodes slide patches on the GPU.
     """
     started = time.time()
     checkpoint, out = (None if checkpoint is None else Path(checkpoint)), Path(out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     _check_transform_flags(resize, crop, mean, std)
+    _check_loader_flags(loader, decode_device)
     encoder_spec = encoder
     encoder = load_encoder(checkpoint, encoder_spec, weights, random_init, encoder_kwargs, trust_pickle)
     mean, std, norm_origin = resolve_normalisation(encoder.config, checkpoint, mean, std)
@@ -102,7 +109,11 @@ def extract(
     interpolation = encoder.config.get("interpolation", "bilinear")
     transform = build_transform(mean, std, resize, crop, interpolation)
     data = as_data_arg(data, accept=PATCH_KINDS, slide_dir=slide_dir)  # once: the source and the workers take it
-    source = open_source(data, transform, reader=reader)
+    source = open_source(data, transform, reader=reader, decode_device=decode_device)
+    if loader == "dali":
+        from .dali_encoding import check_dali_extract
+
+        check_dali_extract(source.kind, engine, decode_device, device, interpolation)
     fit_size, size_note = _fit_sizes(source, encoder, resize, crop)
     spec = ExtractSpec(
         checkpoint=None if checkpoint is None else str(checkpoint.resolve()),
@@ -125,6 +136,8 @@ def extract(
         interpolation=interpolation,
         trust_pickle=trust_pickle,
         reader=reader,
+        loader=loader,
+        decode_device=decode_device,
     )
     cohort = CohortRun(
         out,
@@ -150,6 +163,8 @@ def extract(
         "num_clusters": max([int(r.get("num_clusters", 0)) for r in rows] or [0]),
         "dtype": np.dtype(spec.dtype).name,
         "device": device,
+        "loader": loader,
+        "decode_device": decode_device,
         "amp": spec.amp,
         "resize": resize,
         "crop": crop,
@@ -169,6 +184,19 @@ def extract(
 def _rewrite_index(out: Path, records: dict[str, dict]) -> Path:
     """``index.csv``: every bag done in ``out`` (the done records whose bags match them)."""
     return write_index(out, [r["result"] for _, r in sorted(records.items()) if isinstance(r.get("result"), dict)])
+
+
+def _check_loader_flags(loader: str, decode_device: str) -> None:
+    """--loader and --decode-device (cuda: cuCIM installed and a GPU visible), before the model is loaded."""
+    from ..slides import check_decode_device
+
+    if loader not in ("torch", "dali"):
+        raise ValueError(f"--loader must be torch or dali, got {loader!r}")
+    if loader == "dali":
+        from ..utils.deps import require
+
+        require("nvidia.dali", "nvidia-dali-cuda130", "extract --loader dali")
+    check_decode_device(decode_device)
 
 
 def _check_transform_flags(resize, crop, mean, std) -> None:

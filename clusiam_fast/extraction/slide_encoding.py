@@ -137,6 +137,8 @@ class ExtractSpec:
     interpolation: str = "bilinear"
     trust_pickle: bool = False  # --trust-pickle: how the model file may be read, not what the bags hold
     reader: str | None = None  # --reader: which library decodes the slides (all place pixels alike), not what
+    loader: str = "torch"  # torch (DataLoader + torchvision) or dali (extraction/dali_encoding.py): how, not what
+    decode_device: str = "cpu"  # cpu or cuda (cuCIM GPU decode of slide patches): how, not what
 
     @property
     def dtype(self):
@@ -168,6 +170,7 @@ class ExtractSpec:
             self.data,
             build_transform(self.mean, self.std, self.resize, self.crop, self.interpolation),
             reader=self.reader,
+            decode_device=self.decode_device,
         )
         if self.fit_size:
             source.fit(self.fit_size)
@@ -259,16 +262,26 @@ class _LocalEncoder(_SlideEncoding):
     def __init__(self, spec: ExtractSpec, encoder: Encoder, source: PatchSource, bar) -> None:
         super().__init__(spec, encoder, source)
         self.bar = bar
+        self.dali = None
+        if spec.loader == "dali":
+            from .dali_encoding import DaliPatchPipeline
+
+            self.dali = DaliPatchPipeline(spec, spec.decode_device, num_threads=max(1, spec.workers))
 
 
 def _encode_slide_job(job, local: _LocalEncoder) -> tuple[bool, dict | str, list[str]]:
-    """Cohort job of the local engine: read (DataLoader), encode and write one slide's bag."""
+    """Cohort job of the local engine: read (DataLoader, or DALI), encode and write one slide's bag."""
     slide = local.source.slides[local.spec.slide_index(local.source, job.slide_id)]
+    if local.dali is not None:
+        from .dali_encoding import encode_slide_with_dali
+
+        encode_slide_with_dali(local, local.dali, slide.start, slide.stop, local.source.patches)
+        return local.finish(job)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(local.source.dataset, range(slide.start, slide.stop)),
         batch_size=local.spec.batch_size,
         shuffle=False,
-        num_workers=local.spec.workers,
+        num_workers=0 if local.spec.decode_device == "cuda" else local.spec.workers,  # no CUDA in forked workers
         collate_fn=collate_patches,
         pin_memory=local.spec.device.startswith("cuda"),
     )

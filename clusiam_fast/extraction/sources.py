@@ -61,6 +61,7 @@ class PatchSource:
     sizes: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     missing_slides: list[dict[str, str]] = field(default_factory=list)
     fit: Callable[[int], None] = lambda size: None
+    patches: Any = None  # slides: the SlidePatchDataset, whose read_batch gives raw patches (extract --loader dali)
 
     def describe_sizes(self) -> str:
         """``224x224: 3 patches, e.g. a.png; 256x256: 2 patches, e.g. b.png``."""
@@ -192,7 +193,9 @@ def _manifest_attrs(row: dict[str, Any], manifest: Path) -> dict[str, Any]:
     return attrs
 
 
-def manifest_source(data: DataArg, transform: Callable, *, reader: str | None = None) -> PatchSource:
+def manifest_source(
+    data: DataArg, transform: Callable, *, reader: str | None = None, decode_device: str = "cpu"
+) -> PatchSource:
     """Patches read on the fly from the slides of a tiler ``manifest.csv`` (DATA resolved to one);
     ``reader``: ``--reader`` (None or auto: each slide's own backend).
 
@@ -202,7 +205,9 @@ def manifest_source(data: DataArg, transform: Callable, *, reader: str | None = 
 
     manifest = data.path
     rows = {row["slide_id"]: row for row in read_manifest(manifest)}
-    inner = SlidePatchDataset(data, transform=transform, return_coords=False, backend=_backend(reader))
+    inner = SlidePatchDataset(
+        data, transform=transform, return_coords=False, backend=_backend(reader), decode_device=decode_device
+    )
     return _slide_source(
         "manifest",
         inner,
@@ -211,7 +216,9 @@ def manifest_source(data: DataArg, transform: Callable, *, reader: str | None = 
     )
 
 
-def coords_source(data: DataArg, transform: Callable, *, reader: str | None = None) -> PatchSource:
+def coords_source(
+    data: DataArg, transform: Callable, *, reader: str | None = None, decode_device: str = "cpu"
+) -> PatchSource:
     """Patches read on the fly at the coordinates of CLAM / TRIDENT ``.h5`` files (DATA resolved to them; one bag
     per file); ``reader``: ``--reader`` (None or auto: each slide's own backend).
 
@@ -222,7 +229,9 @@ def coords_source(data: DataArg, transform: Callable, *, reader: str | None = No
 
     root, files, slide_dir = data.path, data.files, data.slide_dir
     try:
-        inner = SlidePatchDataset(data, transform=transform, return_coords=False, backend=_backend(reader))
+        inner = SlidePatchDataset(
+            data, transform=transform, return_coords=False, backend=_backend(reader), decode_device=decode_device
+        )
     except FileNotFoundError as error:
         where = f"nor in --slide-dir {slide_dir}" if slide_dir is not None else "and no --slide-dir was given"
         raise FileNotFoundError(
@@ -287,6 +296,7 @@ def _slide_source(kind: str, inner, root: Path, attrs_of: Callable) -> PatchSour
         sizes=sizes,
         missing_slides=list(inner.missing_slides),
         fit=fit,
+        patches=inner,
     )
 
 
@@ -296,17 +306,28 @@ def _backend(reader: str | None) -> str | None:
 
 
 def open_source(
-    data: DataLike, transform: Callable, *, slide_dir: str | Path | None = None, reader: str | None = None
+    data: DataLike,
+    transform: Callable,
+    *,
+    slide_dir: str | Path | None = None,
+    reader: str | None = None,
+    decode_device: str = "cpu",
 ) -> PatchSource:
     """The patches of DATA: a tiler manifest, CLAM / TRIDENT coordinate files, or an image folder.
 
     ``data``: resolved already (:class:`~clusiam_fast.data.resolve.DataArg`, taken as it is), or
-    a path resolved here; ``slide_dir``, when given, replaces its ``slide_dir``; ``reader``: ``--reader``."""
+    a path resolved here; ``slide_dir``, when given, replaces its ``slide_dir``; ``reader``: ``--reader``;
+    ``decode_device="cuda"``: slide patches are decoded by cuCIM on the GPU (slides only)."""
     arg = as_data_arg(data, accept=PATCH_KINDS, slide_dir=slide_dir)
     if arg.kind == "manifest":
-        return manifest_source(arg, transform, reader=reader)
+        return manifest_source(arg, transform, reader=reader, decode_device=decode_device)
     if arg.kind == "coords":
-        return coords_source(arg, transform, reader=reader)
+        return coords_source(arg, transform, reader=reader, decode_device=decode_device)
+    if decode_device != "cpu":
+        raise ValueError(
+            f"--decode-device {decode_device} decodes slide patches with cuCIM; DATA {arg.path} is a folder of "
+            "images: use --decode-device cpu"
+        )
     if arg.slide_dir is not None:
         import warnings
 

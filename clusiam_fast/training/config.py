@@ -88,6 +88,7 @@ class TrainConfig:
     workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))
     loader: str = "torch"
     reader: str = "auto"  # slide reader for manifest / h5 DATA: auto (each slide's own) | cucim | openslide | tifffile
+    decode_device: str = "cpu"  # slide DATA: cpu or cuda (cuCIM GPU decode)
     max_stat_images: int = 2000
     # runtime
     seed: int = 0
@@ -157,6 +158,7 @@ class TrainConfig:
             "cluster_loss_impl": CLUSTER_LOSS_IMPLS,
             "loader": ("torch", "dali"),
             "reader": ("auto", "cucim", "openslide", "tifffile"),
+            "decode_device": ("cpu", "cuda"),
             "device": ("auto", "cpu", "cuda"),
             "amp_dtype": ("auto", "bf16", "fp16"),
         }

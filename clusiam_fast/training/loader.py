@@ -11,6 +11,10 @@ so batch shapes never change.
 ``--loader dali``: ``clusiam_fast.data.dali.build_dali_loader`` (GPU or CPU DALI
 pipeline; its batches depend only on (seed, epoch, rank), so resume stays exact).
 
+``--decode-device cuda`` (slide DATA): cuCIM decodes the patches on the GPU. With the DALI
+loader they stay there through augmentation; with the torch loader each patch comes back
+to the host for the torchvision recipe (workers are then spawned, not forked: CUDA).
+
 Every loader here has ``__iter__`` yielding ``(view1, view2)``, ``__len__`` (batches
 per epoch on this rank), ``set_epoch(epoch, skip=0)`` and ``pop_skipped()``.
 """
@@ -57,13 +61,22 @@ class DataSource:
         return len(self.dataset)
 
 
-def open_source(data: DataArg | str | os.PathLike | None, reader: str = "auto") -> DataSource:
+def open_source(
+    data: DataArg | str | os.PathLike | None, reader: str = "auto", decode_device: str = "cpu"
+) -> DataSource:
     """The training dataset of DATA: a resolved :class:`DataArg` as it is (a path is resolved here, once);
-    ``reader``: the slide reader (auto: each slide's own)."""
+    ``reader``: the slide reader (auto: each slide's own).
+
+    ``decode_device="cuda"``: slide patches are decoded by cuCIM on the GPU (slide DATA only)."""
     if data is None:
         raise ValueError("no DATA given: pass a folder of image patches or a tiler manifest.csv (or use --demo)")
     arg = as_data_arg(data, accept=PATCH_KINDS)
     if arg.kind == "folder":
+        if decode_device != "cpu":
+            raise ValueError(
+                f"--decode-device {decode_device} decodes slide patches with cuCIM; DATA {arg.path} is "
+                f"{arg.describe()}: use --decode-device cpu"
+            )
         files = list(arg.files)
         digest = hashlib.sha1("\n".join(str(f.relative_to(arg.path)) for f in files).encode()).hexdigest()
         return DataSource(arg, PatchFolder(files), f"folder:{arg.path.resolve()}:{len(files)}:{digest}")
@@ -75,7 +88,7 @@ def open_source(data: DataArg | str | os.PathLike | None, reader: str = "auto") 
             f"({error}); install the slide extras (`pip install -e '.[slides]'`) or pass a folder of patches"
         ) from error
     backend = None if reader == "auto" else reader  # --reader; auto: each slide's own
-    dataset = SlidePatchDataset(arg, transform=None, backend=backend)
+    dataset = SlidePatchDataset(arg, transform=None, backend=backend, decode_device=decode_device)
     if len(dataset) == 0:
         raise ValueError(f"{arg.describe()} lists no patches")
     stamp = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (arg.files or (arg.path,)))
@@ -190,6 +203,8 @@ class TorchTrainLoader:
             drop_last=True,
             persistent_workers=cfg.workers > 0,
             worker_init_fn=_worker_init,
+            # GPU decode in workers: CUDA cannot be used in forked processes
+            multiprocessing_context="spawn" if cfg.decode_device == "cuda" and cfg.workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
         )
         self._skipped: list[str] = []
@@ -248,6 +263,7 @@ class DaliTrainLoader:
                 num_threads=max(cfg.workers, 1),
                 drop_last=True,
                 reader=cfg.reader,
+                decode_device=cfg.decode_device,
             )
         except ImportError as error:
             raise RuntimeError(f"--loader dali: {error}; or use --loader torch") from error

@@ -78,7 +78,7 @@ def set_up_run(
     (else it is resolved here)."""
     out = Path(cfg.out)
     ckpt = on_main(ctx, lambda: load_resume(cfg, ctx, out, log))
-    source = open_source(cfg.data if data is None else data, cfg.reader)
+    source = open_source(cfg.data if data is None else data, cfg.reader, cfg.decode_device)
     sizes = ctx.gather_objects(len(source))
     if len(set(sizes)) > 1:
         raise ValueError(
