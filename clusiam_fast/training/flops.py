@@ -28,7 +28,7 @@ GPU_PEAK_TFLOPS = {
 
 def step_flops_per_sample(model: torch.nn.Module, crop_size: int, batch: int = 2) -> float:
     """FLOPs of forward + backward of ``model(x1, x2)`` for one two-view sample, counted on the meta device."""
-    meta = copy.deepcopy(model).to("meta")
+    meta = _without_batchnorm(copy.deepcopy(model)).to("meta")
     meta.train()
     x = torch.empty(batch, 3, crop_size, crop_size, device="meta")
     with FlopCounterMode(display=False) as counter:
@@ -36,6 +36,17 @@ def step_flops_per_sample(model: torch.nn.Module, crop_size: int, batch: int = 2
         loss = sum(t.float().sum() for t in out if isinstance(t, torch.Tensor) and t.requires_grad)
         loss.backward()
     return counter.get_total_flops() / batch
+
+
+def _without_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Identities for the BatchNorm layers: the synchronised ones (torchrun) all-reduce statistics, which
+    meta tensors cannot, and the counter counts no normalisation FLOPs anyway."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, torch.nn.Identity())
+        else:
+            _without_batchnorm(child)
+    return module
 
 
 @cache
@@ -76,14 +87,21 @@ class MfuMeter:
     def __init__(
         self, model: torch.nn.Module, crop_size: int, device: torch.device, dtype: torch.dtype | None, world: int
     ):
-        self.flops_per_sample = step_flops_per_sample(model, crop_size)
         self.peak, self.peak_source = peak_flops(device, dtype or torch.float32)
         self.world = world
+        try:
+            self.flops_per_sample: float | None = step_flops_per_sample(model, crop_size)
+        except Exception as error:  # a model the meta device cannot run: no MFU, training goes on
+            self.flops_per_sample, self.error = None, f"{type(error).__name__}: {error}"
 
-    def __call__(self, samples_per_s: float) -> float:
+    def __call__(self, samples_per_s: float) -> float | None:
+        if self.flops_per_sample is None:
+            return None
         return self.flops_per_sample * samples_per_s / (self.peak * self.world)
 
     def describe(self) -> str:
+        if self.flops_per_sample is None:
+            return f"MFU: not available (the FLOPs of a step could not be counted on the meta device: {self.error})"
         return (
             f"MFU: {self.flops_per_sample / 1e9:.2f} GFLOP per two-view sample (forward + backward) against "
             f"{self.peak / 1e12:.3g} TFLOP/s per device ({self.peak_source})"

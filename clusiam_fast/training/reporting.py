@@ -75,7 +75,7 @@ class Reporter:
             leave=True,
         )
 
-    def show_step(self, bar: tqdm, means: dict[str, float], lr: float, rate: float, mfu: float) -> None:
+    def show_step(self, bar: tqdm, means: dict[str, float], lr: float, rate: float, mfu: float | None) -> None:
         """The window's mean losses, the lr, the speed and the model FLOP utilisation on the bar."""
         postfix = {"loss": means["loss"], "inv": means["inv_loss"]}
         if self.cfg.has_clusters:

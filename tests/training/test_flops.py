@@ -38,3 +38,12 @@ def test_cpu_peak_is_a_measured_mm_and_mfu_is_a_fraction_of_it():
     meter = MfuMeter(build_model("simsiam", "resnet18", num_clusters=None), 32, torch.device("cpu"), None, world=2)
     assert meter(10.0) == pytest.approx(meter.flops_per_sample * 10.0 / (2 * peak))
     assert "GFLOP per two-view sample" in meter.describe()
+
+
+def test_synchronised_batchnorm_models_are_counted_as_their_batchnorm_twins():
+    from clusiam_fast.training.sync_bn import ProcessGroupBatchNorm, convert_batchnorm
+
+    model = build_model("clusiam", "resnet18", num_clusters=10)
+    synced = convert_batchnorm(build_model("clusiam", "resnet18", num_clusters=10))
+    assert step_flops_per_sample(synced, 64) == step_flops_per_sample(model, 64)
+    assert any(isinstance(m, ProcessGroupBatchNorm) for m in synced.modules())  # the model itself is left as it was
