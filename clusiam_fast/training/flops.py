@@ -74,7 +74,10 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
         for key, peaks in GPU_PEAK_TFLOPS.items():
             if key in name and dtype in peaks:
                 return peaks[dtype] * 1e12, f"{key} data sheet, dense {_dtype_name(dtype)}"
-    return measured_mm_flops(str(device), dtype), f"one measured {_dtype_name(dtype)} mm on {device.type}"
+    # The faster of the step's dtype and float32: a CPU without native bf16 runs bf16 products slower than
+    # float32 ones, and the hardware's peak is the faster.
+    best = max((dtype, torch.float32), key=lambda d: measured_mm_flops(str(device), d))
+    return measured_mm_flops(str(device), best), f"one measured {_dtype_name(best)} mm on {device.type}"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -35,6 +35,8 @@ def test_the_count_leaves_the_model_where_it_was():
 def test_cpu_peak_is_a_measured_mm_and_mfu_is_a_fraction_of_it():
     peak, source = peak_flops(torch.device("cpu"), torch.float32)
     assert peak == measured_mm_flops("cpu", torch.float32) > 1e8 and "measured" in source
+    # under --amp the peak is the faster of bf16 and float32 products (a CPU without native bf16 emulates it)
+    assert peak_flops(torch.device("cpu"), torch.bfloat16)[0] >= peak
     meter = MfuMeter(build_model("simsiam", "resnet18", num_clusters=None), 32, torch.device("cpu"), None, world=2)
     assert meter(10.0) == pytest.approx(meter.flops_per_sample * 10.0 / (2 * peak))
     assert "GFLOP per two-view sample" in meter.describe()
