@@ -365,7 +365,9 @@ def _quiet_ray():
 
 def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s: float = RAY_CONNECT_TIMEOUT_S):
     """Initialise Ray once: join ``address`` (a one-line error within ``timeout_s`` when it does not let us
-    join, Ray's logging quiet until then) or start a local instance with these resources."""
+    join, Ray's logging quiet until then) or start a local instance with these resources. Says on the
+    console how long that took (Ray's import included)."""
+    start = time.perf_counter()
     ray = import_ray()
     if ray.is_initialized():
         return ray
@@ -376,6 +378,10 @@ def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s
             num_gpus=int(num_gpus),
             include_dashboard=False,
             configure_logging=False,
+        )
+        note(
+            f"started a local Ray instance ({max(1, int(num_cpus))} CPUs) in {time.perf_counter() - start:.1f} s; "
+            "to pay this once, not per command: `ray start --head`, then --ray-address auto"
         )
         return ray
     _probe(address)
@@ -403,6 +409,7 @@ def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s
         raise ConnectionError(
             f"cannot join the Ray cluster at --ray-address {address}: {first[0] if first else type(errors[0]).__name__}"
         ) from errors[0]
+    note(f"joined the Ray cluster at {address} in {time.perf_counter() - start:.1f} s")
     return ray
 
 
