@@ -58,8 +58,6 @@ from .tissue import TissueParams, detect_tissue, tissue_fractions
 # environment set per decode device (slides/cucim_reader.py).
 WORKER_PRELOAD = (
     __name__,
-    "scipy.ndimage",
-    "skimage.filters",
     "h5py",
     "PIL.Image",
     "PIL.ImageDraw",
