@@ -206,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some slide failed, 2 bad arguments or --out not writable)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.engine == "local" and args.workers > 1:  # the workers' fork server imports the tiler beside us
+        from clusiam_fast.cohort.engines import start_fork_server
+
+        start_fork_server(["clusiam_fast.tiling.pipeline"])
     from clusiam_fast.cohort import SettingsChangedError, parse_shard
     from clusiam_fast.tiling.mpp_table import read_mpp_table
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides

@@ -12,7 +12,8 @@ the records, and a killed driver loses nothing finished):
    outputs are written atomically by ``fn``; then the done (or failure) record is written.
 
 Engines: ``local`` runs ``workers`` forkserver processes (1: in this process; the pool is
-kept for the next cohort of the process); ``ray``
+kept for the next cohort of the process; a CLI starts the fork server first thing, with
+:func:`start_fork_server`, so that its imports overlap the driver's); ``ray``
 runs one task per slide (``cpus_per_task`` / ``gpus_per_task`` resources), on the cluster at
 ``ray_address`` (``auto``: the one ``ray start`` made here) or on a local instance started
 with ``workers x cpus_per_task`` CPUs. A Ray worker that dies mid-slide is retried once
@@ -241,6 +242,15 @@ def _local_pool(workers: int, preload: Sequence[str]):
         if len(_POOLS) == 1:
             atexit.register(_close_pools)
     return pool
+
+
+def start_fork_server(preload: Sequence[str]) -> None:
+    """Start the local pool's fork server now, importing ``preload`` (and this module) while the caller goes
+    on with its own imports and planning; a pool made later forks its workers from it. Does not wait."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([__name__, *preload])
+    forkserver.ensure_running()
 
 
 def exit_with(driver_pid: int) -> None:
