@@ -107,3 +107,17 @@ def test_tiling_a_slide_imports_neither_scipy_nor_skimage(wsi_dir, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_a_rerun_of_a_done_folder_on_ray_neither_imports_nor_starts_ray(wsi_dir, tmp_path):
+    """Ray (seconds to import and start) is paid only when a slide is left to do."""
+    code = (
+        "import sys; from clusiam_fast.tiling import TileConfig, tile_slides; "
+        f"slide, out = {str(wsi_dir / CMU)!r}, {str(tmp_path / 'out')!r}; "
+        "tile_slides([slide], out, TileConfig(), progress=False); "
+        "again = tile_slides([slide], out, TileConfig(), engine='ray', progress=False); "
+        "print(again.skipped, 'ray' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].split() == ["1", "False"], done.stdout + done.stderr[-2000:]
