@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.engine == "local" and args.workers > 1:  # the workers' fork server imports the tiler beside us
         from clusiam_fast.cohort.engines import start_fork_server
 
-        start_fork_server(["clusiam_fast.tiling.pipeline"])
+        start_fork_server(["clusiam_fast.tiling.worker_imports"])  # = tiling.pipeline.WORKER_PRELOAD
     from clusiam_fast.cohort import SettingsChangedError, parse_shard
     from clusiam_fast.tiling.mpp_table import read_mpp_table
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides

@@ -121,3 +121,18 @@ def test_a_rerun_of_a_done_folder_on_ray_neither_imports_nor_starts_ray(wsi_dir,
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1].split() == ["1", "False"], done.stdout + done.stderr[-2000:]
+
+
+def test_tile_workers_2_starts_the_fork_server_with_what_the_pool_preloads(wsi_dir, tmp_path):
+    """The CLI starts the fork server before it imports the pipeline: with the pipeline's own preload, so that the
+    workers import nothing the server could have imported once."""
+    code = (
+        "import sys; from multiprocessing import forkserver; from clusiam_fast import tile; "
+        "from clusiam_fast.cohort import engines; "
+        f"status = tile.main([{str(wsi_dir / CMU)!r}, {str(wsi_dir / 'OS-1-detail.ome.tif')!r}, "
+        f"'--out', {str(tmp_path / 'out')!r}, '--workers', '2']); "
+        "(pool,) = engines._POOLS; print(status, forkserver._forkserver._preload_modules == [engines.__name__, *pool[1]])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "0 True", done.stdout + done.stderr[-2000:]
