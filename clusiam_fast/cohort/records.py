@@ -12,8 +12,9 @@ refused (:class:`SettingsChangedError`) unless ``redo``. Per-slide settings
 are compared on path, size and mtime only. A malformed record is not a done slide: it is
 named on the console and the slide done again. Failed slides get
 ``OUT/failed/<slide_id>.json`` (removed once they succeed).
-Records are not fsynced (outputs are, before their record is written): a machine crash may lose a
-record, which costs that slide's redo, never a wrong skip; a half-written one is named and redone.
+Records are not fsynced (the outputs a re-run reads are, before their record is written): a machine
+crash may lose a record, which costs that slide's redo, never a wrong skip; a half-written one, or an
+output left empty (a QA picture, not fsynced), is named and the slide redone.
 ``OUT/done.log`` gets one line per completed slide (JSON: slide_id, host, pid, time), appended
 with a single ``O_APPEND`` write: the audit trail that no slide was done twice.
 """
@@ -261,6 +262,8 @@ def _outputs_problem(out: str | Path, record: dict[str, Any]) -> str | None:
         if not path.exists():
             return f"its output {name} is missing"
         if path.suffix != ".h5":
+            if path.is_file() and path.stat().st_size == 0:  # a file not fsynced, emptied by a machine crash
+                return f"its output {name} is empty"
             continue
         import h5py
 

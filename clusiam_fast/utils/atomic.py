@@ -8,8 +8,8 @@ at the next start. Files are created with mode ``0o666`` less the umask, as
 ``open()`` would create them.
 
 The bytes reach the disk (``fsync``) before the rename, unless the caller passes ``durable=False``
-for a file whose loss in a crash of the machine costs only work redone (a cohort's done record: the
-slide is done again) or that is a view of others (``cohort.json``).
+for a file whose loss in a crash of the machine costs only work redone (a cohort's done record or QA
+picture: the slide is done again) or that is a view of others (``cohort.json``).
 
 A write that the file system refuses (disk full, quota, file too large, read-only
 folder, no permission) raises :class:`WriteFailedError`: one line naming the file

@@ -50,9 +50,9 @@ def test_the_qa_outline_is_pillows_3x3_max_filter_of_the_mask_edges(wsi_dir):
     np.testing.assert_array_equal(_widen(corner), np.asarray(Image.fromarray(corner).filter(ImageFilter.MaxFilter(3))))
 
 
-def test_outputs_and_manifest_are_fsynced_records_locks_and_cohort_json_not(wsi_dir, tmp_path, monkeypatch):
-    """The QA picture, then the h5 file, reach the disk before the done record is written, and the manifest; the
-    record (lost in a crash: the slide is redone), the lock and cohort.json (a view of the records) skip fsync."""
+def test_coordinates_and_manifest_are_fsynced_the_rest_not(wsi_dir, tmp_path, monkeypatch):
+    """The h5 file reaches the disk before the done record is written, and the manifest; the record and the QA
+    picture (lost or emptied in a crash: the slide is redone), the lock and cohort.json (a view) skip fsync."""
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -66,7 +66,7 @@ def test_outputs_and_manifest_are_fsynced_records_locks_and_cohort_json_not(wsi_
     assert report.ok, report.summary()
     names = [os.path.basename(path) for path in synced]
     kinds = [n.split(".")[1:3] for n in names]  # .<name>.<ext>.<pid>-<token>.<ext>.tmp
-    assert kinds == [["CMU-1-Small-Region", "png"], ["CMU-1-Small-Region", "h5"], ["manifest", "csv"]], names
+    assert kinds == [["CMU-1-Small-Region", "h5"], ["manifest", "csv"]], names
     assert json.loads((out / "cohort.json").read_text())["num_done"] == 1
 
 
@@ -136,3 +136,13 @@ def test_tile_workers_2_starts_the_fork_server_with_what_the_pool_preloads(wsi_d
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "0 True", done.stdout + done.stderr[-2000:]
+
+
+def test_a_qa_picture_emptied_by_a_crash_is_named_and_its_slide_redone(wsi_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert tile_slides([wsi_dir / CMU], out, TileConfig(), progress=False).ok
+    (out / "thumbnails" / "CMU-1-Small-Region.png").write_bytes(b"")  # what a crash before writeback leaves
+    again = tile_slides([wsi_dir / CMU], out, TileConfig(), progress=False)
+    assert again.skipped == 0 and len(again.rows) == 1
+    assert "thumbnails/CMU-1-Small-Region.png is empty" in capsys.readouterr().err
+    assert (out / "thumbnails" / "CMU-1-Small-Region.png").stat().st_size > 0
