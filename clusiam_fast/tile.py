@@ -250,6 +250,10 @@ def _run(argv: Sequence[str] | None) -> int:
     check_out_path(args.out)
     if not any(os.path.lexists(path) for path in args.slides):  # one missing among others (or a dangling link) fails
         raise FileNotFoundError(f"SLIDE_OR_DIR: none of {', '.join(args.slides)} exists")
+    if args.engine == "local" and args.workers > 1:  # the workers' fork server imports the tiler beside us
+        from clusiam_fast.cohort.engines import start_fork_server
+
+        start_fork_server(["clusiam_fast.tiling.worker_imports"])  # = tiling.pipeline.WORKER_PRELOAD
     from clusiam_fast.cohort import parse_shard
     from clusiam_fast.tiling.mpp_table import read_mpp_table
     from clusiam_fast.tiling.pipeline import TileConfig, tile_slides

@@ -12,7 +12,8 @@ the records, and a killed driver loses nothing finished):
    outputs are written atomically by ``fn``; then the done (or failure) record is written.
 
 Engines: ``local`` runs ``workers`` forkserver processes (1: in this process; the pool is
-kept for the next cohort of the process); ``ray``
+kept for the next cohort of the process; a CLI starts the fork server first thing, with
+:func:`start_fork_server`, so that its imports overlap the driver's); ``ray``
 runs one task per slide (``cpus_per_task`` / ``gpus_per_task`` resources), on the cluster at
 ``ray_address`` (``auto``: the one ``ray start`` made here) or on a local instance started
 with ``workers x cpus_per_task`` CPUs. A Ray worker that dies mid-slide is retried once
@@ -243,6 +244,15 @@ def _local_pool(workers: int, preload: Sequence[str]):
     return pool
 
 
+def start_fork_server(preload: Sequence[str]) -> None:
+    """Start the local pool's fork server now, importing ``preload`` (and this module) while the caller goes
+    on with its own imports and planning; a pool made later forks its workers from it. Does not wait."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([__name__, *preload])
+    forkserver.ensure_running()
+
+
 def exit_with(driver_pid: int) -> None:
     """Pool worker initializer: exit as soon as the driver dies (kill -9 included).
 
@@ -365,7 +375,9 @@ def _quiet_ray():
 
 def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s: float = RAY_CONNECT_TIMEOUT_S):
     """Initialise Ray once: join ``address`` (a one-line error within ``timeout_s`` when it does not let us
-    join, Ray's logging quiet until then) or start a local instance with these resources."""
+    join, Ray's logging quiet until then) or start a local instance with these resources. Says on the
+    console how long that took (Ray's import included)."""
+    start = time.perf_counter()
     ray = import_ray()
     if ray.is_initialized():
         return ray
@@ -376,6 +388,10 @@ def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s
             num_gpus=int(num_gpus),
             include_dashboard=False,
             configure_logging=False,
+        )
+        note(
+            f"started a local Ray instance ({max(1, int(num_cpus))} CPUs) in {time.perf_counter() - start:.1f} s; "
+            "to pay this once, not per command: `ray start --head`, then --ray-address auto"
         )
         return ray
     _probe(address)
@@ -403,6 +419,7 @@ def connect_ray(address: str | None, num_cpus: float, num_gpus: float, timeout_s
         raise ConnectionError(
             f"cannot join the Ray cluster at --ray-address {address}: {first[0] if first else type(errors[0]).__name__}"
         ) from errors[0]
+    note(f"joined the Ray cluster at {address} in {time.perf_counter() - start:.1f} s")
     return ray
 
 

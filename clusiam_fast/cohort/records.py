@@ -12,6 +12,9 @@ refused (:class:`SettingsChangedError`) unless ``redo``. Per-slide settings
 are compared on path, size and mtime only. A malformed record is not a done slide: it is
 named on the console and the slide done again. Failed slides get
 ``OUT/failed/<slide_id>.json`` (removed once they succeed).
+Records are not fsynced (the outputs a re-run reads are, before their record is written): a machine
+crash may lose a record, which costs that slide's redo, never a wrong skip; a half-written one, or an
+output left empty (a QA picture, not fsynced), is named and the slide redone.
 ``OUT/done.log`` gets one line per completed slide (JSON: slide_id, host, pid, time), appended
 with a single ``O_APPEND`` write: the audit trail that no slide was done twice.
 """
@@ -152,6 +155,7 @@ def write_done(
             "seconds": round(seconds, 3),
             **_who(),
         },
+        durable=False,  # its outputs are fsynced; losing it in a crash only redoes the slide
     )
     with contextlib.suppress(FileNotFoundError):
         record_path(out, slide_id, FAILED).unlink()
@@ -176,7 +180,8 @@ def read_done_log(out: str | Path) -> list[dict[str, Any]]:
 
 def write_failed(out: str | Path, slide_id: str, slide_path: str, reason: str) -> Path:
     path = record_path(out, slide_id, FAILED)
-    atomic_write_json(path, {"slide_id": slide_id, "status": FAILED, "path": slide_path, "reason": reason, **_who()})
+    record = {"slide_id": slide_id, "status": FAILED, "path": slide_path, "reason": reason, **_who()}
+    atomic_write_json(path, record, durable=False)
     return path
 
 
@@ -257,6 +262,8 @@ def _outputs_problem(out: str | Path, record: dict[str, Any]) -> str | None:
         if not path.exists():
             return f"its output {name} is missing"
         if path.suffix != ".h5":
+            if path.is_file() and path.stat().st_size == 0:  # a file not fsynced, emptied by a machine crash
+                return f"its output {name} is empty"
             continue
         import h5py
 

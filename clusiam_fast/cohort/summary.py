@@ -78,5 +78,5 @@ class CohortSummary:
 
     def write(self) -> dict[str, Any]:
         totals = self.totals()
-        atomic_write_json(self.out / "cohort.json", totals)
+        atomic_write_json(self.out / "cohort.json", totals, durable=False)  # a view of the records: no fsync
         return totals

@@ -62,22 +62,9 @@ from .summary import write_run_summary
 from .thumbnail import draw_qa_thumbnail, save_qa_thumbnail
 from .tissue import TissueParams, detect_tissue, tissue_fractions
 
-# What the fork server imports before it forks the workers, so that no worker pays for it:
-# this module and the libraries it imports lazily (on first use, so that the CLI answers
-# --help at once). Missing ones are skipped. Not cuCIM: it must be imported with its
-# environment set per decode device (slides/cucim_reader.py).
-WORKER_PRELOAD = (
-    __name__,
-    "scipy.ndimage",
-    "skimage.filters",
-    "h5py",
-    "PIL.Image",
-    "PIL.ImageDraw",
-    "PIL.ImageFilter",
-    "PIL.PngImagePlugin",
-    "tifffile",
-    "openslide",
-)
+# What the fork server imports before it forks the workers (this module and the libraries it imports on
+# first use): worker_imports.py, which the tile CLI names to start the server early.
+WORKER_PRELOAD = (f"{__package__}.worker_imports",)
 
 
 class NoTissueError(SlideError):

@@ -7,6 +7,10 @@ before its rename leaves one behind, which :func:`remove_stale_temps` deletes
 at the next start. Files are created with mode ``0o666`` less the umask, as
 ``open()`` would create them.
 
+The bytes reach the disk (``fsync``) before the rename, unless the caller passes ``durable=False``
+for a file whose loss in a crash of the machine costs only work redone (a cohort's done record or QA
+picture: the slide is done again) or that is a view of others (``cohort.json``).
+
 A write that the file system refuses (disk full, quota, file too large, read-only
 folder, no permission) raises :class:`WriteFailedError`: one line naming the file
 and the OS reason; the previous file is left as it was.
@@ -72,8 +76,8 @@ def _create_temp(path: Path, suffix: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``.
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` (fsynced first if ``durable``).
 
     ``suffix`` (default: the target's) lets libraries that look at the extension work.
     """
@@ -85,8 +89,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise (refused_write(path, error) or error) from None
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as error:  # the OS refused the write (of tmp, not some file the caller read)
         if error.filename is not None and str(error.filename) not in (str(tmp), str(path)):
@@ -142,13 +147,13 @@ def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 60.0) -> li
     return removed
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_text(text)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable)
 
 
 @contextlib.contextmanager

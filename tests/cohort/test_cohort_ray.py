@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -243,6 +244,7 @@ def test_ray_address_joins_a_cluster_started_with_ray_start(wsi_dir, tmp_path):
             env=env,
         )
         assert done.returncode == 0, done.stderr[-3000:]
+        assert re.search(rf"joined the Ray cluster at 127\.0\.0\.1:{port} in \d+\.\d s", done.stderr), done.stderr
         record = json.loads((tmp_path / "out" / "done" / "CMU-1-Small-Region.json").read_text())
         assert record["result"]["num_patches"] > 0
     finally:
