@@ -82,7 +82,7 @@ def contours_geojson(mask: np.ndarray, downsample: tuple[float, float], slide_id
 def save_contours(path: str | Path, mask: np.ndarray, downsample: tuple[float, float], slide_id: str) -> Path:
     """Write the GeoJSON of :func:`contours_geojson`, atomically."""
     path = Path(path)
-    atomic_write_text(path, json.dumps(contours_geojson(mask, downsample, slide_id)))
+    atomic_write_text(path, json.dumps(contours_geojson(mask, downsample, slide_id)), durable=False)
     return path
 
 
@@ -93,6 +93,6 @@ def save_mask(path: str | Path, mask: np.ndarray, downsample: tuple[float, float
     path = Path(path)
     info = PngImagePlugin.PngInfo()
     info.add_text("downsample", f"{downsample[0]:.6f} {downsample[1]:.6f}")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=False) as tmp:
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG", pnginfo=info, compress_level=1)
     return path

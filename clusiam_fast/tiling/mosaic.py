@@ -37,6 +37,6 @@ def save_mosaic(path: str | Path, mosaic: np.ndarray) -> Path:
     from PIL import Image
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=False) as tmp:
         Image.fromarray(mosaic).save(tmp, format="PNG", compress_level=1)
     return path

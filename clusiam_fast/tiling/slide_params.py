@@ -111,7 +111,7 @@ def params_files(out_dir: str | Path, slide_ids: list[str], table: dict[str, dic
             continue
         text = json.dumps(table[slide_id], sort_keys=True) + "\n"
         if not file.is_file() or file.read_text() != text:
-            atomic_write_text(file, text)
+            atomic_write_text(file, text, durable=False)
         files[slide_id] = file
     return files
 
@@ -127,7 +127,7 @@ def write_params_template(out_dir: str | Path, slide_ids: list[str], table: dict
         given = table.get(slide_id, {})
         writer.writerow((slide_id, *(_text(given.get(c)) for c in COLUMNS)))
     path = Path(out_dir) / "slide_params.csv"
-    atomic_write_text(path, text.getvalue())
+    atomic_write_text(path, text.getvalue(), durable=False)
     return path
 
 

@@ -76,5 +76,5 @@ def _flat(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]
 def write_run_summary(out_dir: str | Path, *args, **kwargs) -> Path:
     """Write :func:`run_summary` to ``OUT/summary.md``, atomically."""
     path = Path(out_dir) / "summary.md"
-    atomic_write_text(path, run_summary(*args, **kwargs))
+    atomic_write_text(path, run_summary(*args, **kwargs), durable=False)
     return path

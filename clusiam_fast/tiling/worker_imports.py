@@ -12,7 +12,16 @@ import importlib
 
 from . import pipeline  # noqa: F401
 
-LIBRARIES = ("h5py", "PIL.Image", "PIL.ImageDraw", "PIL.ImageFilter", "PIL.PngImagePlugin", "tifffile", "openslide")
+LIBRARIES = (
+    "h5py",
+    "PIL.Image",
+    "PIL.ImageDraw",
+    "PIL.ImageFilter",
+    "PIL.PngImagePlugin",
+    "tifffile",
+    "openslide",
+    "skimage.measure._find_contours",  # the GeoJSON contours (tiling/contours.py)
+)
 
 for _name in LIBRARIES:
     with contextlib.suppress(ImportError):
