@@ -203,7 +203,7 @@ def test_a_study_folder_written_before_is_recognised_as_done(pcam_dir, tmp_path,
             inputs = {**step.settings["inputs"], **({before: old[before]} if before else {})}
             old[step.kind] = _sha1({"kind": step.kind, "argv": step.argv, "inputs": inputs})
             step.output.parent.mkdir(parents=True, exist_ok=True)
-            step.output.write_bytes(b"")
+            step.output.write_bytes(b"written")  # not empty: an emptied output sends its step back
             (step.folder.parent / f"{step.kind}.done.json").write_text(json.dumps({"hash": old[step.kind]}))
     capsys.readouterr()
     assert {r["status"] for r in study.run()} == {"up to date"}
